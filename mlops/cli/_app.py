@@ -1,0 +1,229 @@
+"""`mlops`: the command line. Every command validates the config before any side effect.
+
+Exit codes: 0 ok · 1 unexpected · 2 bad config or usage · 3 data failed validation ·
+4 a service failed · 5 target unavailable · 6 registry · 7 bad input rows.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from mlops.errors import MlopsError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+OVERRIDES_HELP = "Hydra overrides: group=option (recipe=churn, stack=reasonable-scale, maturity=3) or key=value (model.lr=3e-4)."
+Overrides = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+app = typer.Typer(
+    name="mlops",
+    help="Declarative MLOps: a Hydra recipe becomes a Prefect flow that trains with Lightning and serves on Triton.\n\n"
+    "Example: mlops up stack=reasonable-scale recipe=breast_cancer model.lr=3e-4",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class _Options:
+    project: Path | None = None
+    debug: bool = False
+
+
+@app.callback()
+def _root(
+    project_dir: Annotated[Path | None, typer.Option("--project-dir", "-C", help="Project folder (recipes/, stacks/, "
+                                                     "state). Default: $MLOPS_PROJECT_DIR or the current folder.")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    _Options.project = project_dir
+    _Options.debug = debug
+
+
+def _load(overrides: list[str] | None, check_data: bool = True):
+    from mlops.recipe import load
+
+    return load(overrides or [], _Options.project, check_data=check_data)
+
+
+def _project() -> Path:
+    from mlops.recipe import project_dir
+
+    return project_dir(_Options.project)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+def up(overrides: Overrides = None) -> None:
+    """Start the services and run the recipe end to end: ingest, validate, train, evaluate, register, export, deploy.
+
+    Ends when the model is READY on Triton. A second `up` with nothing changed trains nothing.
+
+    Example: mlops up recipe=breast_cancer
+    """
+    from mlops.targets import get_target
+
+    t0 = time.perf_counter()
+    cfg = _load(overrides)
+    target = get_target(cfg, _project())
+    result = target.up(progress=err.is_terminal)
+    took = time.perf_counter() - t0
+    served = f"{result['model']} version {result['version']}"
+    err.print(f"[bold green]up[/] in {took:.1f}s: {served} is READY "
+              f"({'new version' if result['new_version'] else 'unchanged, nothing retrained'})")
+    for k, v in result["metrics"].items():
+        if k.startswith("test_"):
+            err.print(f"  {k:<10} {v:.4f}")
+    out.print(f"endpoint   {result['endpoint']}")
+    out.print(f"prefect ui {result['prefect_ui']}")
+
+
+@app.command()
+def down(overrides: Overrides = None, json_: JsonFlag = False) -> None:
+    """Stop every service `up` started and free their ports. Artifacts, registry and tracking data stay.
+
+    Example: mlops down
+    """
+    from mlops.targets import get_target
+
+    cfg = _load(overrides, check_data=False)
+    stopped = get_target(cfg, _project()).down()
+    if json_:
+        _print_json(stopped)
+    else:
+        for name, was in stopped.items():
+            out.print(f"{name:<8} {'stopped' if was else 'was not running'}")
+
+
+@app.command()
+def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
+    """Services with their health and URLs, and the models served with their versions.
+
+    Example: mlops status --json
+    """
+    from mlops.targets import get_target
+
+    cfg = _load(overrides, check_data=False)
+    st = get_target(cfg, _project()).status()
+    if json_:
+        _print_json(st)
+        return
+    for name, s in st["services"].items():
+        mark = "[green]healthy[/]" if s["healthy"] else "[red]down[/]"
+        out.print(f"{name:<8} {mark:<24} {s['url']}")
+    for m in st["models"]:
+        out.print(f"model    {m['name']} version {m['version']} {m['state']}")
+    if not st["models"]:
+        out.print("model    (none served)")
+    out.print(f"tracking {st['tracking']}")
+
+
+@app.command()
+def plan(overrides: Overrides = None, json_: JsonFlag = False) -> None:
+    """Compose and validate the config, print it resolved and what `up` would do. No side effects.
+
+    Example: mlops plan recipe=churn model.lr=3e-4
+    """
+    from mlops.plan import build_plan
+    from mlops.recipe import resolved_yaml
+
+    cfg = _load(overrides)
+    p = build_plan(cfg, _project())
+    if json_:
+        _print_json({"config": cfg.model_dump(mode="json"), "plan": p})
+        return
+    out.print("[bold]# resolved config[/]")
+    out.print(resolved_yaml(overrides or [], _Options.project), markup=False)
+    out.print("[bold]# what `mlops up` would do[/]")
+    for svc in p["services"]:
+        out.print(f"service  {svc['name']:<8} {svc['action']:<8} {svc['url']}")
+    for step in p["steps"]:
+        out.print(f"step     {step['name']:<9} {step['action']}")
+
+
+@app.command()
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="The recipe reference as Markdown (docs/).")] = False,
+) -> None:
+    """Write the recipe JSON Schema, for editors to validate and autocomplete recipes.
+
+    Example: mlops schema -o recipe.schema.json
+    """
+    from mlops.recipe.reference import recipe_json_schema, recipe_markdown
+
+    text = recipe_markdown() if markdown else json.dumps(recipe_json_schema(), indent=2) + "\n"
+    if output:
+        from mlops.registry import write_atomic
+
+        write_atomic(output, text)
+        err.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def predict(
+    overrides: Overrides = None,
+    input_: Annotated[Path, typer.Option("--input", "-i", help="Rows to score: .csv, or .json (a list of objects).")]
+    = Path("rows.csv"),
+    json_: JsonFlag = False,
+) -> None:
+    """Send raw feature rows to the served model and print the predictions.
+
+    Example: mlops predict recipe=breast_cancer --input rows.csv --json
+    """
+    from mlops.serving import predict_rows, read_rows
+
+    cfg = _load(overrides, check_data=False)
+    result = predict_rows(cfg, _project(), read_rows(input_))
+    if json_:
+        _print_json(result)
+        return
+    if "labels" in result:
+        classes = result["classes"]
+        out.print("row  label  " + "  ".join(f"p({c})" for c in classes))
+        for i, (lab, probs) in enumerate(zip(result["labels"], result["probabilities"], strict=True)):
+            out.print(f"{i:<4} {lab!s:<6} " + "  ".join(f"{p:.4f}" for p in probs))
+    else:
+        for i, v in enumerate(result["predictions"]):
+            out.print(f"{i:<4} {v:.6g}")
+
+
+def main() -> None:
+    import click
+
+    # jsonschema (imported by Prefect) loads rfc3987_syntax if present, which compiles a lark grammar
+    # at import: 2-4 s on every command, for IRI format checks we never use. Mark it absent.
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
+
+    try:
+        rv = app(standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
+    except MlopsError as exc:
+        if _Options.debug:
+            raise
+        err.print(f"[bold red]mlops: {exc.title}[/]")
+        err.print(str(exc), markup=False)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)

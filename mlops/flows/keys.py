@@ -1,0 +1,20 @@
+"""Cache and lineage keys, importable without Prefect (`mlops plan` uses them)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from mlops.recipe.schema import Config
+
+
+def training_key(cfg: Config, fingerprint: str) -> str:
+    """What determines the trained weights: data + model + compute + seed. Serving/target don't."""
+    relevant = cfg.model_dump(mode="json", include={"data", "model", "compute", "seed"})
+    relevant["data"].pop("checks", None)
+    blob = json.dumps({"cfg": relevant, "data": fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def config_hash(cfg: Config) -> str:
+    return "sha256:" + hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()

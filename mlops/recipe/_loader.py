@@ -1,0 +1,314 @@
+"""Compose with Hydra, validate once with pydantic, report every problem with file and line.
+
+This is the only module that touches a DictConfig. It returns a frozen
+:class:`~mlops.recipe.schema.Config` or raises :class:`~mlops.errors.ConfigError`
+listing every problem found, each with its file:line (or the override), the
+dotted key, what was expected, what was given, and a hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ValidationError
+
+from mlops.errors import ConfigError, Problem
+from mlops.recipe import schema
+from mlops.recipe._positions import KeyLocator, SourceFile, check_syntax
+from mlops.recipe._sources import Sources
+
+# Config groups in defaults-list order (= merge order); see conf/config.yaml.
+GROUPS = ("data", "model", "compute", "maturity", "tracking", "serving", "monitoring", "target", "stack", "recipe")
+_DEFAULT_CHOICE = {"stack": "local", "recipe": "breast_cancer"}
+_GLOBAL_GROUPS = ("stack", "recipe")  # their files are `# @package _global_`
+
+
+def project_dir(explicit: Path | None = None) -> Path:
+    return (explicit or Path(os.environ.get("MLOPS_PROJECT_DIR", "."))).resolve()
+
+
+def _shown(path: Path, project: Path) -> str:
+    """Relative to the project, else to the framework's install (conf/..., stacks/...)."""
+    for base in (project, Path(__file__).resolve().parents[2], Path(__file__).resolve().parents[1] / "_bundled"):
+        try:
+            return str(path.resolve().relative_to(base))
+        except ValueError:
+            continue
+    return str(path)
+
+
+def _quote_group_values(overrides: list[str]) -> list[str]:
+    # `maturity=3` is an int in Hydra's grammar, but group options are names: quote it.
+    out = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and key.lstrip("~+") in GROUPS and re.fullmatch(r"-?\d+", value):
+            o = f"{key}='{value}'"
+        out.append(o)
+    return out
+
+
+def _original(line: str) -> str:
+    key, _eq, value = line.partition("=")
+    return f"{key}={value.strip(chr(39))}" if key.lstrip("~+") in GROUPS else line
+
+
+def compose_tree(overrides: list[str], project: Path) -> tuple[DictConfig, list[SourceFile], dict[str, str]]:
+    """Hydra composition; raises ConfigError for anything Hydra itself rejects."""
+    sources = Sources.discover(project)
+    overrides = _quote_group_values(list(overrides))
+    problems: list[Problem] = []
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as exc:
+        raise ConfigError(
+            [Problem("", f"cannot parse the override: {exc.args[0].splitlines()[0]}", "command line",
+                     "overrides use Hydra's grammar: key=value, group=option, +new.key=value")]
+        ) from None
+
+    choices = dict(_DEFAULT_CHOICE)
+    for ov in parsed:
+        key = ov.key_or_group
+        if key in GROUPS and ov.value() is not None:
+            choice = str(ov.value())
+            choices[key] = choice
+            if sources.find(key, choice) is None:
+                problems.append(_unknown_option(key, choice, sources, _original(ov.input_line)))
+
+    # Broken YAML in the files we are about to read: report it with its line before Hydra trips on it.
+    for group in _GLOBAL_GROUPS:
+        path = sources.find(group, choices[group])
+        if path is not None and (err := check_syntax(path)) is not None:
+            problems.append(Problem("", f"is not valid YAML: {err.message}", f"{_shown(err.file, project)}:{err.line}",
+                                    "check indentation and quoting around that line"))
+    if problems:
+        raise ConfigError(problems)
+
+    search = "hydra.searchpath=[" + ",".join(f"'{e}'" for e in sources.search_path()) + "]"
+    try:
+        with initialize_config_dir(config_dir=str(sources.conf), version_base="1.3", job_name="mlops"):
+            cfg = compose("config", overrides=[*overrides, search], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError([_composition_problem(exc, sources, choices, project)]) from None
+
+    chosen = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    files = [SourceFile(sources.conf / "config.yaml", "", _shown(sources.conf / "config.yaml", project))]
+    for group in GROUPS:
+        if group not in chosen:
+            continue
+        path = sources.find(group, chosen[group])
+        if path is not None:
+            files.append(SourceFile(path, "" if group in _GLOBAL_GROUPS else group, _shown(path, project)))
+    return cfg, files, chosen
+
+
+def _unknown_option(group: str, choice: str, sources: Sources, line: str) -> Problem:
+    options = sources.options(group)
+    if group == "maturity":
+        return Problem("maturity", f"level must be an integer from 0 to 4, got {choice!r}", f"override '{line}'",
+                       "0 manual, 1 data prep, 2 training, 3 deployment, 4 drift-triggered retraining")
+    close = difflib.get_close_matches(choice, options, n=1)
+    where = {"recipe": "recipes/", "stack": "stacks/"}.get(group, f"conf/{group}/")
+    hint = f"did you mean `{group}={close[0]}`?" if close else f"add {where}{choice}.yaml"
+    return Problem(group, f"has no option {choice!r}; the options are: {', '.join(options) or '(none)'}",
+                   f"override '{line}'", hint)
+
+
+def _composition_problem(exc: Exception, sources: Sources, choices: dict[str, str], project: Path) -> Problem:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    m = re.match(r"Could not override '([^']+)'", first)
+    if m:
+        key = m.group(1)
+        return Problem(key, "is not a key of the configuration", "command line",
+                       f"check the spelling (`mlops plan` shows every key); a new key needs a leading +")
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m:
+        group, choice = m.groups()
+        recipe = sources.find("recipe", choices["recipe"])
+        p = _unknown_option(group, choice, sources, f"{group}={choice}")
+        where = f"{_shown(recipe, project)} (defaults)" if recipe else "defaults list"
+        return Problem(p.key, p.message, where, p.hint)
+    return Problem("", f"Hydra could not compose the configuration: {first}", "",
+                   "run `mlops plan --debug` for Hydra's full message")
+
+
+# --------------------------------------------------------------------------- validation
+def _raw_leaves(node: Any, prefix: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _raw_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _raw_leaves(v, f"{prefix}.{i}")
+    else:
+        yield prefix, node
+
+
+def _place(key: str, locator: KeyLocator, overrides: dict[str, str]) -> str:
+    """The override that set `key` (or a parent of it), else the YAML file:line."""
+    for k, line in overrides.items():
+        if key == k or key.startswith(k + "."):
+            return f"override '{line}'"
+    return locator.locate(key)
+
+
+def _secret_problems(cfg: DictConfig, locator: KeyLocator, overrides: dict[str, str]) -> list[Problem]:
+    problems = []
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in _raw_leaves(raw):
+        leaf = key.rpartition(".")[2]
+        if schema.SECRET_KEY.search(leaf) and isinstance(value, str) and value and not value.startswith("${oc.env:"):
+            problems.append(Problem(key, "looks like a secret written into YAML", _place(key, locator, overrides),
+                                    f"put it in an environment variable and refer to it: {leaf}: ${{oc.env:VAR}}, "
+                                    "or name the variable in the matching *_env key"))
+    return problems
+
+
+def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (to suggest known keys)."""
+    model: Any = schema.Config
+    node = data
+    for part in loc[:-1]:
+        if model is None or isinstance(part, int):
+            return None
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+        ann = field.annotation
+        if part == "tracking":
+            model = schema.NeptuneTracking if node.get("flavor") == "neptune" else schema.MlflowTracking
+        elif isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            model = None
+    return model
+
+
+def _raw_at(raw: Any, loc: tuple) -> Any:
+    for part in loc:
+        if isinstance(raw, dict) and part in raw:
+            raw = raw[part]
+        elif isinstance(raw, list) and isinstance(part, int) and part < len(raw):
+            raw = raw[part]
+        else:
+            return None
+    return raw
+
+
+def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: KeyLocator, overrides: dict[str, str]
+                       ) -> list[Problem]:
+    problems = []
+    reported: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("mlflow", "neptune")))
+        key = ".".join(str(p) for p in loc)
+        kind = err["type"]
+        given = err.get("input")
+        sig = (kind, repr(given))
+        interpolated = isinstance(_raw_at(raw, loc), str) and str(_raw_at(raw, loc)).startswith("${")
+        if interpolated and sig in reported:
+            continue  # e.g. serving.model_name: ${name} repeats the error already shown for `name`
+        reported.add(sig)
+        place = _place(key, locator, overrides)
+        if kind == "missing":
+            problems.append(Problem(key, "is required but missing", place, f"set `{key}` in your recipe"))
+        elif kind == "extra_forbidden":
+            owner = _model_at(loc, data)
+            known = sorted(owner.model_fields) if owner else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+            hint = f"did you mean `{close[0]}`?" if close else (f"known keys here: {', '.join(known)}" if known else "")
+            problems.append(Problem(key, "is not a known key", place, hint))
+        elif kind == "value_error":
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(Problem(key, msg, place, ""))
+        else:
+            msg = err["msg"]
+            msg = msg[0].lower() + msg[1:]
+            shown = repr(given) if not isinstance(given, dict) else "a mapping"
+            problems.append(Problem(key, f"{msg}; got {shown}", place, _type_hint(kind, key)))
+    return problems
+
+
+def _type_hint(kind: str, key: str) -> str:
+    if kind.startswith(("int_", "float_")):
+        return f"write a plain number, e.g. {key}=3e-4"
+    if kind.startswith("literal_"):
+        return "pick one of the listed values"
+    if kind.startswith("list_"):
+        return "write a YAML list, e.g. [64, 32]"
+    if kind == "string_pattern_mismatch":
+        return "names are lowercase letters, digits, '_' and '-', starting with a letter"
+    return ""
+
+
+def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = None, *, check_data: bool = True
+         ) -> schema.Config:
+    """Compose `overrides` with the framework config, validate, and return the frozen Config.
+
+    Raises ConfigError with every problem found. With `check_data`, also checks
+    (read-only) that the data exists and has the named columns.
+    """
+    project = project_dir(project)
+    cfg, files, _chosen = compose_tree(list(overrides), project)
+    locator = KeyLocator(files)
+    value_overrides = {}
+    for o in _quote_group_values(list(overrides)):
+        k = o.partition("=")[0].lstrip("~+")
+        if k not in GROUPS and not k.startswith("hydra"):
+            value_overrides[k] = o
+
+    problems = _secret_problems(cfg, locator, value_overrides)
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        problems.append(Problem(key, f"cannot be resolved: {str(exc).splitlines()[0]}", locator.locate(key),
+                                "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"))
+        raise ConfigError(problems) from None
+    assert isinstance(data, dict)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    chosen_tracking = _chosen.get("tracking")
+    flavor = (data.get("tracking") or {}).get("flavor")
+    if chosen_tracking and flavor and flavor != chosen_tracking:
+        problems.append(Problem("tracking.flavor", f"is {flavor!r}, but the tracking group selected is "
+                                f"{chosen_tracking!r}, whose keys were merged in", _place("tracking.flavor", locator,
+                                value_overrides), f"switch flavors with the group: tracking={flavor} on the command "
+                                f"line, or `defaults: [{{override /tracking: {flavor}}}]` in the recipe"))
+    try:
+        config = schema.Config.model_validate(data)
+    except ValidationError as exc:
+        for p in _pydantic_problems(exc, data, raw, locator, value_overrides):
+            if problems and problems[-1].key == "tracking.flavor" and p.key.startswith("tracking."):
+                continue  # consequences of the flavor mix-up reported above
+            problems.append(p)
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
+    if check_data:
+        from mlops.data import check_columns
+
+        data_problems = check_columns(config.data, project)
+        if data_problems:
+            raise ConfigError([
+Problem(k, m, _place(k, locator, value_overrides), h) for k, m, h in data_problems
+            ])
+    return config
+
+
+def resolved_yaml(overrides: list[str] | tuple[str, ...] = (), project: Path | None = None) -> str:
+    """The composed, resolved config as YAML (for `mlops plan`)."""
+    cfg, _files, _chosen = compose_tree(list(overrides), project_dir(project))
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,265 @@
+"""The validated configuration: what a composed recipe must look like.
+
+Hydra composes ``conf/`` + ``stacks/`` + ``recipes/`` + overrides into one tree;
+:func:`mlops.recipe.load` validates that tree once into :class:`Config`.
+Every model here is frozen and forbids unknown keys, so a typo in a recipe
+fails at load time with the file and line, not deep inside training.
+Nothing downstream of the loader sees a DictConfig.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
+NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,62}$"
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+class SplitConfig(_Strict):
+    """Seeded, deterministic train/val/test split."""
+
+    val: float = Field(0.15, gt=0, lt=0.5, description="Fraction of rows held out for validation.")
+    test: float = Field(0.15, gt=0, lt=0.5, description="Fraction of rows held out for the test metrics.")
+    seed: int = Field(42, description="Seed of the split; the same seed and data give the same split.")
+    stratify: bool = Field(True, description="Stratify on the target (classification only).")
+
+
+class ChecksConfig(_Strict):
+    """What the validate step requires of every batch."""
+
+    min_rows: PositiveInt = Field(50, description="Fewer rows than this fail validation.")
+    max_null_fraction: float = Field(
+        0.05, ge=0, le=1, description="Largest fraction of nulls allowed in any feature column."
+    )
+
+
+class DataConfig(_Strict):
+    """A tabular data source and the columns the model uses."""
+
+    source: Literal["sklearn", "file"] = Field(
+        description="`sklearn`: a dataset bundled with scikit-learn; `file`: a CSV or Parquet file."
+    )
+    dataset: Literal["breast_cancer", "iris", "wine", "diabetes"] | None = Field(
+        None, description="The scikit-learn dataset (source=sklearn)."
+    )
+    path: str | None = Field(
+        None,
+        description="Local path (relative to the project) or any fsspec URL, e.g. s3://bucket/x.csv (source=file).",
+    )
+    format: Literal["auto", "csv", "parquet"] = Field("auto", description="File format; `auto` uses the suffix.")
+    target: str = Field(description="The column to predict.")
+    numeric: list[str] = Field(default_factory=list, description="Numeric feature columns (scaled, NaN-imputed).")
+    categorical: list[str] = Field(
+        default_factory=list, description="Categorical feature columns (one-hot; unseen values map to 'unknown')."
+    )
+    split: SplitConfig = SplitConfig()
+    checks: ChecksConfig = ChecksConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> DataConfig:
+        if self.source == "sklearn" and self.dataset is None:
+            raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
+        if self.source == "file" and not self.path:
+            raise ValueError("source=file needs `path`: a local path or an fsspec URL")
+        if not self.numeric and not self.categorical:
+            raise ValueError("name at least one feature column under `numeric` or `categorical`")
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"columns listed as both numeric and categorical: {both}")
+        if self.target in self.numeric or self.target in self.categorical:
+            raise ValueError(f"the target column {self.target!r} is also listed as a feature")
+        for cols in (self.numeric, self.categorical):
+            dupes = sorted({c for c in cols if cols.count(c) > 1})
+            if dupes:
+                raise ValueError(f"columns listed twice: {dupes}")
+        return self
+
+    @property
+    def features(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+# ---------------------------------------------------------------- model
+class EarlyStoppingConfig(_Strict):
+    enabled: bool = True
+    monitor: str = Field("val_loss", description="A logged validation metric: val_loss, val_acc, val_rmse.")
+    mode: Literal["min", "max"] = "min"
+    patience: PositiveInt = 5
+
+    @field_validator("monitor")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in ("val_loss", "val_acc", "val_rmse", "val_mae"):
+            raise ValueError("expected one of val_loss, val_acc (classification), val_rmse, val_mae (regression)")
+        return v
+
+
+class ModelConfig(_Strict):
+    """A tabular MLP, as a classifier or a regressor."""
+
+    flavor: Literal["tabular_mlp"] = "tabular_mlp"
+    task: Literal["classification", "regression"]
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: PositiveFloat = Field(1e-3, description="Learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: PositiveInt = 64
+    max_epochs: PositiveInt = 30
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+    @model_validator(mode="after")
+    def _metric_fits_task(self) -> ModelConfig:
+        es = self.early_stopping.monitor
+        if self.task == "regression" and es == "val_acc":
+            raise ValueError("early_stopping.monitor=val_acc needs task=classification; use val_loss or val_rmse")
+        if self.task == "classification" and es in ("val_rmse", "val_mae"):
+            raise ValueError(f"early_stopping.monitor={es} needs task=regression; use val_loss or val_acc")
+        return self
+
+
+# ---------------------------------------------------------------- compute
+class ComputeConfig(_Strict):
+    """Where Lightning trains: passed to the Trainer."""
+
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
+    devices: PositiveInt | Literal["auto"] = "auto"
+    num_nodes: PositiveInt = 1
+    strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
+    precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
+    deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+
+
+# ---------------------------------------------------------------- maturity
+class MaturityConfig(_Strict):
+    level: int = Field(ge=0, le=4, description="Azure MLOps maturity level, 0 (manual) to 4 (drift-triggered retraining).")
+
+
+# ---------------------------------------------------------------- tracking
+class MlflowTracking(_Strict):
+    flavor: Literal["mlflow"]
+    uri: str | None = Field(None, description="Tracking URI; default: sqlite under the state directory.")
+    experiment: str = Field(description="Experiment name.")
+
+
+class NeptuneTracking(_Strict):
+    flavor: Literal["neptune"]
+    mode: Literal["offline", "async", "sync", "debug"] = Field(
+        "offline", description="`offline` writes locally; async/sync need a self-hosted server."
+    )
+    project: str = Field(description="workspace/project")
+    api_token_env: str = Field(
+        "NEPTUNE_API_TOKEN", description="Name of the environment variable holding the token (never the token)."
+    )
+    server_url_env: str = Field("NEPTUNE_SERVER_URL", description="Name of the environment variable with the server URL.")
+
+
+TrackingConfig = Annotated[MlflowTracking | NeptuneTracking, Field(discriminator="flavor")]
+
+
+# ---------------------------------------------------------------- serving
+class ServingConfig(_Strict):
+    """Triton: the local server and the generated model repository."""
+
+    flavor: Literal["triton"] = "triton"
+    model_name: str = Field(pattern=NAME_PATTERN, description="Name of the model on Triton.")
+    host: str = Field("127.0.0.1", description="Bind address; local services stay on loopback.")
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
+    max_batch_size: PositiveInt = 256
+    preferred_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 64])
+    max_queue_delay_us: int = Field(200, ge=0, description="Dynamic batching: longest wait to fill a batch.")
+    instance_count: PositiveInt = 1
+    intra_op_threads: PositiveInt = Field(1, description="onnxruntime threads per model instance.")
+    ready_timeout_s: PositiveFloat = 120
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        try:
+            ok = ipaddress.ip_address(v).is_loopback
+        except ValueError:
+            ok = v == "localhost"
+        if not ok:
+            raise ValueError("local services bind loopback only: use 127.0.0.1")
+        return v
+
+    @model_validator(mode="after")
+    def _batching(self) -> ServingConfig:
+        if len({self.http_port, self.grpc_port, self.metrics_port}) != 3:
+            raise ValueError("http_port, grpc_port and metrics_port must differ")
+        too_big = [b for b in self.preferred_batch_sizes if b > self.max_batch_size]
+        if too_big:
+            raise ValueError(f"preferred_batch_sizes {too_big} exceed max_batch_size={self.max_batch_size}")
+        return self
+
+
+# ---------------------------------------------------------------- monitoring
+class MonitoringConfig(_Strict):
+    flavor: Literal["whylogs", "none"] = Field(
+        "whylogs", description="`whylogs`: a reference profile of the training data is stored with each version."
+    )
+
+
+# ---------------------------------------------------------------- target
+class PrefectServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Port = 4200
+    start_timeout_s: PositiveFloat = 120
+
+    _loopback = field_validator("host")(ServingConfig._loopback.__func__)  # type: ignore[attr-defined]
+
+
+class TargetConfig(_Strict):
+    kind: Literal["local", "aws"]
+    state_dir: str = Field(".mlops", description="Pid files, logs, registry, tracking data (relative to the project).")
+    prefect: PrefectServerConfig = PrefectServerConfig()
+    region: str | None = Field(None, description="AWS region (target=aws).")
+
+
+# ---------------------------------------------------------------- stack
+class ComponentFlavors(_Strict):
+    local: str
+    aws: str
+
+
+class StackConfig(_Strict):
+    """Which flavor each component uses on each target, and the Pulumi project behind it."""
+
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str
+    pulumi_project: str | None = Field(None, description="Folder under infra/ that provisions this stack on AWS.")
+    components: dict[Literal["storage", "orchestrator", "trainer", "server", "tracker", "monitor"], ComponentFlavors]
+
+
+# ---------------------------------------------------------------- root
+class Config(_Strict):
+    """A recipe composed with its stack and the framework defaults."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Project/model name: lowercase letters, digits, _ and -.")
+    description: str = ""
+    seed: int = Field(42, description="Seeds Lightning (weights, shuffling).")
+    data: DataConfig
+    model: ModelConfig
+    compute: ComputeConfig
+    maturity: MaturityConfig
+    tracking: TrackingConfig
+    serving: ServingConfig
+    monitoring: MonitoringConfig
+    target: TargetConfig
+    stack: StackConfig
+
+
+
+SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|access_key|private_key)$", re.I)

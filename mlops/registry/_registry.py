@@ -1,0 +1,168 @@
+"""A file-system model registry: immutable, numbered versions and movable aliases.
+
+Layout under ``<state>/registry/<model>/``::
+
+    versions/<N>/            one folder per version, read-only once it exists
+        lineage.json         metrics, config hash, data fingerprint, run ids, key
+        MANIFEST.json        sha256 of every file (written last, before the rename)
+        ...                  the files handed to register() (checkpoint, history, profile)
+    aliases.json             {"champion": N, ...}
+
+A version appears by one ``os.rename`` of a fully written temporary folder,
+so a reader never sees half a version; numbers are allocated under a lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlops.errors import RegistryError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old content or the new, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    model: str
+    version: int
+    path: Path
+    lineage: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}@{self.version}"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Registry:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _model_dir(self, model: str) -> Path:
+        return self.root / model
+
+    @contextmanager
+    def _lock(self, model: str) -> Iterator[None]:
+        d = self._model_dir(model)
+        d.mkdir(parents=True, exist_ok=True)
+        with open(d / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def versions(self, model: str) -> list[ModelVersion]:
+        vdir = self._model_dir(model) / "versions"
+        if not vdir.is_dir():
+            return []
+        out = []
+        for p in vdir.iterdir():
+            if p.name.isdigit() and (p / "lineage.json").is_file():
+                out.append(ModelVersion(model, int(p.name), p, json.loads((p / "lineage.json").read_text())))
+        return sorted(out, key=lambda v: v.version)
+
+    def models(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def find(self, model: str, key: str) -> ModelVersion | None:
+        """The version registered from exactly this training key, if any."""
+        return next((v for v in self.versions(model) if v.lineage.get("key") == key), None)
+
+    def get(self, model: str, ref: int | str) -> ModelVersion:
+        """`ref` is a version number or an alias (e.g. "champion", "latest")."""
+        versions = self.versions(model)
+        if not versions:
+            raise RegistryError(f"model {model!r} has no registered versions under {self.root}; run `mlops up` first.")
+        if isinstance(ref, str) and not ref.isdigit():
+            if ref == "latest":
+                return versions[-1]
+            aliases = self.aliases(model)
+            if ref not in aliases:
+                raise RegistryError(f"model {model!r} has no alias {ref!r}; aliases: {sorted(aliases) or 'none'}.")
+            ref = aliases[ref]
+        for v in versions:
+            if v.version == int(ref):
+                return v
+        raise RegistryError(f"model {model!r} has no version {ref}; versions: {[v.version for v in versions]}.")
+
+    def register(self, model: str, files: dict[str, Path], lineage: dict[str, Any]) -> ModelVersion:
+        """Create the next version from `files` (name in the version -> source path).
+
+        Idempotent on ``lineage["key"]``: registering the same key again returns the existing version.
+        """
+        with self._lock(model):
+            key = lineage.get("key")
+            if key and (existing := self.find(model, key)) is not None:
+                return existing
+            vdir = self._model_dir(model) / "versions"
+            vdir.mkdir(parents=True, exist_ok=True)
+            number = max((v.version for v in self.versions(model)), default=0) + 1
+            tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".incoming-"))
+            try:
+                for name, src in files.items():
+                    shutil.copy2(src, tmp / name)
+                full = {**lineage, "model": model, "version": number, "registered_at": time.time()}
+                (tmp / "lineage.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+                manifest = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+                (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+                for p in tmp.iterdir():
+                    p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                os.rename(tmp, vdir / str(number))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            return ModelVersion(model, number, vdir / str(number), full)
+
+    def verify(self, mv: ModelVersion) -> None:
+        manifest = json.loads(mv.file("MANIFEST.json").read_text())
+        for name, digest in manifest.items():
+            if sha256_file(mv.file(name)) != digest:
+                raise RegistryError(f"{mv.ref}: {name} does not match its checksum; the version is corrupt.")
+
+    def aliases(self, model: str) -> dict[str, int]:
+        p = self._model_dir(model) / "aliases.json"
+        return json.loads(p.read_text()) if p.is_file() else {}
+
+    def set_alias(self, model: str, alias: str, version: int) -> None:
+        with self._lock(model):
+            self.get(model, version)
+            aliases = self.aliases(model)
+            aliases[alias] = version
+            write_atomic(self._model_dir(model) / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))

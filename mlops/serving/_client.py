@@ -1,0 +1,109 @@
+"""Predictions over Triton's HTTP endpoint, checked against the model's signature first.
+
+The signature (written next to model.onnx at export time) is the contract:
+which columns feed which input tensor, in which order, and what comes back.
+Rows that do not fit it are refused here, with every problem listed, rather
+than surfacing as a shape error from inside Triton.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from mlops.errors import PredictError, ServiceError
+
+
+def validate(signature: dict, frame: pd.DataFrame) -> None:
+    """Raise :class:`PredictError` listing every way ``frame`` does not fit ``signature``."""
+    problems = []
+    if len(frame) == 0:
+        problems.append("there are no rows to predict")
+    for spec in signature["inputs"]:
+        missing = [c for c in spec["columns"] if c not in frame.columns]
+        if missing:
+            kind = "numeric" if spec["datatype"] == "FP32" else "categorical"
+            problems.append(
+                f"{kind} column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))} "
+                f"{'are' if len(missing) > 1 else 'is'} missing "
+                f"(the model reads {kind} columns {', '.join(map(repr, spec['columns']))})"
+            )
+        if spec["datatype"] != "FP32":
+            continue
+        for column in spec["columns"]:
+            if column not in frame.columns:
+                continue
+            values = frame[column]
+            if pd.api.types.is_numeric_dtype(values):
+                continue
+            bad = values.notna() & pd.to_numeric(values, errors="coerce").isna()
+            if bad.any():
+                first = int(np.argmax(bad.to_numpy()))
+                count = int(bad.sum())
+                problems.append(
+                    f"column {column!r} must be numeric (FP32; empty cells are allowed), but {count} "
+                    f"value{'s are' if count > 1 else ' is'} not, e.g. {values.iloc[first]!r} in row "
+                    f"{frame.index[first]!r} (column dtype {values.dtype})"
+                )
+    if problems:
+        n = len(problems)
+        raise PredictError(
+            "\n".join(
+                [f"{n} problem{'s' if n > 1 else ''} with the rows to predict:", *(f"  - {p}." for p in problems)]
+            )
+        )
+
+
+def to_inputs(signature: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The input tensors, encoded exactly as training encoded them (NaN kept for the model to impute)."""
+    from mlops.serving._export import categorical_strings, numeric_array
+
+    return {
+        spec["name"]: (numeric_array if spec["datatype"] == "FP32" else categorical_strings)(frame, spec["columns"])
+        for spec in signature["inputs"]
+    }
+
+
+def predict(url: str, model_name: str, signature: dict, frame: pd.DataFrame, *, batch_size: int = 256) -> dict:
+    """Predict ``frame`` on ``model_name`` served at ``url`` (``host:port`` of Triton's HTTP endpoint).
+
+    Classification returns ``{"classes", "probabilities", "labels"}`` (a label is
+    the class of highest probability); regression returns ``{"predictions"}``.
+    ``batch_size`` must not exceed the model's ``serving.max_batch_size``.
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    validate(signature, frame)
+    tensors = to_inputs(signature, frame)
+    output = signature["outputs"][0]
+    chunks = []
+    client = httpclient.InferenceServerClient(url=url.split("://", 1)[-1].rstrip("/"))
+    try:
+        for start in range(0, len(frame), batch_size):
+            inputs = []
+            for spec in signature["inputs"]:
+                part = tensors[spec["name"]][start : start + batch_size]
+                infer_input = httpclient.InferInput(spec["name"], list(part.shape), spec["datatype"])
+                infer_input.set_data_from_numpy(part)
+                inputs.append(infer_input)
+            # Without an explicit requested output, some client/server pairs
+            # answer with no outputs at all.
+            result = client.infer(model_name, inputs, outputs=[httpclient.InferRequestedOutput(output["name"])])
+            chunks.append(result.as_numpy(output["name"]))
+    except InferenceServerException as e:
+        raise ServiceError(f"Triton at {url} refused the prediction for model {model_name!r}: {e.message()}.") from None
+    except (ConnectionError, OSError) as e:
+        raise ServiceError(f"Triton does not answer at {url} ({e}); is it running (`mlops status`)?") from None
+    finally:
+        client.close()
+
+    values = np.concatenate(chunks).astype(float)
+    if signature["task"] == "classification":
+        classes = list(signature["classes"])
+        return {
+            "classes": classes,
+            "probabilities": values.tolist(),
+            "labels": [classes[i] for i in values.argmax(axis=1)],
+        }
+    return {"predictions": values.reshape(len(values), -1)[:, 0].tolist()}

@@ -1,0 +1,249 @@
+"""ONNX export of a trained module, and the signature every server and client agrees on.
+
+The graph takes raw feature rows: ``numeric`` float32 ``[batch, n_num]`` (NaN
+allowed) and ``categorical`` string ``[batch, n_cat]`` ("" = missing). A
+hand-built ``ai.onnx.ml`` LabelEncoder maps strings to the train vocabulary's
+codes, because strings cannot pass through torch; it is merged in front of the
+torch-exported network. torch is imported only inside :func:`export_onnx`, so
+clients that only build inputs stay light.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from mlops.errors import PredictError
+
+if TYPE_CHECKING:
+    from mlops.training import TabularMLP
+
+# Opset 17 / ai.onnx.ml 3 at IR version 8 load in onnxruntime >= 1.13, which covers every Triton 24.x image.
+OPSET = 17
+ML_OPSET = 3
+IR_VERSION = 8
+SIGNATURE_KEY = "mlops.signature"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Frozen):
+    name: Literal["numeric", "categorical"]
+    datatype: Literal["FP32", "BYTES"]
+    columns: list[str]
+
+
+class OutputSpec(_Frozen):
+    name: Literal["probabilities", "prediction"]
+    datatype: Literal["FP32"]
+    dims: list[int]
+
+
+class Signature(_Frozen):
+    """What the served model takes and returns; an input's width is ``len(columns)``, and no dims count the batch.
+
+    ``to_dict()`` is the plain form that serving writes as signature.json; read either form back with
+    ``Signature.model_validate(d)`` or ``Signature.model_validate_json(text)``.
+    """
+
+    task: Literal["classification", "regression"]
+    target: str
+    inputs: list[InputSpec]
+    outputs: list[OutputSpec]
+    classes: list[int | float | str] | None = None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+
+def _as_string(value: object) -> str:
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return ""
+    # A NaN turns an int column into floats; 3.0 must still read as the "3" seen in training.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def categorical_strings(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The categorical columns as an object array of ``str`` ``[N, len(columns)]``; missing values become ""."""
+    values = frame[columns].to_numpy(dtype=object)
+    return np.array([_as_string(v) for v in values.ravel()], dtype=object).reshape(len(frame), len(columns))
+
+
+def numeric_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """The numeric columns as float32 ``[N, len(columns)]``; missing values become NaN (the model imputes them)."""
+    try:
+        return frame[columns].to_numpy(dtype=np.float32, na_value=np.nan).reshape(len(frame), len(columns))
+    except (TypeError, ValueError) as e:
+        raise PredictError(
+            f"the numeric columns {columns} hold values that are not numbers ({e}); send numbers, or null for "
+            "a missing value."
+        ) from e
+
+
+def signature_to_frame_inputs(signature: Signature, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The model's input arrays for raw rows: float32 for ``numeric``, an object array of str for ``categorical``."""
+    missing = [c for spec in signature.inputs for c in spec.columns if c not in frame.columns]
+    if missing:
+        raise PredictError(
+            f"the rows lack the column(s) {missing} that model input needs; it takes "
+            + "; ".join(f"{s.name}: {s.columns}" for s in signature.inputs)
+            + "."
+        )
+    convert = {"numeric": numeric_array, "categorical": categorical_strings}
+    return {spec.name: convert[spec.name](frame, spec.columns) for spec in signature.inputs}
+
+
+def signature_of(module: TabularMLP) -> Signature:
+    hp = module.hparams
+    inputs = [
+        InputSpec(name=name, datatype=datatype, columns=list(columns))
+        for name, datatype, columns in (("numeric", "FP32", hp.numeric), ("categorical", "BYTES", hp.categorical))
+        if columns
+    ]
+    if hp.task == "classification":
+        return Signature(
+            task="classification",
+            target=hp.target,
+            inputs=inputs,
+            outputs=[OutputSpec(name="probabilities", datatype="FP32", dims=[len(hp.classes)])],
+            classes=list(hp.classes),
+        )
+    return Signature(
+        task="regression",
+        target=hp.target,
+        inputs=inputs,
+        outputs=[OutputSpec(name="prediction", datatype="FP32", dims=[1])],
+    )
+
+
+def _torch_graph(module: TabularMLP, output: str):  # noqa: ANN202 (onnx.ModelProto; onnx is imported lazily)
+    import onnx
+    import torch
+
+    hp = module.hparams
+    # A float32, eval-mode copy: the served graph is FP32 whatever precision trained it, and the caller's module
+    # keeps its mode and dtype.
+    clone = type(module)(**hp)
+    clone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()})
+    clone.eval()
+    names = [n for n, cols in (("numeric", hp.numeric), ("codes", hp.categorical)) if cols]
+    examples = {
+        "numeric": torch.zeros(2, len(hp.numeric), dtype=torch.float32),
+        "codes": torch.zeros(2, len(hp.categorical), dtype=torch.int64),
+    }
+
+    class Core(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = clone
+
+        def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+            given = dict(zip(names, tensors, strict=True))
+            return self.module(given.get("numeric"), given.get("codes"))
+
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose: it is fast and writes IR 8, which older Triton images load.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(
+            Core(),
+            tuple(examples[n] for n in names),
+            buffer,
+            input_names=names,
+            output_names=[output],
+            dynamic_axes={n: {0: "batch"} for n in [*names, output]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def _label_encoder_graph(categories: list[list[str]]):  # noqa: ANN202
+    from onnx import TensorProto, helper
+
+    n = len(categories)
+    nodes, initializers, columns = [], [], []
+    for j, vocab in enumerate(categories):
+        index, strings, codes = f"categorical_index_{j}", f"categorical_column_{j}", f"codes_column_{j}"
+        initializers.append(helper.make_tensor(index, TensorProto.INT64, [1], [j]))
+        nodes.append(helper.make_node("Gather", ["categorical", index], [strings], axis=1, name=f"gather_{j}"))
+        # An empty key list is invalid, and "" (missing) maps to 0 anyway, so it stands in for an empty vocabulary.
+        keys, values = (list(vocab), list(range(1, len(vocab) + 1))) if vocab else ([""], [0])
+        nodes.append(
+            helper.make_node(
+                "LabelEncoder",
+                [strings],
+                [codes],
+                domain="ai.onnx.ml",
+                keys_strings=keys,
+                values_int64s=values,
+                default_int64=0,
+                name=f"label_encoder_{j}",
+            )
+        )
+        columns.append(codes)
+    nodes.append(helper.make_node("Concat", columns, ["codes"], axis=1, name="concat_codes"))
+    graph = helper.make_graph(
+        nodes,
+        "categorical_lookup",
+        [helper.make_tensor_value_info("categorical", TensorProto.STRING, ["batch", n])],
+        [helper.make_tensor_value_info("codes", TensorProto.INT64, ["batch", n])],
+        initializer=initializers,
+    )
+    return helper.make_model(
+        graph,
+        ir_version=IR_VERSION,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
+    )
+
+
+def export_onnx(module: TabularMLP, path: Path) -> Signature:
+    """Write the module as an ONNX file at ``path`` (atomically) and return its signature.
+
+    The signature is also stored in the file's metadata under ``mlops.signature``.
+    """
+    import onnx
+    from onnx import compose
+
+    path = Path(path)
+    signature = signature_of(module)
+    model = _torch_graph(module, signature.outputs[0].name)
+    if module.hparams.categorical:
+        model.ir_version = IR_VERSION
+        model = compose.merge_models(
+            _label_encoder_graph(module.hparams.categories),
+            model,
+            io_map=[("codes", "codes")],
+            producer_name="mlops",
+        )
+    model.ir_version = IR_VERSION
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, {SIGNATURE_KEY: signature.to_json()})
+    onnx.checker.check_model(model)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return signature

@@ -1,0 +1,408 @@
+"""The local Triton: the tritonserver binary bundled in nvidia-pytriton, run detached.
+
+The server outlives the CLI process that starts it, so everything another
+process needs to find it again lives under the state directory::
+
+    <state>/triton/            runtime: bin/, backends/python/ (+ the stub for this Python), caches/
+    <state>/triton/server.json how it was started: pid, repository, host and ports
+    <state>/pids/triton.pid    its pid
+    <state>/logs/triton.log    its output (the previous run's in triton.log.1)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+
+from mlops.errors import ServiceError
+from mlops.recipe.schema import ServingConfig
+
+EXIT_TIMEOUT_S = 5
+_POLL_S = 0.05
+
+
+def http_url(serving: ServingConfig) -> str:
+    """``host:port`` of the HTTP endpoint, the form tritonclient expects."""
+    return f"{serving.host}:{serving.http_port}"
+
+
+class TritonServer:
+    """Start, find and stop the one local tritonserver of a state directory.
+
+    Every method reads the pid file afresh, so a later CLI process manages a
+    server an earlier one started.
+    """
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.runtime_dir = self.state_dir / "triton"
+        self.info_path = self.runtime_dir / "server.json"
+        self.pid_path = self.state_dir / "pids" / "triton.pid"
+        self.log_path = self.state_dir / "logs" / "triton.log"
+
+    def start(self, repo: Path, serving: ServingConfig, models: Sequence[str] = ()) -> str:
+        """Spawn tritonserver on ``repo`` with ``models`` loaded; returns the HTTP ``host:port``.
+
+        Returns once ``/v2/health/live`` answers (and, with models, ``/v2/health/ready``),
+        within ``serving.ready_timeout_s``. Starting a server that already runs with
+        the same repository and ports does nothing.
+        """
+        repo = Path(repo).resolve()
+        info = {
+            "repository": str(repo),
+            "host": serving.host,
+            "http_port": serving.http_port,
+            "grpc_port": serving.grpc_port,
+            "metrics_port": serving.metrics_port,
+        }
+        pid = self.pid()
+        if pid is not None:
+            running = self._info()
+            if {k: running.get(k) for k in info} == info:
+                # A repeated `up` is a no-op; Triton reloads a model only if
+                # its files changed.
+                for model in models:
+                    load(model, http_url(serving), timeout=serving.ready_timeout_s)
+                return http_url(serving)
+            raise ServiceError(
+                f"Triton already runs from {self.state_dir} (pid {pid}) with repository {running.get('repository')} "
+                f"on ports {running.get('http_port')}/{running.get('grpc_port')}/{running.get('metrics_port')}; "
+                "stop it first (`mlops down`) to start it with different settings."
+            )
+        _check_ports_free(serving)
+
+        runtime = self._prepare_runtime()
+        cmd = [
+            str(runtime / "bin" / "tritonserver"),
+            f"--model-repository={repo}",
+            f"--backend-directory={runtime / 'backends'}",
+            f"--cache-directory={runtime / 'caches'}",
+            "--model-control-mode=explicit",
+            *(f"--load-model={m}" for m in models),
+            f"--http-address={serving.host}",
+            f"--http-port={serving.http_port}",
+            f"--grpc-address={serving.host}",
+            f"--grpc-port={serving.grpc_port}",
+            f"--metrics-address={serving.host}",
+            f"--metrics-port={serving.metrics_port}",
+            f"--exit-timeout-secs={EXIT_TIMEOUT_S}",
+            # A model that fails to load then makes /v2/health/ready false
+            # instead of being silently absent.
+            "--strict-readiness=true",
+        ]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.log_path.exists():
+            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        with open(self.log_path, "wb") as log:
+            # A new session: the server and its python-backend stubs form one
+            # process group that survives the CLI and can be killed as a whole.
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=_server_env(),
+                cwd=runtime,
+                start_new_session=True,
+            )
+        _write_atomic(self.pid_path, f"{proc.pid}\n")
+        _write_atomic(self.info_path, json.dumps({"pid": proc.pid, **info}, indent=2) + "\n")
+
+        base = f"http://{serving.host}:{serving.http_port}"
+        checks = [("/v2/health/live", "live")] + ([("/v2/health/ready", "ready")] if models else [])
+        deadline = time.monotonic() + serving.ready_timeout_s
+        for path, what in checks:
+            while not _http_ok(base + path):
+                if proc.poll() is not None:
+                    self._forget()
+                    raise ServiceError(
+                        f"tritonserver exited with code {proc.returncode} before it was {what}. "
+                        f"The last lines of {self.log_path}:\n{self.log_tail()}"
+                    )
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ServiceError(
+                        f"tritonserver was not {what} within serving.ready_timeout_s={serving.ready_timeout_s:g} s, "
+                        f"so it was stopped. The last lines of {self.log_path}:\n{self.log_tail()}"
+                    )
+                time.sleep(_POLL_S)
+        return http_url(serving)
+
+    def pid(self) -> int | None:
+        """The pid of the running server, or None; a stale pid file is removed on the way."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if _is_tritonserver(pid):
+            return pid
+        self._forget()
+        return None
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> bool:
+        """SIGTERM, then SIGKILL to the whole process group after ``timeout`` s.
+
+        Returns whether a server was running. Returns only once its ports are free.
+        """
+        pid = self.pid()
+        if pid is None:
+            return False
+        info = self._info()
+        _signal(pid, signal.SIGTERM)
+        if not _wait_gone(pid, timeout):
+            _signal(-pid, signal.SIGKILL)
+            if not _wait_gone(pid, 5):
+                raise ServiceError(f"tritonserver (pid {pid}) survived SIGKILL; check it with `ps -p {pid}`.")
+        # Python-backend stubs notice their parent is gone on their own; this
+        # only hurries along any that have not yet.
+        _signal(-pid, signal.SIGKILL)
+        self._forget()
+        ports = [(k, info[k]) for k in ("http_port", "grpc_port", "metrics_port") if k in info]
+        deadline = time.monotonic() + 5
+        while taken := _taken_ports(info.get("host", "127.0.0.1"), ports):
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"tritonserver (pid {pid}) stopped, but ports {', '.join(str(p) for _, p in taken)} "
+                    "are still in use; another process holds them."
+                )
+            time.sleep(_POLL_S)
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+
+    def _info(self) -> dict:
+        try:
+            return json.loads(self.info_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _forget(self) -> None:
+        self.pid_path.unlink(missing_ok=True)
+        self.info_path.unlink(missing_ok=True)
+
+    def _prepare_runtime(self) -> Path:
+        """Assemble bin/, backends/ and caches/ once; the wheel lacks the stub in backends/python/."""
+        source = _bundled_tritonserver()
+        py = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = source / "python_backend_stubs" / py / "triton_python_backend_stub"
+        if not stub.exists():
+            have = sorted(p.name for p in (source / "python_backend_stubs").iterdir())
+            raise ServiceError(
+                f"nvidia-pytriton ships no python-backend stub for Python {py} (it has {', '.join(have)}); "
+                "run mlops with one of those Python versions."
+            )
+        stamp = json.dumps({"source": str(source), "python": py})
+        stamp_path = self.runtime_dir / "runtime.json"
+        if stamp_path.exists() and stamp_path.read_text() == stamp:
+            return self.runtime_dir
+
+        self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=self.runtime_dir))
+        try:
+            # Symlinks, not copies: the binaries keep their RPATHs into the
+            # wheel, and the runtime costs no disk.
+            (tmp / "bin").mkdir()
+            (tmp / "bin" / "tritonserver").symlink_to(source / "bin" / "tritonserver")
+            (tmp / "backends" / "python").mkdir(parents=True)
+            for f in (source / "backends" / "python").iterdir():
+                if f.is_file():
+                    (tmp / "backends" / "python" / f.name).symlink_to(f)
+            (tmp / "backends" / "python" / stub.name).symlink_to(stub)
+            (tmp / "caches").symlink_to(source / "caches")
+            for name in ("bin", "backends", "caches"):
+                old = self.runtime_dir / name
+                if old.is_symlink() or old.is_file():
+                    old.unlink()
+                elif old.exists():
+                    shutil.rmtree(old)
+                os.rename(tmp / name, old)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _write_atomic(stamp_path, stamp)
+        return self.runtime_dir
+
+
+def load(model_name: str, url: str, timeout: float = 120) -> None:
+    """Load (or reload, picking up a re-pointed config.pbtxt) ``model_name`` and wait until it is ready."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=_host_port(url), network_timeout=timeout)
+    try:
+        client.load_model(model_name)
+        deadline = time.monotonic() + timeout
+        while not client.is_model_ready(model_name):
+            if time.monotonic() > deadline:
+                raise ServiceError(
+                    f"model {model_name!r} was loaded by Triton at {url} but not ready within {timeout:g} s."
+                )
+            time.sleep(_POLL_S)
+    except InferenceServerException as e:
+        raise ServiceError(
+            f"Triton at {url} could not load model {model_name!r}: {e.message()}. "
+            "The server log (logs/triton.log under the state directory) has the details."
+        ) from None
+    finally:
+        client.close()
+
+
+def unload(model_name: str, url: str) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=_host_port(url))
+    try:
+        client.unload_model(model_name)
+    except InferenceServerException as e:
+        raise ServiceError(f"Triton at {url} could not unload model {model_name!r}: {e.message()}.") from None
+    finally:
+        client.close()
+
+
+def served_models(url: str) -> list[dict]:
+    """Every model in the repository as ``{"name", "version", "state"}``; version is None until loaded."""
+    index = _query(url, lambda c: c.get_model_repository_index())
+    return [{"name": m["name"], "version": m.get("version"), "state": m.get("state", "UNAVAILABLE")} for m in index]
+
+
+def statistics(url: str, model_name: str = "") -> dict:
+    """Triton's inference statistics (counts and cumulative times), for one model or all."""
+    return _query(url, lambda c: c.get_inference_statistics(model_name=model_name))
+
+
+def _query(url: str, call):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url=_host_port(url))
+    try:
+        return call(client)
+    except InferenceServerException as e:
+        raise ServiceError(f"Triton at {url} refused the request: {e.message()}.") from None
+    except (ConnectionError, OSError) as e:
+        raise ServiceError(f"Triton does not answer at {url} ({e}); is it running (`mlops status`)?") from None
+    finally:
+        client.close()
+
+
+def _host_port(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+def _bundled_tritonserver() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError("the local Triton needs nvidia-pytriton: pip install 'nvidia-pytriton==0.7.0'.")
+    source = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+    if not (source / "bin" / "tritonserver").exists():
+        raise ServiceError(
+            f"nvidia-pytriton is installed but {source / 'bin' / 'tritonserver'} is missing; reinstall it."
+        )
+    return source
+
+
+def _server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    site_packages = _bundled_tritonserver().parent.parent
+    libs = [str(site_packages / "nvidia_pytriton.libs"), sysconfig.get_config_var("LIBDIR") or ""]
+    if env.get("LD_LIBRARY_PATH"):
+        libs.append(env["LD_LIBRARY_PATH"])
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
+    # The stub finds its site-packages through `python3` on PATH; PYTHONPATH
+    # alone picked up another numpy and outputs came back empty.
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    return env
+
+
+def _check_ports_free(serving: ServingConfig) -> None:
+    ports = [(f"serving.{k}", getattr(serving, k)) for k in ("http_port", "grpc_port", "metrics_port")]
+    taken = _taken_ports(serving.host, ports)
+    if taken:
+        names = ", ".join(f"{key}={port}" for key, port in taken)
+        raise ServiceError(
+            f"cannot start Triton: {names} already in use on {serving.host} by another process. "
+            f"Stop that process or choose free ports with an override, e.g. `{taken[0][0]}={taken[0][1] + 100}`."
+        )
+
+
+def _taken_ports(host: str, ports: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    taken = []
+    for key, port in ports:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            # SO_REUSEADDR: sockets in TIME_WAIT from a previous run do not
+            # block tritonserver, so they should not block this check either.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                taken.append((key, port))
+    return taken
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _is_tritonserver(pid: int) -> bool:
+    # Reap it first if it is our own exited child: a zombie still has a /proc entry.
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    # A recycled pid belongs to some other program: never signal that.
+    return state not in ("Z", "X") and b"tritonserver" in cmdline.split(b"\0", 1)[0]
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _is_tritonserver(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(_POLL_S)
+    return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""The tracker contract and the flavor registry.
+
+A tracker owns one run from ``start_run`` to ``end_run``; everything logged in
+between, including what Lightning logs through :meth:`Tracker.lightning_logger`,
+lands in that run.
+
+Recipe::
+
+    tracking:
+      flavor: mlflow          # or: neptune
+      experiment: churn
+
+Python::
+
+    tracker = make_tracker(cfg.tracking, state_dir)
+    run_id = tracker.start_run("churn-train", {"maturity": "2"})
+    try:
+        tracker.log_params(cfg.model.model_dump())
+        trainer = Trainer(logger=tracker.lightning_logger(), ...)
+        trainer.fit(...)
+        tracker.log_dict(lineage, "lineage.json")
+    except BaseException:
+        tracker.end_run("FAILED")
+        raise
+    tracker.end_run("FINISHED")
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
+    from mlops.recipe.schema import MlflowTracking, NeptuneTracking
+
+RunStatus = Literal["FINISHED", "FAILED"]
+
+# Strings, not classes: mlflow and neptune take seconds to import, and a run
+# only ever needs one of them.
+TRACKERS: dict[str, str] = {
+    "mlflow": "mlops.tracking._mlflow:MlflowTracker",
+    "neptune": "mlops.tracking._neptune:NeptuneTracker",
+}
+
+
+class Tracker(ABC):
+    """One experiment run in a tracking backend."""
+
+    @abstractmethod
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        """Open a new run and return its id."""
+
+    @abstractmethod
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log a (nested) dict as flat params: ``{"model": {"lr": 1e-3}}`` becomes ``model.lr``."""
+
+    @abstractmethod
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+    @abstractmethod
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
+        """Store ``obj`` as a JSON artifact of the run, e.g. ``lineage.json``."""
+
+    @abstractmethod
+    def lightning_logger(self) -> Logger:
+        """A Lightning logger that writes into the current run, not a new one.
+
+        It leaves the run open when training ends: ``end_run`` decides the status.
+        """
+
+    @abstractmethod
+    def end_run(self, status: RunStatus) -> None: ...
+
+    @abstractmethod
+    def ui_hint(self) -> str:
+        """The command or address that shows the runs to a person."""
+
+
+def make_tracker(cfg: MlflowTracking | NeptuneTracking, state_dir: Path) -> Tracker:
+    """The tracker for ``cfg.flavor``; its local data lives under ``state_dir``."""
+    module, _, name = TRACKERS[cfg.flavor].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(cfg, Path(state_dir).resolve())
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
+    """Dotted keys, scalar values; anything else (lists, None, paths) as its ``str``.
+
+    Both backends store only scalars, and one shape means ``model.lr`` is the
+    same key whichever tracker a stack uses.
+    """
+    flat: dict[str, bool | int | float | str] = {}
+    for key, value in params.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, f"{dotted}."))
+        elif isinstance(value, bool | int | float | str):
+            flat[dotted] = value
+        else:
+            flat[dotted] = str(value)
+    return flat
+
+
+def json_text(obj: Mapping[str, Any]) -> str:
+    """The text of a JSON artifact; values JSON lacks (paths, datetimes) as their ``str``."""
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,121 @@
+"""MLflow through an explicit ``MlflowClient``: the run id is passed around, never set globally.
+
+Recipe::
+
+    tracking:
+      flavor: mlflow
+      experiment: churn
+      uri: null               # default: sqlite:///<state_dir>/mlflow.db
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from mlops.tracking._base import RunStatus, Tracker, flatten_params, json_text
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from mlops.recipe.schema import MlflowTracking
+
+# Creating the sqlite database runs alembic migrations, which announce every
+# step at INFO; a user running `mlops up` has no use for them.
+for _noisy in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+# MLflow rejects a log_batch with more than 100 params.
+_PARAMS_PER_BATCH = 100
+# Server-side stores own their artifact roots; only a local database needs us to pick one.
+_SERVER_SCHEMES = ("http", "https", "databricks")
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, cfg: MlflowTracking, state_dir: Path):
+        self.cfg = cfg
+        self.state_dir = state_dir
+        self.uri = cfg.uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+        local = urlparse(self.uri).scheme not in _SERVER_SCHEMES
+        self.artifact_location = str(state_dir / "mlartifacts") if local else None
+        self.run_id: str | None = None
+
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        # Opening a sqlite store creates the database (about 4 s of migrations the
+        # first time), so it waits for the first run: making a tracker, e.g. for
+        # `mlops plan` or ui_hint(), has no side effects.
+        if self.artifact_location is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(self.uri)
+
+    def start_run(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        return self.run_id
+
+    def _experiment_id(self) -> str:
+        exp = self.client.get_experiment_by_name(self.cfg.experiment)
+        if exp is None:
+            return self.client.create_experiment(self.cfg.experiment, artifact_location=self.artifact_location)
+        if exp.lifecycle_stage == "deleted":
+            # A deleted experiment still holds its name, so it can only come back, not be recreated.
+            self.client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        run_id = self._run()
+        entries = [Param(k, str(v)) for k, v in flatten_params(params).items()]
+        for i in range(0, len(entries), _PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=entries[i : i + _PARAMS_PER_BATCH])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        run_id = self._run()
+        now_ms = int(time.time() * 1000)
+        entries = [Metric(k, float(v), now_ms, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(run_id, metrics=entries)
+
+    def log_dict(self, obj: Mapping[str, Any], artifact_file: str) -> None:
+        run_id = self._run()
+        self.client.log_text(run_id, json_text(obj), artifact_file)
+
+    def lightning_logger(self) -> MLFlowLogger:
+        return _run_bound_logger()(tracking_uri=self.uri, run_id=self._run())
+
+    def end_run(self, status: RunStatus) -> None:
+        run_id = self._run()
+        self.client.set_terminated(run_id, status)
+        self.run_id = None
+
+    def ui_hint(self) -> str:
+        if urlparse(self.uri).scheme in _SERVER_SCHEMES:
+            return f"open {self.uri}"
+        return f"mlflow ui --backend-store-uri {self.uri}"
+
+    def _run(self) -> str:
+        if self.run_id is None:
+            raise RuntimeError("no open MLflow run: call start_run() first")
+        return self.run_id
+
+
+@functools.cache
+def _run_bound_logger() -> type[MLFlowLogger]:
+    # Lightning is imported here, not at the top: logging params from a flow
+    # step should not pay for importing torch.
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    class RunBoundMLFlowLogger(MLFlowLogger):
+        def finalize(self, status: str = "success") -> None:
+            # MLFlowLogger would mark the run FINISHED when fit ends, before the
+            # test metrics and lineage are logged; the tracker's end_run decides.
+            pass
+
+    return RunBoundMLFlowLogger

@@ -1,0 +1,259 @@
+"""The tabular MLP, with its preprocessing inside, and the data module that feeds it.
+
+Every statistic (numeric means and stds, category vocabularies, classes, the
+regression target's scale) comes from the training split and lives in the
+module: as hyperparameters, so a checkpoint rebuilds it, and as buffers, so
+the exported graph takes raw feature rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import torch
+import torchmetrics
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from mlops.errors import DataError
+from mlops.recipe.schema import DataConfig, ModelConfig
+from mlops.serving._export import categorical_strings, numeric_array
+from mlops.training._split import Split
+
+
+class TabularMLP(pl.LightningModule):
+    """An MLP over standardised numeric columns and one-hot categorical columns.
+
+    ``forward(numeric, codes)`` takes raw numeric values (NaN allowed) and
+    category codes (0 = unknown, 1..k = the train vocabulary) and returns
+    class probabilities ``[N, C]`` or predictions ``[N, 1]`` in target units.
+    Build one from data with :meth:`from_train`.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: str,
+        target: str,
+        numeric: list[str],
+        categorical: list[str],
+        num_mean: list[float],
+        num_std: list[float],
+        categories: list[list[str]],
+        classes: list[Any],
+        target_mean: float,
+        target_std: float,
+        hidden: list[int],
+        dropout: float,
+        lr: float,
+        weight_decay: float,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.register_buffer("num_mean", torch.tensor(num_mean, dtype=torch.float32).reshape(len(numeric)))
+        self.register_buffer("num_std", torch.tensor(num_std, dtype=torch.float32).reshape(len(numeric)))
+        self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32))
+        self.register_buffer("target_std", torch.tensor(target_std, dtype=torch.float32))
+        # One row of 0..k per column: comparing codes against it is a one-hot that every ONNX runtime can run.
+        for j, vocab in enumerate(categories):
+            self.register_buffer(f"onehot_{j}", torch.arange(len(vocab) + 1).reshape(1, -1))
+        self._lookup = [{v: i + 1 for i, v in enumerate(vocab)} for vocab in categories]
+
+        width = len(numeric) + sum(len(v) + 1 for v in categories)
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.classification = task == "classification"
+        layers.append(nn.Linear(width, len(classes) if self.classification else 1))
+        self.net = nn.Sequential(*layers)
+
+        if self.classification:
+            n = len(classes)
+            self.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+            self.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+            if n == 2:
+                self.test_f1 = torchmetrics.classification.BinaryF1Score()
+                self.test_auc = torchmetrics.classification.BinaryAUROC()
+            else:
+                self.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+        else:
+            self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
+            self.val_mae = torchmetrics.MeanAbsoluteError()
+            self.test_rmse = torchmetrics.MeanSquaredError(squared=False)
+            self.test_mae = torchmetrics.MeanAbsoluteError()
+            self.test_r2 = torchmetrics.R2Score()
+
+    @classmethod
+    def from_train(cls, model: ModelConfig, data: DataConfig, train: pd.DataFrame) -> TabularMLP:
+        """Fit the preprocessing on ``train`` (and nothing else) and build an untrained module around it."""
+        num = numeric_array(train, data.numeric).astype(np.float64)
+        with np.errstate(all="ignore"):
+            mean = np.nan_to_num(np.nanmean(num, axis=0)) if data.numeric else np.zeros(0)
+            std = np.nan_to_num(np.nanstd(num, axis=0)) if data.numeric else np.zeros(0)
+        # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
+        std[std == 0] = 1.0
+        strings = categorical_strings(train, data.categorical)
+        categories = [sorted(set(strings[:, j]) - {""}) for j in range(len(data.categorical))]
+        y = train[data.target]
+        if model.task == "classification":
+            classes = sorted(pd.unique(y).tolist())
+            if len(classes) < 2:
+                raise DataError(
+                    f"the training split has a single class {classes} in `data.target={data.target}`; "
+                    "a classifier needs at least two. Check the target column or use task=regression."
+                )
+            target_mean, target_std = 0.0, 1.0
+        else:
+            classes = []
+            target_mean, target_std = float(y.mean()), float(y.std(ddof=0)) or 1.0
+        return cls(
+            task=model.task,
+            target=data.target,
+            numeric=list(data.numeric),
+            categorical=list(data.categorical),
+            num_mean=mean.tolist(),
+            num_std=std.tolist(),
+            categories=categories,
+            classes=classes,
+            target_mean=target_mean,
+            target_std=target_std,
+            hidden=list(model.hidden),
+            dropout=model.dropout,
+            lr=model.lr,
+            weight_decay=model.weight_decay,
+        )
+
+    # ------------------------------------------------------------ encoding (pandas -> tensors)
+    def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw feature rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``, as the ONNX graph sees them."""
+        numeric = torch.from_numpy(numeric_array(frame, self.hparams.numeric))
+        strings = categorical_strings(frame, self.hparams.categorical)
+        codes = np.array(
+            [[self._lookup[j].get(s, 0) for j, s in enumerate(row)] for row in strings], dtype=np.int64
+        ).reshape(len(frame), len(self._lookup))
+        return numeric, torch.from_numpy(codes)
+
+    def targets(self, frame: pd.DataFrame) -> torch.Tensor:
+        y = frame[self.hparams.target]
+        if not self.classification:
+            return torch.tensor(y.to_numpy(dtype=np.float32))
+        index = {c: i for i, c in enumerate(self.hparams.classes)}
+        unseen = sorted({v for v in y.tolist() if v not in index}, key=str)
+        if unseen:
+            raise DataError(
+                f"labels {unseen} of `data.target={self.hparams.target}` are absent from the training split, "
+                f"which has {self.hparams.classes}. Use more rows or set `data.split.stratify=true`."
+            )
+        return torch.tensor([index[v] for v in y.tolist()], dtype=torch.long)
+
+    # ------------------------------------------------------------ the network
+    def _raw(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+        parts = []
+        if self.hparams.numeric:
+            x = torch.where(torch.isnan(numeric), self.num_mean, numeric)
+            parts.append((x - self.num_mean) / self.num_std)
+        for j in range(len(self.hparams.categorical)):
+            parts.append((codes[:, j : j + 1] == getattr(self, f"onehot_{j}")).to(self.num_mean.dtype))
+        return self.net(torch.cat(parts, dim=1))
+
+    def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
+        raw = self._raw(numeric, codes)
+        if self.classification:
+            return torch.softmax(raw, dim=1)
+        return raw * self.target_std + self.target_mean
+
+    # ------------------------------------------------------------ Lightning
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+        numeric, codes, y = batch
+        raw = self._raw(numeric, codes)
+        n = len(y)
+        if self.classification:
+            loss = nn.functional.cross_entropy(raw, y)
+            probs = torch.softmax(raw, dim=1)
+            if stage == "val":
+                self.val_acc(probs, y)
+                self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, batch_size=n)
+            elif stage == "test":
+                self.test_acc(probs, y)
+                self.log("test_acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
+                binary = len(self.hparams.classes) == 2
+                self.test_f1(probs[:, 1] if binary else probs, y)
+                self.log("test_f1", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
+                if binary:
+                    self.test_auc(probs[:, 1], y)
+                    self.log("test_auc", self.test_auc, on_step=False, on_epoch=True, batch_size=n)
+        else:
+            # The loss is on the standardised target so lr means the same for any target scale; metrics are in
+            # target units so they read as the user expects.
+            raw = raw.squeeze(1)
+            loss = nn.functional.mse_loss(raw, (y - self.target_mean) / self.target_std)
+            pred = raw * self.target_std + self.target_mean
+            names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
+            for name in names:
+                metric = getattr(self, name)
+                metric(pred, y)
+                self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class TabularDataModule(pl.LightningDataModule):
+    """The three splits, encoded by the module's own train-fitted preprocessing."""
+
+    def __init__(self, module: TabularMLP, split: Split, batch_size: int, num_workers: int = 0):
+        super().__init__()
+        self.module, self.split = module, split
+        self.batch_size, self.num_workers = batch_size, num_workers
+
+    def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
+        return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
+
+    def _loader(self, frame: pd.DataFrame, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self._dataset(frame), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split.train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.split.val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.split.test, shuffle=False)
+
+
+def load_module(checkpoint: Path) -> TabularMLP:
+    """The module saved by :func:`mlops.training.fit`, on the CPU and in eval mode."""
+    return TabularMLP.load_from_checkpoint(Path(checkpoint), map_location="cpu").eval()
+
+
+@torch.no_grad()
+def predict_frame(module: TabularMLP, frame: pd.DataFrame) -> np.ndarray:
+    """Probabilities ``[N, C]`` (classification) or predictions ``[N]`` (regression) for raw rows, in torch."""
+    was_training = module.training
+    module.eval()
+    try:
+        numeric, codes = module.encode(frame)
+        dtype = module.num_mean.dtype
+        out = module(numeric.to(module.device, dtype), codes.to(module.device)).float().cpu().numpy()
+    finally:
+        module.train(was_training)
+    return out if module.classification else out[:, 0]

@@ -1,0 +1,58 @@
+"""The seeded train/val/test split: the only place rows are assigned to a role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from mlops.errors import DataError
+from mlops.recipe.schema import DataConfig
+
+
+@dataclass(frozen=True)
+class Split:
+    """Three disjoint frames holding the feature columns and the target, with the source index kept."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+
+
+def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
+    """Split ``frame`` by ``data.split``: the same frame and seed always give the same three frames."""
+    columns = [*data.features, data.target]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"the data has no column(s) {missing} named under `data.numeric`, `data.categorical` or `data.target`; "
+            f"it has {list(frame.columns)}. Fix the column names in the recipe or the data."
+        )
+    frame = frame[columns]
+    if frame[data.target].isna().any():
+        n = int(frame[data.target].isna().sum())
+        raise DataError(
+            f"{n} row(s) have no value in the target column `data.target={data.target}`; a row without a target "
+            "can be neither trained on nor scored. Drop or fill them before training."
+        )
+    cfg = data.split
+    stratify = task == "classification" and cfg.stratify
+    try:
+        rest, test = train_test_split(
+            frame, test_size=cfg.test, random_state=cfg.seed, stratify=frame[data.target] if stratify else None
+        )
+        # The val fraction is of the whole frame, so rescale it to what remains after the test rows left.
+        train, val = train_test_split(
+            rest,
+            test_size=cfg.val / (1.0 - cfg.test),
+            random_state=cfg.seed,
+            stratify=rest[data.target] if stratify else None,
+        )
+    except ValueError as e:
+        hint = " or set `data.split.stratify=false`" if stratify else ""
+        raise DataError(
+            f"cannot split {len(frame)} rows with `data.split.val={cfg.val}` and `data.split.test={cfg.test}`: {e}. "
+            f"Provide more rows{hint}."
+        ) from e
+    return Split(train=train, val=val, test=test)

@@ -1,0 +1,105 @@
+"""Bad recipes get every problem at once, each with file:line (or override), key, expected, given and a hint."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlops.errors import ConfigError
+from mlops.recipe import load
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "bad_recipes"
+EXPECTED = yaml.safe_load((FIXTURES / "expected.yaml").read_text())
+
+
+def _project(tmp_path: Path, recipe: Path) -> Path:
+    (tmp_path / "recipes" / "data").mkdir(parents=True)
+    shutil.copy(ROOT / "recipes" / "data" / "churn.csv", tmp_path / "recipes" / "data" / "churn.csv")
+    shutil.copy(recipe, tmp_path / "recipes" / "bad.yaml")
+    return tmp_path
+
+
+def _problems(project: Path, overrides: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(overrides, project)
+    return [p.render() for p in info.value.problems]
+
+
+def test_every_fixture_has_an_expectation():
+    names = {p.stem for p in FIXTURES.glob("*.yaml")} - {"expected", "_good"}
+    assert names == set(EXPECTED), "add the fixture's expected messages to expected.yaml"
+    assert len(names) >= 10
+
+
+def test_the_base_of_the_fixtures_is_valid(tmp_path):
+    cfg = load(["recipe=bad"], _project(tmp_path, FIXTURES / "_good.yaml"))
+    assert cfg.data.categorical == ["contract"]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_bad_recipe(tmp_path, name):
+    project = _project(tmp_path, FIXTURES / f"{name}.yaml")
+    expected = [line.replace("{project}", str(project)) for line in EXPECTED[name]]
+    assert _problems(project, ["recipe=bad"]) == expected
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["recipe=nope"], ["override 'recipe=nope': `recipe` has no option 'nope'; the options are: breast_cancer, "
+                           "churn. Hint: add recipes/nope.yaml"]),
+        (["recipe=brest_cancer"], ["override 'recipe=brest_cancer': `recipe` has no option 'brest_cancer'; the options "
+                                   "are: breast_cancer, churn. Hint: did you mean `recipe=breast_cancer`?"]),
+        (["stack=big-scale"], ["override 'stack=big-scale': `stack` has no option 'big-scale'; the options are: local, "
+                               "reasonable-scale. Hint: add stacks/big-scale.yaml"]),
+        (["maturity=9"], ["override 'maturity=9': `maturity` level must be an integer from 0 to 4, got '9'. Hint: 0 "
+                          "manual, 1 data prep, 2 training, 3 deployment, 4 drift-triggered retraining"]),
+        (["model.lrr=0.1"], ["command line: `model.lrr` is not a key of the configuration. Hint: check the spelling "
+                             "(`mlops plan` shows every key); a new key needs a leading +"]),
+        (["model.lr=abc", "serving.http_port=0"],
+         ["override 'model.lr=abc': `model.lr` input should be a valid number, unable to parse string as a number; "
+          "got 'abc'. Hint: write a plain number, e.g. model.lr=3e-4",
+          "override 'serving.http_port=0': `serving.http_port` input should be greater than or equal to 1; got 0."]),
+        (["data.path=missing.csv", "recipe=churn"],
+         ["override 'data.path=missing.csv': `data.path` file not found: {root}/missing.csv. Hint: paths are relative "
+          "to the project folder; check the name, or use an fsspec URL"]),
+    ],
+)
+def test_bad_overrides(overrides, expected):
+    assert _problems(ROOT, overrides) == [e.replace("{root}", str(ROOT)) for e in expected]
+
+
+def test_shipped_recipes_and_stacks_validate():
+    for recipe in sorted((ROOT / "recipes").glob("*.yaml")):
+        for stack in ("local", "reasonable-scale"):
+            cfg = load([f"recipe={recipe.stem}", f"stack={stack}"], ROOT)
+            assert cfg.name == recipe.stem and cfg.stack.name == stack
+
+
+def test_headline_override_grammar():
+    cfg = load(["stack=reasonable-scale", "recipe=breast_cancer", "model.lr=3e-4", "maturity=3"], ROOT)
+    assert (cfg.stack.name, cfg.model.lr, cfg.maturity.level) == ("reasonable-scale", 3e-4, 3)
+
+
+def test_config_is_frozen():
+    cfg = load([], ROOT)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.model.lr = 1.0  # type: ignore[misc]
+
+
+def test_cli_bad_config_exits_2_without_traceback(tmp_path):
+    project = _project(tmp_path, FIXTURES / "several_problems.yaml")
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", "-C", str(project), "up", "recipe=bad"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "3 problems in the configuration" in proc.stderr
+    assert "recipes/bad.yaml:11: `model.lr` input should be greater than 0; got -1." in proc.stderr
+    # Validation comes first: nothing was started or written.
+    assert not (project / ".mlops").exists()

@@ -1,0 +1,198 @@
+"""Training on tiny data with real Lightning: the split, train-only preprocessing, determinism, metrics."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from _training_cfg import breast_cancer, fitted, synthetic_cfg, synthetic_frame
+
+import mlops.training
+from mlops.errors import DataError
+from mlops.training import Split, TabularMLP, evaluate, fit, load_module, predict_frame, split_frame
+
+
+def test_public_api_is_sorted_and_complete():
+    assert mlops.training.__all__ == sorted(mlops.training.__all__)
+    assert {"FitResult", "Split", "evaluate", "fit", "load_module", "predict_frame", "split_frame"} <= set(
+        mlops.training.__all__
+    )
+
+
+# ---------------------------------------------------------------- split
+def test_split_is_deterministic_disjoint_and_complete():
+    frame, cfg = breast_cancer()
+    a = split_frame(frame, cfg.data, "classification")
+    b = split_frame(frame, cfg.data, "classification")
+    for x, y in zip((a.train, a.val, a.test), (b.train, b.val, b.test), strict=True):
+        pd.testing.assert_frame_equal(x, y)
+    parts = [set(a.train.index), set(a.val.index), set(a.test.index)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    assert set().union(*parts) == set(frame.index)
+    n = len(frame)
+    assert abs(len(a.test) - 0.15 * n) <= 1 and abs(len(a.val) - 0.15 * n) <= 1
+
+
+def test_split_seed_and_stratification():
+    frame, cfg = breast_cancer()
+    split = split_frame(frame, cfg.data, "classification")
+    reseeded = cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={"seed": 7})})
+    other = split_frame(frame, reseeded, "classification")
+    assert set(split.test.index) != set(other.test.index)
+    overall = frame["target"].mean()
+    for part in (split.train, split.val, split.test):
+        assert abs(part["target"].mean() - overall) < 0.02
+
+
+def test_split_keeps_only_feature_and_target_columns():
+    split = split_frame(synthetic_frame(), synthetic_cfg().data, "classification")
+    assert list(split.train.columns) == ["a", "b", "colour", "label"]
+
+
+def test_split_names_missing_columns():
+    frame = synthetic_frame().drop(columns=["colour"])
+    with pytest.raises(DataError, match=re.escape("the data has no column(s) ['colour']")):
+        split_frame(frame, synthetic_cfg().data, "classification")
+
+
+def test_split_refuses_rows_without_target():
+    frame = synthetic_frame()
+    frame.loc[[3, 5], "label"] = None
+    with pytest.raises(DataError, match=r"2 row\(s\) have no value in the target column `data.target=label`"):
+        split_frame(frame, synthetic_cfg().data, "classification")
+
+
+# ---------------------------------------------------------------- preprocessing
+def test_preprocessing_stats_come_from_train_only(tmp_path):
+    cfg = synthetic_cfg(max_epochs=1)
+    split = split_frame(synthetic_frame(), cfg.data, "classification")
+    wild = Split(
+        train=split.train,
+        val=split.val.assign(a=1e6, colour="violet"),
+        test=split.test.assign(b=-1e6, colour="ultraviolet"),
+    )
+    modules = [fit(cfg, s, tmp_path / name).module for s, name in ((split, "plain"), (wild, "wild"))]
+    train = split.train
+    for m in modules:
+        np.testing.assert_allclose(m.num_mean.numpy(), train[["a", "b"]].mean().to_numpy(), rtol=1e-6)
+        np.testing.assert_allclose(m.num_std.numpy(), train[["a", "b"]].std(ddof=0).to_numpy(), rtol=1e-5)
+        assert m.hparams.categories == [sorted(train["colour"].unique())]
+        assert m.hparams.classes == ["no", "yes"]
+
+
+def test_numeric_nan_is_imputed_with_the_train_mean():
+    cfg, split, result = fitted("synthetic")
+    module = result.module
+    row = split.test.iloc[:1].copy()
+    with_nan = row.assign(b=np.nan)
+    with_mean = row.assign(b=float(module.num_mean[1]))
+    np.testing.assert_allclose(predict_frame(module, with_nan), predict_frame(module, with_mean), atol=1e-7)
+
+
+def test_unseen_and_missing_categories_share_the_unknown_code():
+    _, split, result = fitted("synthetic")
+    rows = pd.concat([split.test.iloc[:1]] * 3).assign(colour=["violet", None, np.nan])
+    _, codes = result.module.encode(rows)
+    assert codes[:, 0].tolist() == [0, 0, 0]
+    seen = split.test.iloc[:3].assign(colour=["blue", "green", "red"])
+    assert result.module.encode(seen)[1][:, 0].tolist() == [1, 2, 3]
+
+
+def test_regression_target_is_standardised_on_train_and_restored_in_the_output():
+    _, split, result = fitted("diabetes")
+    module = result.module
+    assert float(module.target_mean) == pytest.approx(split.train["target"].mean(), rel=1e-6)
+    assert float(module.target_std) == pytest.approx(split.train["target"].std(ddof=0), rel=1e-6)
+    pred = predict_frame(module, split.test)
+    assert pred.shape == (len(split.test),)
+    # In target units: diabetes progression is ~25..346, a standardised output would sit near 0.
+    assert 80 < pred.mean() < 250
+
+
+# ---------------------------------------------------------------- fit
+def test_fit_is_deterministic_and_writes_its_files(tmp_path):
+    cfg = synthetic_cfg(max_epochs=3)
+    split = split_frame(synthetic_frame(), cfg.data, "classification")
+    a, b = fit(cfg, split, tmp_path / "a"), fit(cfg, split, tmp_path / "b")
+    assert a.history == b.history and a.val_metrics == b.val_metrics
+    for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert a.epochs == len(a.history) == cfg.model.max_epochs
+    assert [r["epoch"] for r in a.history] == list(range(a.epochs))
+    assert {"train_loss", "val_loss", "val_acc"} <= set(a.history[0])
+    assert json.loads((tmp_path / "a" / "history.json").read_text()) == a.history
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.json", "model.ckpt"]
+    assert a.checkpoint == tmp_path / "a" / "model.ckpt"
+    assert not a.module.training
+
+
+def test_a_different_seed_trains_differently(tmp_path):
+    cfg = synthetic_cfg(max_epochs=2)
+    split = split_frame(synthetic_frame(), cfg.data, "classification")
+    other = cfg.model_copy(update={"seed": 1})
+    assert fit(cfg, split, tmp_path / "a").history != fit(other, split, tmp_path / "b").history
+
+
+def test_val_metrics_are_those_of_the_best_epoch_and_the_checkpoint_holds_it():
+    cfg, split, result = fitted("synthetic")
+    best = min(result.history, key=lambda r: r["val_loss"])
+    assert result.val_metrics == {k: v for k, v in best.items() if k.startswith("val_")}
+    # Re-evaluating the saved weights on val reproduces the best epoch's val accuracy.
+    val_as_test = Split(train=split.train, val=split.val, test=split.val)
+    again = evaluate(cfg, load_module(result.checkpoint), val_as_test)
+    assert again["test_acc"] == pytest.approx(result.val_metrics["val_acc"], abs=1e-6)
+    assert again["test_loss"] == pytest.approx(result.val_metrics["val_loss"], rel=1e-5)
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path):
+    frame = synthetic_frame()
+    # A label that is pure noise: val loss can only get worse once the net starts to memorise.
+    frame["label"] = np.random.default_rng(1).choice(["no", "yes"], len(frame))
+    cfg = synthetic_cfg(max_epochs=40, hidden=[64], lr=1e-2, early_stopping={"patience": 2})
+    result = fit(cfg, split_frame(frame, cfg.data, "classification"), tmp_path)
+    assert result.epochs < 40
+    best_epoch = min(result.history, key=lambda r: r["val_loss"])["epoch"]
+    assert result.epochs == best_epoch + 1 + 2
+
+
+def test_breast_cancer_reaches_95_percent_test_accuracy():
+    cfg, split, result = fitted("breast_cancer")
+    metrics = evaluate(cfg, result.module, split)
+    assert set(metrics) == {"test_loss", "test_acc", "test_f1", "test_auc"}
+    assert all(type(v) is float for v in metrics.values())
+    assert metrics["test_acc"] >= 0.95, metrics
+    assert metrics["test_auc"] >= 0.98, metrics
+
+
+def test_multiclass_metrics_have_no_auc():
+    frame = synthetic_frame()
+    frame["label"] = np.where(frame["a"] > 11, "high", np.where(frame["a"] < 9, "low", "mid"))
+    cfg = synthetic_cfg(max_epochs=2)
+    split = split_frame(frame, cfg.data, "classification")
+    module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
+    assert module.hparams.classes == ["high", "low", "mid"]
+    assert set(evaluate(cfg, module, split)) == {"test_loss", "test_acc", "test_f1"}
+    assert predict_frame(module, split.test).shape == (len(split.test), 3)
+
+
+def test_regression_metrics():
+    cfg, split, result = fitted("diabetes")
+    metrics = evaluate(cfg, result.module, split)
+    assert set(metrics) == {"test_loss", "test_rmse", "test_mae", "test_r2"}
+    pred = predict_frame(result.module, split.test)
+    y = split.test["target"].to_numpy()
+    assert metrics["test_rmse"] == pytest.approx(float(np.sqrt(np.mean((pred - y) ** 2))), rel=1e-4)
+    assert metrics["test_mae"] == pytest.approx(float(np.mean(np.abs(pred - y))), rel=1e-4)
+    assert metrics["test_r2"] > 0.2, metrics
+    assert {"val_rmse", "val_mae", "val_loss"} == set(result.val_metrics)
+
+
+def test_load_module_reproduces_the_predictions():
+    _, split, result = fitted("synthetic")
+    reloaded = load_module(result.checkpoint)
+    assert not reloaded.training
+    np.testing.assert_array_equal(predict_frame(reloaded, split.test), predict_frame(result.module, split.test))
