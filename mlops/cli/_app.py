@@ -17,8 +17,8 @@ from rich.console import Console
 
 from mlops.errors import MlopsError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 OVERRIDES_HELP = "Hydra overrides: group=option (recipe=churn, stack=reasonable-scale, maturity=3) or key=value (model.lr=3e-4)."
 Overrides = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -56,6 +57,7 @@ def _tabular_run() -> Iterator[None]:
         with warnings.catch_warnings():
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
             yield
     finally:
         torch.set_num_threads(threads)
@@ -82,6 +84,9 @@ def fit(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # "GPU available", "Tip: try litlogger" at every Trainer(): noise in `mlops up`'s progress output.
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
     data = TabularDataModule(module, split, cfg.model.batch_size, cfg.compute.num_workers)
