@@ -140,6 +140,7 @@ def main(argv: list[str]) -> dict[str, float]:
     Registry(state / "registry").set_alias(cfg.name, "champion", mv.version)
     lap("deploy")
     steps["version"] = mv.version
+    steps["epochs"] = result.epochs
     steps["after_imports"] = time.perf_counter() - T_IMPORTED
     return steps
 

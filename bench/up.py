@@ -92,6 +92,8 @@ def main() -> int:
         # 3. flow vs plain script, both subprocesses including imports; a new seed = a new training key,
         #    so both retrain; the services stay up. Alternating order.
         flows, scripts, flow_after, script_after = [], [], [], []
+        flow_epochs: dict[str, int] = {}
+        script_epochs: dict[str, int] = {}
         for i in range(args.reps):
             seed = f"seed={1000 + i}"
 
@@ -100,6 +102,8 @@ def main() -> int:
                 if "new version" not in err:
                     raise SystemExit(f"flow with {seed} did not retrain:\n{err}")
                 flows.append(w)
+                lineages = (project / ".mlops" / "registry" / "breast_cancer" / "versions").glob("*/lineage.json")
+                flow_epochs[seed] = max((json.loads(p.read_text()) for p in lineages), key=lambda d: d["version"])["epochs"]
                 m = re.search(r"up in ([\d.]+)s", err)
                 flow_after.append(float(m[1]) if m else float("nan"))
                 print(f"flow   {w:6.2f}s  [{fmt_steps(flow_steps(err))}]", flush=True)
@@ -108,11 +112,15 @@ def main() -> int:
                 w, out, _ = run([sys.executable, SCRIPT, str(project), *RECIPE, seed, *PORTS], env)
                 steps = json.loads(out.strip().splitlines()[-1])
                 scripts.append(w)
+                script_epochs[seed] = steps["epochs"]
                 script_after.append(steps["after_imports"])
                 print(f"script {w:6.2f}s  [{fmt_steps(steps)}]", flush=True)
 
             for f in ((do_flow, do_script) if i % 2 == 0 else (do_script, do_flow)):
                 f()
+            if flow_epochs[seed] != script_epochs[seed]:
+                raise SystemExit(f"{seed}: the flow trained {flow_epochs[seed]} epochs, the script "
+                                 f"{script_epochs[seed]}: not the same fit")
     finally:
         try:
             run([MLOPS, "-C", str(project), "down", *RECIPE, *PORTS], env)
@@ -137,6 +145,7 @@ def main() -> int:
     for name, v, note in rows:
         unit = "" if "/" in name else "s"
         print(f"{name:<32} {v:>7.2f}{unit or ' '}  {note}")
+    print(f"(same fits: epochs per seed {flow_epochs} in both)")
     print(f"(after imports: flow 'up in' {med(flow_after):.2f}s, script {med(script_after):.2f}s)")
     print(f"command: {sys.executable} bench/up.py --reps {args.reps}   (total {time.perf_counter() - t_all:.0f}s)")
     return 0

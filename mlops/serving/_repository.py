@@ -16,7 +16,6 @@ Stock layout (what a stock Triton container loads with its onnxruntime backend):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from mlops.errors import RegistryError
+from mlops.registry import sha256_file
 from mlops.recipe.schema import ServingConfig
 
 BACKEND_MODEL = Path(__file__).with_name("_backend_model.py")
@@ -155,20 +155,12 @@ def _canonical(signature: dict) -> str:
     return json.dumps(signature, indent=2, sort_keys=True) + "\n"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _same_or_raise(version_dir: Path, model_name: str, version: int, onnx_path: Path, signature: dict) -> None:
     # model.py is framework code, not part of a version's identity, so an
     # upgraded mlops can still re-point at versions it published before.
     differs = []
     published_onnx = version_dir / "model.onnx"
-    if not published_onnx.exists() or _sha256(published_onnx) != _sha256(onnx_path):
+    if not published_onnx.exists() or sha256_file(published_onnx) != sha256_file(onnx_path):
         differs.append("model.onnx")
     published_sig = version_dir / "signature.json"
     if not published_sig.exists() or published_sig.read_text(encoding="utf-8") != _canonical(signature):
