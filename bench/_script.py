@@ -35,23 +35,11 @@ from mlops.recipe import load  # noqa: E402
 from mlops.registry import Registry, write_atomic  # noqa: E402
 from mlops.serving import _repository, _server  # noqa: E402
 from mlops.serving._export import export_onnx  # noqa: E402
+from mlops.recipe.keys import config_hash, training_key  # noqa: E402
 from mlops.tracking import make_tracker  # noqa: E402
 from mlops.training import evaluate, fit, load_module, split_frame  # noqa: E402
 
 
-def _keys():
-    # `import mlops.flows.keys` runs mlops/flows/__init__.py, which imports Prefect (~3 s): load the file alone.
-    import importlib.util
-
-    import mlops
-
-    spec = importlib.util.spec_from_file_location("_bench_keys", Path(mlops.__file__).parent / "flows" / "keys.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.config_hash, mod.training_key
-
-
-config_hash, training_key = _keys()
 assert "prefect" not in sys.modules, "the plain script must not import Prefect"
 T_IMPORTED = time.perf_counter()
 

@@ -18,7 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.runtime import flow_run
 from rich.console import Console
 
-from mlops.flows.keys import config_hash, training_key
+from mlops.recipe.keys import config_hash, training_key
 from mlops.recipe.schema import Config
 
 console = Console(stderr=True, highlight=False)
@@ -126,13 +126,13 @@ def register(cfg: Config, dataset: dict[str, Any], trained: dict[str, Any], metr
 
 def _reference_profile(cfg: Config, dataset: dict[str, Any], train_dir: Path) -> Path:
     """The training split's whylogs profile: the reference that drift is measured against."""
-    import os
-
-    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
-    import whylogs as why
-
     path = train_dir / "reference_profile.bin"
     if not path.exists():
+        import os
+
+        os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+        import whylogs as why
+
         tmp = train_dir / ".reference_profile.bin.tmp"
         why.log(_split(cfg, dataset).train).view().write(str(tmp))
         tmp.replace(path)

@@ -16,7 +16,7 @@ STEPS = ("ingest", "validate", "train", "evaluate", "register", "export", "deplo
 
 def build_plan(cfg: Config, project: Path) -> dict[str, Any]:
     from mlops.data import fingerprint, read_frame
-    from mlops.flows.keys import training_key
+    from mlops.recipe.keys import training_key
     from mlops.registry import Registry
     from mlops.targets import get_target
 

@@ -1,4 +1,4 @@
-"""Cache and lineage keys, importable without Prefect (`mlops plan` uses them)."""
+"""Cache and lineage keys derived from the validated config (the flow and `mlops plan` use them)."""
 
 from __future__ import annotations
 
