@@ -114,7 +114,11 @@ def test_warm_up_does_not_retrain(project):
     before = {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")}
     proc = mlops(project, "up", "stack=reasonable-scale", "recipe=breast_cancer")
     assert "(unchanged, nothing retrained)" in proc.stderr
-    assert any("train" in line and "(cached)" in line for line in proc.stderr.splitlines())
+    assert "up to date: breast_cancer@1 was trained on this config and data and is served" in proc.stderr
+    # --rerun runs the Prefect flow; train and evaluate come from Prefect's cache on the training key.
+    proc = mlops(project, "up", "recipe=breast_cancer", "--rerun")
+    cached = {line.split()[1] for line in proc.stderr.splitlines() if "(cached)" in line}
+    assert cached == {"train", "evaluate"}, proc.stderr
     assert _versions(project, "breast_cancer") == ["1"]
     assert {p: p.stat().st_mtime_ns for p in ckpt.rglob("*")} == before
 

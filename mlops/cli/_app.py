@@ -67,7 +67,11 @@ def _print_json(obj: Any) -> None:
 
 
 @app.command()
-def up(overrides: Overrides = None) -> None:
+def up(
+    overrides: Overrides = None,
+    rerun: Annotated[bool, typer.Option("--rerun", help="Run the flow even when the served model is up to date "
+                                        "(cached steps are still reused).")] = False,
+) -> None:
     """Start the services and run the recipe end to end: ingest, validate, train, evaluate, register, export, deploy.
 
     Ends when the model is READY on Triton. A second `up` with nothing changed trains nothing.
@@ -79,7 +83,7 @@ def up(overrides: Overrides = None) -> None:
     t0 = time.perf_counter()
     cfg = _load(overrides)
     target = get_target(cfg, _project())
-    result = target.up(progress=err.is_terminal)
+    result = target.up(progress=err.is_terminal, rerun=rerun)
     took = time.perf_counter() - t0
     served = f"{result['model']} version {result['version']}"
     err.print(f"[bold green]up[/] in {took:.1f}s: {served} is READY "

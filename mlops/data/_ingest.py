@@ -25,17 +25,33 @@ def _format(data: DataConfig, url: str) -> str:
     return "parquet" if url.lower().endswith((".parquet", ".pq")) else "csv"
 
 
-def _sklearn_frame(name: str) -> pd.DataFrame:
+def _sklearn_frame(name: str, cache_dir: Path | None, write_cache: bool) -> pd.DataFrame:
+    """A bundled scikit-learn dataset. Importing sklearn costs ~2 s, so a copy is kept per sklearn version."""
+    from importlib.metadata import version
+
+    cached = cache_dir / f"sklearn-{name}-{version('scikit-learn')}.parquet" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return pd.read_parquet(cached)
     from sklearn import datasets
 
-    loader = getattr(datasets, f"load_{name}")
-    return loader(as_frame=True).frame
+    frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
+    if cached is not None and write_cache:
+        import io
+
+        from mlops.registry import write_atomic
+
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        write_atomic(cached, buf.getvalue())
+    return frame
 
 
-def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None) -> pd.DataFrame:
+def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cache_dir: Path | None = None,
+               write_cache: bool = False) -> pd.DataFrame:
+    """The source as a DataFrame. `cache_dir` keeps bundled datasets (read-only unless `write_cache`)."""
     if data.source == "sklearn":
         assert data.dataset is not None
-        frame = _sklearn_frame(data.dataset)
+        frame = _sklearn_frame(data.dataset, cache_dir, write_cache)
         return frame if nrows is None else frame.head(nrows)
     import fsspec
 
@@ -47,7 +63,7 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None) -> 
         return pd.read_csv(fh, nrows=nrows)
 
 
-def check_columns(data: DataConfig, project: Path) -> list[tuple[str, str, str]]:
+def check_columns(data: DataConfig, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
     """Read-only checks run at config load: the data exists and has the named columns.
 
     Returns (dotted key, message, hint) triples; empty when all is well.
@@ -65,7 +81,7 @@ def check_columns(data: DataConfig, project: Path) -> list[tuple[str, str, str]]
             return [("data.path", f"file not found: {url}",
                      "paths are relative to the project folder; check the name, or use an fsspec URL")]
     try:
-        head = read_frame(data, project, nrows=5)
+        head = read_frame(data, project, nrows=5, cache_dir=cache_dir)
     except Exception as exc:  # a parser error of any reader: show it, don't crash
         return [("data.path", f"cannot be read as {data.format}: {str(exc).splitlines()[0]}",
                  "check the file format, or set data.format")]

@@ -21,7 +21,7 @@ from rich.console import Console
 from mlops.recipe.keys import config_hash, training_key
 from mlops.recipe.schema import Config
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _key_from(ctx: TaskRunContext, params: dict[str, Any]) -> str:
@@ -34,7 +34,7 @@ def ingest(cfg: Config, project: str, state_dir: str) -> dict[str, Any]:
     from mlops.data import fingerprint, read_frame
     from mlops.registry import write_atomic
 
-    frame = read_frame(cfg.data, Path(project))
+    frame = read_frame(cfg.data, Path(project), cache_dir=Path(state_dir) / "cache", write_cache=True)
     frame = frame[[*cfg.data.features, cfg.data.target]]
     fp = fingerprint(frame)
     snapshot = Path(state_dir) / "datasets" / cfg.name / f"{fp.removeprefix('sha256:')[:20]}.parquet"

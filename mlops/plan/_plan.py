@@ -14,16 +14,22 @@ from mlops.recipe.schema import Config
 STEPS = ("ingest", "validate", "train", "evaluate", "register", "export", "deploy")
 
 
-def build_plan(cfg: Config, project: Path) -> dict[str, Any]:
+def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
+    """The key `up` would train under now: config that shapes the model + the data's fingerprint (read-only)."""
     from mlops.data import fingerprint, read_frame
     from mlops.recipe.keys import training_key
+
+    frame = read_frame(cfg.data, project, cache_dir=state_dir / "cache")
+    return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
+
+
+def build_plan(cfg: Config, project: Path) -> dict[str, Any]:
     from mlops.registry import Registry
     from mlops.targets import get_target
 
     target = get_target(cfg, project)
     services = target.planned_services()
-    frame = read_frame(cfg.data, project)[[*cfg.data.features, cfg.data.target]]
-    key = training_key(cfg, fingerprint(frame))
+    key = current_training_key(cfg, project, target.state_dir)
     existing = Registry(target.state_dir / "registry").find(cfg.name, key)
     steps = []
     for name in STEPS:

@@ -300,7 +300,7 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
     if check_data:
         from mlops.data import check_columns
 
-        data_problems = check_columns(config.data, project)
+        data_problems = check_columns(config.data, project, cache_dir=project / config.target.state_dir / "cache")
         if data_problems:
             raise ConfigError([
 Problem(k, m, _place(k, locator, value_overrides), h) for k, m, h in data_problems

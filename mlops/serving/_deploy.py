@@ -57,8 +57,8 @@ def deploy_version(cfg: Config, exported: dict[str, Any], state_dir: Path) -> di
     from mlops.registry import Registry
 
     name, version, url = cfg.serving.model_name, int(exported["version"]), _url(cfg)
-    current = next((m for m in served_models(url) if m["name"] == name), None)
-    if not (current and current["state"] == "READY" and str(current["version"]) == str(version)):
+    ready = {str(m["version"]) for m in served_models(url) if m["name"] == name and m["state"] == "READY"}
+    if str(version) not in ready:
         _repository.write_version(_repo(state_dir), name, version, Path(exported["onnx"]), exported["signature"],
                                   cfg.serving)
         _server.load(name, url, timeout=cfg.serving.ready_timeout_s)

@@ -50,7 +50,7 @@ class AwsTarget:
         return [{"name": "pulumi", "url": f"stack {self.cfg.stack.name}", "action": "provision"},
                 {"name": "triton", "url": "(from the stack outputs)", "action": "provision"}]
 
-    def up(self, progress: bool = False) -> dict[str, Any]:
+    def up(self, progress: bool = False, rerun: bool = False) -> dict[str, Any]:
         raise self.unavailable()
 
     def down(self) -> dict[str, bool]:

@@ -54,22 +54,45 @@ class LocalTarget:
 
         ensure_triton(self.cfg, self.state_dir)
 
-    def up(self, progress: bool = False) -> dict[str, Any]:
+    def up(self, progress: bool = False, rerun: bool = False) -> dict[str, Any]:
         from rich.console import Console
 
-        console = Console(stderr=True, highlight=False)
+        console = Console(stderr=True, highlight=False, soft_wrap=True)
         with console.status("starting Prefect server (about 20 s the first time) ..."):
             self._ensure_prefect()
         console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
         with console.status("starting Triton ..."):
             self._ensure_triton()
         console.print(f"  [green]✓[/] triton    {self.triton_url}")
+        if not rerun and (current := self.up_to_date()) is not None:
+            console.print(f"  [green]✓[/] up to date: {current['model']}@{current['version']} was trained on this "
+                          "config and data and is served; nothing to run (--rerun runs the flow anyway)")
+            return {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
         os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
         os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
         from mlops.flows import up_flow
 
         result = up_flow(self.cfg, str(self.project), str(self.state_dir), progress)
         return {**result, "prefect_ui": _prefect.ui_url(self.cfg)}
+
+    def up_to_date(self) -> dict[str, Any] | None:
+        """What is served, if it is exactly what `up` would produce now: then there is nothing to run."""
+        from mlops.plan import current_training_key
+        from mlops.registry import Registry
+        from mlops.serving import served_models
+
+        key = current_training_key(self.cfg, self.project, self.state_dir)
+        mv = Registry(self.state_dir / "registry").find(self.cfg.name, key)
+        if mv is None:
+            return None
+        name = self.cfg.serving.model_name
+        if not any(m["name"] == name and m["state"] == "READY" and str(m["version"]) == str(mv.version)
+                   for m in served_models(self.triton_url)):
+            return None
+        return {"model": self.cfg.name, "version": mv.version, "new_version": False,
+                "metrics": mv.lineage["metrics"], "flow_run_id": None,
+                "endpoint": f"{self.triton_url}/v2/models/{name}/versions/{mv.version}/infer",
+                "triton_url": self.triton_url}
 
     def down(self) -> dict[str, bool]:
         from mlops.serving import stop_triton
