@@ -206,10 +206,37 @@ class ServingConfig(_Strict):
 
 
 # ---------------------------------------------------------------- monitoring
+class DriftConfig(_Strict):
+    """Per-column drift between a window of serving traffic and the training data's reference profile."""
+
+    algorithm: Literal["hellinger"] = Field(
+        "hellinger", description="Hellinger distance: stable on large windows, unlike KS p-values that flag "
+        "unshifted data at 1M rows.")
+    possible: float = Field(0.15, gt=0, lt=1, description="Score from which a column is POSSIBLE_DRIFT.")
+    drift: float = Field(0.4, gt=0, le=1, description="Score from which a column is DRIFT (raises a drift event).")
+    min_window_rows: PositiveInt = Field(200, description="Smaller windows get no verdict: too noisy to judge.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.possible >= self.drift:
+            raise ValueError(f"possible={self.possible} must be below drift={self.drift}")
+        return self
+
+
 class MonitoringConfig(_Strict):
     flavor: Literal["whylogs", "none"] = Field(
         "whylogs", description="`whylogs`: a reference profile of the training data is stored with each version."
     )
+    sample_rate: float = Field(
+        0.1, gt=0, le=1, description="Fraction of served rows profiled, off the request path. At 12k rows/s and "
+        "~90k profiled rows/s per core (10 columns), 0.1 costs about 1% of a core and keeps 1.2k rows/s for drift.")
+    window_s: PositiveFloat = Field(60, description="Length of one serving-traffic profile window, in seconds.")
+    drift: DriftConfig = DriftConfig()
+    bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Physical bounds per numeric column, e.g. {age: [0, 120]}; a batch "
+        "outside them is quarantined. Observed training ranges are not used: a real shift must not look like garbage.")
+    allow_new_categories: bool = Field(
+        False, description="Whether an ingested batch may contain categories never seen in training.")
 
 
 # ---------------------------------------------------------------- target
@@ -232,6 +259,124 @@ class TargetConfig(_Strict):
 class ComponentFlavors(_Strict):
     local: str
     aws: str
+    k8s: str | None = Field(None, description="Flavor when the stack provisions on Kubernetes (stack=k8s).")
+
+
+class NetworkParams(_Strict):
+    """Create a VPC, or use an existing one (`vpc_id` with its subnets)."""
+
+    vpc_id: str | None = Field(None, description="Existing VPC: create no network; needs `subnet_ids`.")
+    subnet_ids: list[str] = Field(default_factory=list, description="Existing private subnets for compute.")
+    public_subnet_ids: list[str] = Field(default_factory=list, description="Existing public subnets (public endpoint only).")
+    cidr: str = Field("10.42.0.0/16", description="CIDR of the VPC created when `vpc_id` is not set.")
+
+    @model_validator(mode="after")
+    def _existing_needs_subnets(self) -> NetworkParams:
+        if self.vpc_id and not self.subnet_ids:
+            raise ValueError("an existing `vpc_id` needs its private `subnet_ids`")
+        if not self.vpc_id and (self.subnet_ids or self.public_subnet_ids):
+            raise ValueError("`subnet_ids` without `vpc_id`: name the VPC they belong to")
+        return self
+
+
+class ArtifactParams(_Strict):
+    """The S3 artifact store: created (private, encrypted, versioned) or an existing bucket."""
+
+    bucket: str | None = Field(None, description="Existing bucket: use it, create nothing (its policy stays yours).")
+    kms_key_arn: str | None = Field(None, description="SSE-KMS key; default the AWS-managed `aws/s3` key.")
+    profile_retention_days: PositiveInt = Field(90, description="whylogs profiles under profiles/ expire after this.")
+    noncurrent_version_days: PositiveInt = Field(
+        365, description="Old versions of replaced objects expire after this (model versions are never deleted)."
+    )
+
+
+class TrainingParams(_Strict):
+    """AWS Batch GPU compute (or Kubernetes Jobs) for Lightning; devices and nodes come from `compute`."""
+
+    instance_types: list[str] = Field(default_factory=lambda: ["g4dn.xlarge", "g5.xlarge"], min_length=1)
+    max_vcpus: PositiveInt = Field(64, description="Upper bound of the Batch compute environment.")
+    spot: bool = Field(True, description="Spot instances (single-node jobs; multi-node jobs use on-demand).")
+    image: str | None = Field(None, description="Training image; default the stack's ECR repository, tag `latest`.")
+
+
+class OrchestrationParams(_Strict):
+    """The Prefect work pool's worker. The API URL and key are references, never values."""
+
+    work_pool: str = Field("mlops", pattern=NAME_PATTERN)
+    prefect_api_url_ref: str = Field(
+        "mlops/prefect-api-url",
+        description="Secrets Manager secret name/ARN (or `ssm:/path`) holding PREFECT_API_URL (Cloud or self-hosted).",
+    )
+    prefect_api_key_ref: str | None = Field(
+        "mlops/prefect-api-key", description="Secret name/ARN (or `ssm:/path`) holding PREFECT_API_KEY; null: no key."
+    )
+    worker_image: str = "prefecthq/prefect:3.8.8-python3.11"
+    worker_cpu: PositiveInt = 512
+    worker_memory: PositiveInt = 1024
+
+
+class ServingParams(_Strict):
+    """Triton on ECS GPU instances behind a load balancer, or a SageMaker endpoint with the Triton container."""
+
+    mode: Literal["ecs", "sagemaker"] = "ecs"
+    instance_type: str = Field("g4dn.xlarge", description="EC2 type (ecs) or SageMaker type, e.g. ml.g4dn.xlarge.")
+    min_capacity: PositiveInt = 1
+    max_capacity: PositiveInt = 4
+    target_requests_per_instance: PositiveInt = Field(200, description="Autoscaling target (requests/minute/instance).")
+    public: bool = Field(False, description="An internet-facing load balancer (needs `certificate_arn`: HTTPS only).")
+    certificate_arn: str | None = None
+    allowed_cidrs: list[str] = Field(
+        default_factory=list, description="Who may call the endpoint; default the VPC's CIDR (or 0.0.0.0/0 when public)."
+    )
+    image: str = Field("nvcr.io/nvidia/tritonserver:24.09-py3", description="The stock Triton image (ecs, k8s).")
+    sagemaker_image: str | None = Field(
+        None, description="AWS's SageMaker Triton image URI for the region (mode=sagemaker)."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ServingParams:
+        if self.min_capacity > self.max_capacity:
+            raise ValueError(f"min_capacity={self.min_capacity} exceeds max_capacity={self.max_capacity}")
+        if self.public and self.mode == "ecs" and not self.certificate_arn:
+            raise ValueError("a public endpoint is HTTPS only: set `certificate_arn` (an ACM certificate)")
+        if self.mode == "sagemaker" and not self.instance_type.startswith("ml."):
+            raise ValueError(f"mode=sagemaker needs a SageMaker instance type like ml.g4dn.xlarge, got {self.instance_type!r}")
+        return self
+
+
+class ScheduleParams(_Strict):
+    data: str = Field("cron(0 2 * * ? *)", description="Level 1+: when fresh data is ingested and validated.")
+    drift: str = Field("rate(1 day)", description="Level 4: when the drift deployment compares profiles.")
+
+
+class MonitoringParams(_Strict):
+    alarm_email: str | None = Field(None, description="Drift notifications go to this address (SNS subscription).")
+    profile_prefix: str = Field("profiles/", pattern=r"^[a-z0-9_\-/]+/$")
+
+
+class KubernetesParams(_Strict):
+    namespace: str = Field("mlops", pattern=NAME_PATTERN)
+    gpu_resource: str = Field("nvidia.com/gpu", description="The extended resource that requests a GPU.")
+    prefect_secret: str = Field("prefect", description="Existing Secret with PREFECT_API_URL and PREFECT_API_KEY keys.")
+    storage_secret: str = Field("mlops-s3", description="Existing Secret with the object-store credentials for Triton.")
+
+
+class StackParameters(_Strict):
+    """What a company overrides in its own YAML (`stack.parameters.*`), without copying the Pulumi code."""
+
+    region: str | None = Field(None, description="AWS region; default `target.region`, then us-east-1.")
+    name_prefix: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Prefix of every resource name; default `mlops-<name>`."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Tags on every AWS resource (labels on Kubernetes).")
+    network: NetworkParams = NetworkParams()
+    artifacts: ArtifactParams = ArtifactParams()
+    training: TrainingParams = TrainingParams()
+    orchestration: OrchestrationParams = OrchestrationParams()
+    serving: ServingParams = ServingParams()
+    schedules: ScheduleParams = ScheduleParams()
+    monitoring: MonitoringParams = MonitoringParams()
+    kubernetes: KubernetesParams = KubernetesParams()
 
 
 class StackConfig(_Strict):
@@ -239,8 +384,18 @@ class StackConfig(_Strict):
 
     name: str = Field(pattern=NAME_PATTERN)
     description: str
-    pulumi_project: str | None = Field(None, description="Folder under infra/ that provisions this stack on AWS.")
+    pulumi_project: str | None = Field(
+        None, description="The registered Pulumi program (folder under infra/) that provisions this stack."
+    )
+    backend: str | None = Field(
+        None, description="Pulumi state backend: s3://bucket/prefix (shared; `down` works from a fresh clone) or "
+        "file://...; default file://<state_dir>/pulumi."
+    )
+    secrets_provider: str = Field(
+        "passphrase", description="Pulumi secrets provider: passphrase (PULUMI_CONFIG_PASSPHRASE) or awskms://alias/..."
+    )
     components: dict[Literal["storage", "orchestrator", "trainer", "server", "tracker", "monitor"], ComponentFlavors]
+    parameters: StackParameters = StackParameters()
 
 
 # ---------------------------------------------------------------- root

@@ -1,0 +1,224 @@
+"""The profiler interface, and its whylogs flavor.
+
+Everything monitoring does (reference profiles, batch constraints, drift,
+windowed traffic profiles) goes through :class:`Profiler`, so a second engine
+(e.g. Evidently) is one more class registered in ``PROFILERS``::
+
+    profiler = make_profiler("whylogs")
+    ref = profiler.profile(train_frame)
+    report = profiler.validate(batch_frame, ref, cfg.data, cfg.monitoring)
+    scores = profiler.drift(ref, profiler.profile(window_frame), cfg.data.features, cfg.monitoring.drift)
+
+In YAML: ``monitoring: {flavor: whylogs, sample_rate: 0.1}``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mlops.recipe.schema import DataConfig, DriftConfig, MonitoringConfig
+
+
+@dataclass(frozen=True)
+class ConstraintFailure:
+    column: str
+    constraint: str
+    details: dict[str, Any]
+
+    def render(self) -> str:
+        shown = ", ".join(f"{k}={v}" for k, v in self.details.items())
+        return f"column {self.column!r}: {self.constraint} ({shown})"
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    rows: int
+    failures: list[ConstraintFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    column: str
+    score: float | None  # None: the window was too small, or the column is empty
+    category: str  # NO_DRIFT | POSSIBLE_DRIFT | DRIFT | NO_VERDICT
+    algorithm: str
+
+
+class Profiler(ABC):
+    """A profiling engine: mergeable profiles, constraint checks and drift scores."""
+
+    @abstractmethod
+    def profile(self, frame: pd.DataFrame) -> Any: ...
+
+    @abstractmethod
+    def merge(self, a: Any, b: Any) -> Any: ...
+
+    @abstractmethod
+    def rows(self, profile: Any) -> int: ...
+
+    @abstractmethod
+    def write(self, profile: Any, path: Path) -> None:
+        """Atomically: readers see the old profile or the new one."""
+
+    @abstractmethod
+    def read(self, path: Path) -> Any: ...
+
+    @abstractmethod
+    def validate(self, frame: pd.DataFrame, reference: Any, data: DataConfig, monitoring: MonitoringConfig
+                 ) -> BatchReport: ...
+
+    @abstractmethod
+    def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]: ...
+
+    @abstractmethod
+    def histogram(self, profile: Any, column: str) -> tuple[list[float], list[float]] | dict[str, float]:
+        """Numeric: (bin edges, counts); categorical: {value: count}. For reports."""
+
+
+class WhylogsProfiler(Profiler):
+    """whylogs 1.6.4: profiles are DatasetProfileViews (mergeable, ~kB whatever the row count)."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+        import whylogs  # noqa: F401  (import cost paid once, here)
+
+    def profile(self, frame: pd.DataFrame) -> Any:
+        import whylogs as why
+
+        return why.log(frame).view()
+
+    def merge(self, a: Any, b: Any) -> Any:
+        return a.merge(b)
+
+    def rows(self, profile: Any) -> int:
+        cols = profile.get_columns()
+        if not cols:
+            return 0
+        first = next(iter(cols.values()))
+        return int(first.get_metric("counts").n.value)
+
+    def write(self, profile: Any, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with warnings.catch_warnings():
+            # whylogs asks for its Writer API, which picks its own file names; we need this exact path.
+            warnings.filterwarnings("ignore", message="please use a Writer", category=DeprecationWarning)
+            profile.write(str(tmp))
+        tmp.replace(path)
+
+    def read(self, path: Path) -> Any:
+        from whylogs.core import DatasetProfileView
+
+        return DatasetProfileView.read(str(path))
+
+    def validate(self, frame: pd.DataFrame, reference: Any, data: DataConfig, monitoring: MonitoringConfig
+                 ) -> BatchReport:
+        from whylogs.core.constraints import ConstraintsBuilder
+        from whylogs.core.constraints import factories as f
+
+        view = self.profile(frame)
+        builder = ConstraintsBuilder(dataset_profile_view=view)
+        present = set(map(str, frame.columns))
+        failures = [ConstraintFailure(c, "column is missing", {"columns": sorted(present)})
+                    for c in [*data.features, data.target] if c not in present]
+        ref_cols = reference.get_columns()
+        for c in data.numeric:
+            if c not in present:
+                continue
+            builder.add_constraint(f.column_has_zero_count_types(c, ["string", "object"]))
+            lo_hi = monitoring.bounds.get(c)
+            if lo_hi is not None:
+                builder.add_constraint(f.is_in_range(c, lo_hi[0], lo_hi[1]))
+            elif c in ref_cols and (ref_min := _summary(ref_cols[c]).get("distribution/min")) is not None \
+                    and ref_min >= 0:
+                builder.add_constraint(f.is_non_negative(c))
+        for c in data.features:
+            if c in present:
+                builder.add_constraint(f.null_percentage_below_number(c, data.checks.max_null_fraction))
+        if not monitoring.allow_new_categories:
+            for c in data.categorical:
+                if c in present and c in ref_cols:
+                    known = {item.value for item in ref_cols[c].get_metric("frequent_items").strings}
+                    builder.add_constraint(f.frequent_strings_in_reference_set(c, known))
+        for r in builder.build().generate_constraints_report(with_summary=True):
+            if r.failed:
+                column = _column_of(r.name, present)
+                details = {k: v for k, v in (r.summary or {}).items() if k != "metric" and v not in (0, None)}
+                failures.append(ConstraintFailure(column, r.name, details))
+        return BatchReport(rows=len(frame), failures=failures)
+
+    def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]:
+        from whylogs.viz.drift.column_drift_algorithms import Hellinger, calculate_drift_scores
+
+        out: dict[str, ColumnDrift] = {}
+        if self.rows(current) < cfg.min_window_rows:
+            return {c: ColumnDrift(c, None, "NO_VERDICT", cfg.algorithm) for c in columns}
+        ref_cols, cur_cols = reference.get_columns(), current.get_columns()
+        numeric = [c for c in columns if c in cur_cols and _summary(cur_cols[c]).get("distribution/n")]
+        scores = calculate_drift_scores(target_view=current, reference_view=reference, with_thresholds=False,
+                                        drift_map={c: Hellinger() for c in numeric}) if numeric else {}
+        for c in columns:
+            if c in numeric:
+                score = (scores.get(c) or {}).get("statistic")
+            else:
+                score = _categorical_hellinger(ref_cols[c], cur_cols[c]) if c in cur_cols and c in ref_cols else None
+            out[c] = ColumnDrift(c, None if score is None else float(score), _category(score, cfg), cfg.algorithm)
+        return out
+
+    def histogram(self, profile: Any, column: str) -> tuple[list[float], list[float]] | dict[str, float]:
+        col = profile.get_column(column)
+        dist = col.get_metric("distribution")
+        if dist is not None and dist.n:
+            kll = dist.kll.value
+            lo, hi = kll.get_min_value(), kll.get_max_value()
+            edges = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else [lo, lo + 1]
+            pmf = kll.get_pmf(edges[1:-1]) if len(edges) > 2 else [1.0]
+            return edges, [float(p) for p in pmf]
+        return {item.value: float(item.est) for item in col.get_metric("frequent_items").strings}
+
+
+def _summary(column_view: Any) -> dict[str, Any]:
+    return column_view.to_summary_dict()
+
+
+def _column_of(constraint_name: str, columns: set[str]) -> str:
+    # whylogs names constraints after their column ("null percentage of X lower than ..."): recover it.
+    return max((c for c in columns if c in constraint_name), key=len, default="")
+
+
+def _categorical_hellinger(ref_col: Any, cur_col: Any) -> float | None:
+    # whylogs 1.6.4 scores categoricals only with chi-square p-values, which flag any difference on large
+    # windows; the Hellinger distance over the frequent-items estimates is on the same scale as the numeric one.
+    ref = {i.value: i.est for i in ref_col.get_metric("frequent_items").strings}
+    cur = {i.value: i.est for i in cur_col.get_metric("frequent_items").strings}
+    rt, ct = sum(ref.values()), sum(cur.values())
+    if not rt or not ct:
+        return None
+    keys = set(ref) | set(cur)
+    bc = sum(math.sqrt(ref.get(k, 0) / rt * cur.get(k, 0) / ct) for k in keys)
+    return math.sqrt(max(0.0, 1 - bc))
+
+
+def _category(score: float | None, cfg: DriftConfig) -> str:
+    if score is None:
+        return "NO_VERDICT"
+    return "DRIFT" if score >= cfg.drift else "POSSIBLE_DRIFT" if score >= cfg.possible else "NO_DRIFT"
+
+
+PROFILERS: dict[str, type[Profiler]] = {"whylogs": WhylogsProfiler}
+
+
+def make_profiler(flavor: str) -> Profiler:
+    return PROFILERS[flavor]()

@@ -1,0 +1,127 @@
+"""Monitoring with real whylogs: batch constraints, traffic windows, drift power at the default sample rate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mlops.monitoring import TrafficProfiler, drift_history, make_profiler, render_html, windows
+from mlops.recipe.schema import DataConfig, MonitoringConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = DataConfig(source="file", path="recipes/data/churn.csv", target="churned",
+                  numeric=["tenure_months", "monthly_charges", "support_calls", "data_gb"],
+                  categorical=["contract", "payment_method", "region"])
+MON = MonitoringConfig()
+
+
+@pytest.fixture(scope="module")
+def profiler():
+    return make_profiler("whylogs")
+
+
+@pytest.fixture(scope="module")
+def churn():
+    return pd.read_csv(ROOT / "recipes/data/churn.csv")
+
+
+@pytest.fixture(scope="module")
+def reference(profiler, churn):
+    return profiler.profile(churn.iloc[:800])
+
+
+def test_a_clean_batch_passes(profiler, reference, churn):
+    assert profiler.validate(churn.iloc[800:], reference, DATA, MON).failures == []
+
+
+def test_a_string_in_a_numeric_column_is_caught(profiler, reference, churn):
+    bad = churn.iloc[800:].copy()
+    bad["monthly_charges"] = bad["monthly_charges"].astype(object)
+    bad.iloc[3, bad.columns.get_loc("monthly_charges")] = "lots"
+    [failure] = profiler.validate(bad, reference, DATA, MON).failures
+    assert failure.column == "monthly_charges" and "allows for types" in failure.constraint
+    assert failure.details == {"string": 1, "fractional": 399}
+
+
+def test_half_nulls_are_caught(profiler, reference, churn):
+    bad = churn.iloc[800:].copy()
+    bad.loc[bad.index[:200], "tenure_months"] = np.nan
+    [failure] = profiler.validate(bad, reference, DATA, MON).failures
+    assert failure.column == "tenure_months"
+    assert failure.constraint == "null percentage of tenure_months lower than 0.05"
+    assert failure.details["null"] == 200 and failure.details["n"] == 400
+
+
+def test_an_unseen_category_is_caught(profiler, reference, churn):
+    bad = churn.iloc[800:].copy()
+    bad.iloc[5, bad.columns.get_loc("region")] = "antarctica"
+    [failure] = profiler.validate(bad, reference, DATA, MON).failures
+    assert failure.column == "region" and "antarctica:1" in failure.details["frequent_strings_top_10"]
+    allowed = MonitoringConfig(allow_new_categories=True)
+    assert profiler.validate(bad, reference, DATA, allowed).failures == []
+
+
+def test_bounds_come_from_the_recipe(profiler, reference, churn):
+    shifted = churn.iloc[800:].copy()
+    shifted["monthly_charges"] *= 3  # a real shift: not garbage, passes
+    assert profiler.validate(shifted, reference, DATA, MON).failures == []
+    bounded = MonitoringConfig(bounds={"monthly_charges": (0, 200)})
+    [failure] = profiler.validate(shifted, reference, DATA, bounded).failures
+    assert failure.column == "monthly_charges" and "range" in failure.constraint
+
+
+def _traffic(churn: pd.DataFrame, n: int, rng: np.random.Generator, scale: float = 1.0) -> pd.DataFrame:
+    rows = churn.drop(columns=["churned"]).sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
+    rows = rows.reset_index(drop=True)
+    rows["monthly_charges"] *= scale
+    return rows
+
+
+def _replay(profiler, tmp_path, churn, scale: float, windows_n: int = 3, per_window: int = 6000) -> None:
+    """Serve `windows_n` minutes of traffic (requests of 100 rows) through a TrafficProfiler at the default rate."""
+    now = [0.0]
+    tp = TrafficProfiler(profiler, tmp_path, sample_rate=MON.sample_rate, window_s=60, seed=1, clock=lambda: now[0])
+    rng = np.random.default_rng(0)
+    requests = per_window // 100
+    for w in range(windows_n):
+        for i in range(requests):
+            now[0] = w * 60 + i * 60 / requests
+            tp.submit(_traffic(churn, 100, rng, scale))
+    tp.close()
+    assert tp.dropped == 0
+
+
+def test_no_false_alarm_on_unshifted_traffic(profiler, tmp_path, churn):
+    ref = profiler.profile(churn)
+    _replay(profiler, tmp_path, churn, scale=1.0)
+    history = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
+    assert len(history) == 3 and all(h["rows"] > 400 for h in history)  # ~10% of 6000 sampled per window
+    assert all(h["drift"] == [] for h in history), history
+
+
+def test_a_real_shift_is_caught_at_the_default_sample_rate(profiler, tmp_path, churn):
+    ref = profiler.profile(churn)
+    _replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
+    [window] = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
+    assert window["drift"] == ["monthly_charges"]
+    assert window["columns"]["tenure_months"]["category"] != "DRIFT"
+
+
+def test_small_windows_get_no_verdict(profiler, churn):
+    ref = profiler.profile(churn)
+    scores = profiler.drift(ref, profiler.profile(churn.head(50)), DATA.features, MON.drift)
+    assert {d.category for d in scores.values()} == {"NO_VERDICT"}
+
+
+def test_windows_are_written_atomically_and_the_report_renders(profiler, tmp_path, churn):
+    ref = profiler.profile(churn)
+    _replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
+    assert [p.name for p in tmp_path.iterdir()] == [p.name for _s, p in windows(tmp_path)]  # no temp files left
+    history = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
+    page = render_html("churn@1", profiler, ref, profiler.read(windows(tmp_path)[-1][1]), history, DATA.features,
+                       MON.drift)
+    assert page.count("data:image/png;base64,") == 1 + len(DATA.features)
+    assert "<td class='DRIFT'>DRIFT</td>" in page
