@@ -125,3 +125,26 @@ def test_windows_are_written_atomically_and_the_report_renders(profiler, tmp_pat
                        MON.drift)
     assert page.count("data:image/png;base64,") == 1 + len(DATA.features)
     assert "<td class='DRIFT'>DRIFT</td>" in page
+
+
+def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
+    from mlops.monitoring._capture import Capture
+
+    signature = {"inputs": [{"name": "numeric", "datatype": "FP32", "columns": DATA.numeric},
+                            {"name": "categorical", "datatype": "BYTES", "columns": DATA.categorical}],
+                 "outputs": [{"name": "probabilities", "datatype": "FP32", "dims": [2]}], "classes": ["no", "yes"]}
+    cap = Capture.from_parameters({"mlops.windows_dir": str(tmp_path), "mlops.sample_rate": "0.5",
+                                   "mlops.window_s": "60"}, signature)
+    assert Capture.from_parameters({}, signature) is None  # monitoring off
+    rows = churn.head(400)
+    numeric = rows[DATA.numeric].to_numpy(np.float32)
+    categorical = np.array([[v.encode() for v in r] for r in rows[DATA.categorical].to_numpy()], dtype=object)
+    probs = np.tile(np.array([[0.7, 0.3]], np.float32), (400, 1))
+    cap.observe({"numeric": numeric, "categorical": categorical}, {"probabilities": probs})
+    cap.close()
+    [(_start, path)] = windows(tmp_path)
+    view = make_profiler("whylogs").read(path)
+    assert 120 < make_profiler("whylogs").rows(view) < 280  # about half of 400
+    regions = {i.value for i in view.get_column("region").get_metric("frequent_items").strings}
+    assert regions <= {"north", "south", "east", "west"}  # decoded, not "b'north'"
+    assert "output:p(yes)" in view.get_columns()
