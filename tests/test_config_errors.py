@@ -56,7 +56,7 @@ def test_bad_recipe(tmp_path, name):
                            "churn. Hint: add recipes/nope.yaml"]),
         (["recipe=brest_cancer"], ["override 'recipe=brest_cancer': `recipe` has no option 'brest_cancer'; the options "
                                    "are: breast_cancer, churn. Hint: did you mean `recipe=breast_cancer`?"]),
-        (["stack=big-scale"], ["override 'stack=big-scale': `stack` has no option 'big-scale'; the options are: local, "
+        (["stack=big-scale"], ["override 'stack=big-scale': `stack` has no option 'big-scale'; the options are: k8s, local, "
                                "reasonable-scale. Hint: add stacks/big-scale.yaml"]),
         (["maturity=9"], ["override 'maturity=9': `maturity` level must be an integer from 0 to 4, got '9'. Hint: 0 "
                           "manual, 1 data prep, 2 training, 3 deployment, 4 drift-triggered retraining"]),

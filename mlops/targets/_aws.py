@@ -1,7 +1,17 @@
-"""target=aws: Pulumi's Automation API. Checked before any side effect; the programs come with infra/."""
+"""target=aws: the stack's Pulumi program through Pulumi's Automation API.
+
+Everything that can stop a run is checked first (:meth:`AwsTarget.unavailable`), so a missing
+`pulumi` CLI, AWS credentials or passphrase stop `up`/`down` before any side effect (exit 5).
+State lives in the stack's backend (`stack.backend`, default ``file://<state_dir>/pulumi``), and
+where it lives is recorded in ``<state_dir>/pulumi-stack.json`` so `down` needs nothing else.
+Pulumi itself gives the rest: a second `up` with nothing changed updates nothing, and a
+concurrent `up` on the same stack fails fast on the backend's lock (reported as exit 5).
+`plan` uses :func:`planned_resources`: the same program under Pulumi's mocks, offline.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -9,6 +19,8 @@ from typing import Any
 
 from mlops.errors import TargetUnavailable
 from mlops.recipe.schema import Config
+
+STATE_FILE = "pulumi-stack.json"
 
 
 def _aws_credentials() -> bool:
@@ -18,14 +30,47 @@ def _aws_credentials() -> bool:
     return home.is_file()
 
 
+def _kubeconfig() -> bool:
+    return any(Path(p).expanduser().is_file() for p in os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep))
+
+
+def planned_resources(cfg: Config, level: int | None = None) -> list[dict[str, Any]]:
+    """What the stack's program declares at `level` (default the recipe's), offline: Pulumi's mocks,
+    no CLI, no credentials. ``[{"type", "name", "custom", "inputs"}]`` in declaration order;
+    components have ``custom: False``. Raises TargetUnavailable if the stack names no program."""
+    from mlops.infra import InfraSpec, planned_resources as run
+
+    if cfg.stack.pulumi_project is None:
+        raise TargetUnavailable(f"stack {cfg.stack.name!r} provisions nothing (stack.pulumi_project is null); "
+                                "use stack=reasonable-scale or stack=k8s")
+    return run(InfraSpec.from_config(cfg, level))
+
+
+def resource_diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """Resources added, removed and changed between two planned_resources lists (e.g. two levels)."""
+    a = {(r["type"], r["name"]): r for r in before}
+    b = {(r["type"], r["name"]): r for r in after}
+
+    def row(k: tuple[str, str]) -> dict[str, str]:
+        return {"type": k[0], "name": k[1]}
+
+    return {"add": [row(k) for k in b if k not in a], "remove": [row(k) for k in a if k not in b],
+            "change": [row(k) for k in b if k in a and a[k]["inputs"] != b[k]["inputs"]]}
+
+
 class AwsTarget:
     def __init__(self, cfg: Config, project: Path):
         self.cfg = cfg
         self.project = project
         self.state_dir = (project / cfg.target.state_dir).resolve()
 
-    def unavailable(self) -> TargetUnavailable:
-        """Why this target cannot run here; raised before any side effect."""
+    # ------------------------------------------------------------ checks (no side effects)
+    @property
+    def backend(self) -> str:
+        return self.cfg.stack.backend or (self.state_dir / "pulumi").as_uri()
+
+    def missing(self) -> list[str]:
+        """What this machine lacks to run the stack's program; empty when it can run."""
         missing = []
         if shutil.which("pulumi") is None:
             missing.append("the `pulumi` CLI is not on PATH (install it: https://www.pulumi.com/docs/install/, "
@@ -36,25 +81,114 @@ class AwsTarget:
         if self.cfg.stack.pulumi_project is None:
             missing.append(f"stack {self.cfg.stack.name!r} names no Pulumi project (stack.pulumi_project); "
                            "use stack=reasonable-scale")
-        if missing:
-            return TargetUnavailable(
-                "target=aws cannot run from here, and nothing was changed: " + "; ".join(missing)
-                + ". Use target=local (the default) to run the same recipe on this machine."
-            )
+        elif self.cfg.stack.pulumi_project == "k8s" and not _kubeconfig():
+            missing.append("no kubeconfig for stack=k8s (set KUBECONFIG or create ~/.kube/config)")
+        if self.cfg.stack.secrets_provider == "passphrase" and not (
+                os.environ.get("PULUMI_CONFIG_PASSPHRASE") is not None or os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE")):
+            missing.append("no PULUMI_CONFIG_PASSPHRASE (or _FILE) for the passphrase secrets provider "
+                           "(or set stack.secrets_provider: awskms://alias/...)")
+        return missing
+
+    def unavailable(self) -> TargetUnavailable | None:
+        """Why this target cannot run here, or None; checked before any side effect."""
+        missing = self.missing()
+        if not missing:
+            return None
         return TargetUnavailable(
-            f"target=aws: the Pulumi program for stack {self.cfg.stack.name!r} is not part of this release yet "
-            "(it comes with the Pulumi stacks work). Nothing was changed. Use target=local."
+            "target=aws cannot run from here, and nothing was changed: " + "; ".join(missing)
+            + ". Use target=local (the default) to run the same recipe on this machine, or "
+            "`mlops plan target=aws` to see the resources offline."
         )
 
-    def planned_services(self) -> list[dict[str, Any]]:
-        return [{"name": "pulumi", "url": f"stack {self.cfg.stack.name}", "action": "provision"},
-                {"name": "triton", "url": "(from the stack outputs)", "action": "provision"}]
+    def _check(self) -> None:
+        exc = self.unavailable()
+        if exc is not None:
+            raise exc
+
+    # ------------------------------------------------------------ Automation API
+    def _stack(self, spec: Any | None, stack_name: str, program_name: str, backend: str):
+        """Select (or create) the Pulumi stack. `spec` None: an empty program (destroy, outputs)."""
+        from pulumi import automation as auto
+
+        if backend.startswith("file://"):
+            Path(backend[len("file://"):]).mkdir(parents=True, exist_ok=True)
+
+        def program() -> None:
+            if spec is not None:
+                from mlops.infra.programs import program_for
+
+                program_for(spec.program)(spec)
+
+        opts = auto.LocalWorkspaceOptions(
+            project_settings=auto.ProjectSettings(name=f"mlops-{program_name}", runtime="python",
+                                                  backend=auto.ProjectBackend(url=backend)),
+            secrets_provider=self.cfg.stack.secrets_provider,
+            env_vars={"PULUMI_BACKEND_URL": backend, "PULUMI_SKIP_UPDATE_CHECK": "true"},
+        )
+        try:
+            return auto.create_or_select_stack(stack_name=stack_name, project_name=f"mlops-{program_name}",
+                                               program=program, opts=opts)
+        except FileNotFoundError as exc:  # the CLI vanished between the check and now
+            raise TargetUnavailable(f"the `pulumi` CLI is not on PATH ({exc}); nothing was changed.") from exc
+
+    def _locked(self, exc: Exception) -> TargetUnavailable:
+        return TargetUnavailable(f"another `mlops up`/`down` holds the lock of Pulumi stack {self.cfg.name!r} "
+                                 f"in {self.backend}; this run changed nothing. Wait for it, or if it died, "
+                                 f"`pulumi cancel` in that backend. ({exc})")
 
     def up(self, progress: bool = False, rerun: bool = False) -> dict[str, Any]:
-        raise self.unavailable()
+        self._check()
+        from pulumi import automation as auto
+
+        from mlops.infra import InfraSpec
+
+        spec = InfraSpec.from_config(self.cfg)
+        stack = self._stack(spec, self.cfg.name, spec.program, self.backend)
+        stack.set_config("aws:region", auto.ConfigValue(spec.region))
+        stack.set_config("mlops:spec", auto.ConfigValue(json.dumps(spec.to_json())))
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / STATE_FILE).write_text(json.dumps(
+            {"backend": self.backend, "project": f"mlops-{spec.program}", "program": spec.program,
+             "stack": self.cfg.name, "level": spec.level}, indent=2) + "\n")
+        try:
+            res = stack.up(color="never", on_output=print if progress else None)
+        except auto.ConcurrentUpdateError as exc:
+            raise self._locked(exc) from exc
+        changes = {k: v for k, v in (res.summary.resource_changes or {}).items() if k != "same"}
+        outputs = {k: v.value for k, v in res.outputs.items()}
+        return {"model": self.cfg.serving.model_name, "version": f"infra level {spec.level}",
+                "new_version": bool(changes), "metrics": {}, "changes": changes, "outputs": outputs,
+                "endpoint": outputs.get("endpoint", "(no serving at this level)"),
+                "prefect_ui": "(your Prefect Cloud or self-hosted server: stack.parameters.orchestration)"}
 
     def down(self) -> dict[str, bool]:
-        raise self.unavailable()
+        """Destroy from the saved state alone (the backend recorded by `up`); the bucket is retained."""
+        self._check()
+        from pulumi import automation as auto
+
+        saved = self.state_dir / STATE_FILE
+        rec = json.loads(saved.read_text()) if saved.is_file() else {
+            "backend": self.backend, "program": self.cfg.stack.pulumi_project, "stack": self.cfg.name}
+        stack = self._stack(None, rec["stack"], rec["program"], rec["backend"])
+        try:
+            res = stack.destroy(color="never")
+        except auto.ConcurrentUpdateError as exc:
+            raise self._locked(exc) from exc
+        return {"pulumi": bool((res.summary.resource_changes or {}).get("delete"))}
 
     def status(self) -> dict[str, Any]:
-        raise self.unavailable()
+        self._check()
+        saved = self.state_dir / STATE_FILE
+        if not saved.is_file():
+            return {"services": {}, "models": [], "tracking": "(nothing provisioned from here)"}
+        rec = json.loads(saved.read_text())
+        outputs = {k: v.value for k, v in self._stack(None, rec["stack"], rec["program"], rec["backend"]).outputs().items()}
+        return {"services": {"pulumi": {"healthy": True, "url": f"{rec['backend']} stack {rec['stack']}"}},
+                "models": [], "tracking": outputs.get("tracking_artifact_uri", ""), "outputs": outputs}
+
+    def planned_services(self) -> list[dict[str, Any]]:
+        from mlops.infra import components_for_level
+
+        return [{"name": "pulumi", "url": f"{self.backend} stack {self.cfg.name}", "action": "provision " +
+                 ", ".join(components_for_level(self.cfg.maturity.level))},
+                {"name": "triton", "url": "(from the stack outputs)", "action": "provision"}]
