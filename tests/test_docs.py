@@ -77,7 +77,8 @@ def test_schema_command_writes_a_json_schema_that_accepts_the_recipes(tmp_path):
         jsonschema.validate({"model": {"lrr": 1}}, schema)
 
 
-@pytest.mark.parametrize("command", ["up", "down", "status", "plan", "schema", "predict"])
+@pytest.mark.parametrize("command", ["up", "down", "status", "plan", "schema", "predict", "run", "deploy", "promote",
+                                     "rollback", "runs"])
 def test_every_command_has_help_with_an_example(command):
     proc = _run(command, "--help")
     assert proc.returncode == 0 and "Example: mlops" in proc.stdout

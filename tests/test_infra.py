@@ -335,3 +335,21 @@ def test_preview_on_a_file_backend(tmp_path, monkeypatch):  # pragma: no cover -
 def test_import_mlops_does_not_import_pulumi():
     code = "import mlops, mlops.infra, mlops.targets, sys; print(any(m.startswith('pulumi') for m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_plan_lists_aws_resources_offline_and_diffs_levels():
+    import json
+    import subprocess
+    import sys
+
+    def plan(*args: str) -> dict:
+        proc = subprocess.run([sys.executable, "-m", "mlops.cli", "plan", "stack=reasonable-scale", "target=aws",
+                               *args, "--json"], capture_output=True, text=True, timeout=300,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    types = {r["type"] for r in plan("maturity=3")["plan"]["resources"]}
+    assert {"aws:s3/bucket:Bucket", "aws:ecs/service:Service", "aws:batch/jobQueue:JobQueue"} <= types
+    added = {r["type"] for r in plan("maturity=3", "--diff", "maturity=2")["diff"]["resources"]["add"]}
+    assert "aws:ecs/service:Service" in added and "aws:s3/bucket:Bucket" not in added

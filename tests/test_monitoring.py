@@ -133,9 +133,7 @@ def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
     signature = {"inputs": [{"name": "numeric", "datatype": "FP32", "columns": DATA.numeric},
                             {"name": "categorical", "datatype": "BYTES", "columns": DATA.categorical}],
                  "outputs": [{"name": "probabilities", "datatype": "FP32", "dims": [2]}], "classes": ["no", "yes"]}
-    cap = Capture.from_parameters({"mlops.windows_dir": str(tmp_path), "mlops.sample_rate": "0.5",
-                                   "mlops.window_s": "60"}, signature)
-    assert Capture.from_parameters({}, signature) is None  # monitoring off
+    cap = Capture(signature, tmp_path, sample_rate=0.5, window_s=60)
     rows = churn.head(400)
     numeric = rows[DATA.numeric].to_numpy(np.float32)
     categorical = np.array([[v.encode() for v in r] for r in rows[DATA.categorical].to_numpy()], dtype=object)

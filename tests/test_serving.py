@@ -298,8 +298,10 @@ def _backend_model_with_fake_pb_utils(monkeypatch):
             self.output_tensors, self.error = output_tensors, error
 
     class TritonError:
-        def __init__(self, message):
-            self.message = message
+        INVALID_ARG = 3
+
+        def __init__(self, message, code=None):
+            self.message, self.code = message, code
 
     pb.Tensor, pb.InferenceResponse, pb.TritonError = Tensor, InferenceResponse, TritonError
     pb.get_input_tensor_by_name = lambda request, name: next((t for t in request if t.name == name), None)
@@ -342,6 +344,7 @@ def test_backend_batches_requests_and_fails_only_the_bad_one(monkeypatch, tmp_pa
         None,
         "inputs disagree on the batch size: 2 rows and 1 rows",
     ]
+    assert responses[1].error.code == pb.TritonError.INVALID_ARG  # a 400, not a 500
     want = ort_run(
         models["mixed"],
         {
@@ -367,8 +370,9 @@ def test_republishing_identical_content_is_a_no_op(tmp_path, models):
     again = write_version(tmp_path, "tiny", 1, models["tiny"], dict(reversed(CLASSIFIER_SIG.items())), serving)
 
     assert again == first and snapshot(again) == before
-    assert sorted(os.listdir(tmp_path / "tiny")) == ["1", "config.pbtxt"]  # no temporary folders left behind
-    assert sorted(os.listdir(first)) == ["model.onnx", "model.py", "signature.json"]
+    # No temporary folders left behind (the lock file is how publishers take turns).
+    assert sorted(os.listdir(tmp_path / "tiny")) == [".publish.lock", "1", "config.pbtxt"]
+    assert sorted(os.listdir(first)) == ["COMMITTED", "MANIFEST.json", "model.onnx", "model.py", "signature.json"]
 
 
 def test_published_versions_are_immutable(tmp_path, models):

@@ -132,30 +132,90 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:
         out.print("model    (none served)")
+    for t in st.get("statistics", []):
+        out.print(f"triton   {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "
+                  f"queue {t['queue_ms']:.2f} ms  compute {t['compute_ms']:.2f} ms  "
+                  f"({t['rows_per_execution']:.1f} rows/exec)  metrics {st['services']['triton']['metrics_url']}")
+    reg = st.get("registry") or {}
+    if reg.get("versions"):
+        out.print(f"champion {reg['model']}@{reg['champion']}" if reg["champion"] else f"champion {reg['model']}: none")
+        for v in reg["versions"]:
+            reasons = f": {'; '.join(v['reasons'])}" if v["reasons"] else ""
+            out.print(f"version  {reg['model']}@{v['version']} {v['status']}{reasons}", markup=False)
     out.print(f"tracking {st['tracking']}")
 
 
 @app.command()
-def plan(overrides: Overrides = None, json_: JsonFlag = False) -> None:
-    """Compose and validate the config, print it resolved and what `up` would do. No side effects.
+def plan(
+    overrides: Overrides = None,
+    diff: Annotated[list[str] | None, typer.Option("--diff", help="Compare with the Plan of these overrides "
+                                                  "applied on top (e.g. --diff maturity=2): what would change.")] = None,
+    json_: JsonFlag = False,
+) -> None:
+    """Compose and validate the config, print the Plan of its maturity level and what `up` would do. No side effects.
+
+    With --diff, print what changes from the Plan of the --diff overrides to this one: steps that become
+    automated, new deployments, automations (triggers), gates and infrastructure.
 
     Example: mlops plan recipe=churn model.lr=3e-4
+
+    Example: mlops plan maturity=3 --diff maturity=2
     """
-    from mlops.plan import build_plan
+    from mlops.plan import build_plan, compile_plan, diff_plans, render_diff
+
+    if diff:
+        new_cfg = _load(overrides, check_data=False)
+        old_cfg = _load([*(overrides or []), *diff], check_data=False)
+        new, old = compile_plan(new_cfg), compile_plan(old_cfg)
+        changes = diff_plans(old, new)
+        if new_cfg.target.kind == "aws":
+            from mlops.targets._aws import planned_resources, resource_diff
+
+            changes["resources"] = resource_diff(planned_resources(old_cfg), planned_resources(new_cfg))
+        if json_:
+            _print_json({"from": old.to_json(), "to": new.to_json(), "diff": changes})
+            return
+        out.print(f"[bold]# {' '.join(diff)} -> {' '.join(overrides or []) or '(defaults)'}[/]")
+        for line in render_diff(changes):
+            out.print(line, markup=False)
+        for mark, key in (("+", "add"), ("-", "remove"), ("~", "change")):
+            for r in changes.get("resources", {}).get(key, []):
+                out.print(f"{mark} resource {r['type']} {r['name']}", markup=False)
+        return
     from mlops.recipe import resolved_yaml
 
     cfg = _load(overrides)
     p = build_plan(cfg, _project())
+    if cfg.target.kind == "aws":
+        from mlops.targets._aws import planned_resources
+
+        # Offline, through Pulumi's mock engine: no CLI, no credentials.
+        p["resources"] = [{"type": r["type"], "name": r["name"]} for r in planned_resources(cfg) if r["custom"]]
     if json_:
         _print_json({"config": cfg.model_dump(mode="json"), "plan": p})
         return
     out.print("[bold]# resolved config[/]")
     out.print(resolved_yaml(overrides or [], _Options.project), markup=False)
-    out.print("[bold]# what `mlops up` would do[/]")
+    out.print(f"[bold]# the Plan at maturity level {p['maturity']} (digest {p['digest']})[/]")
     for svc in p["services"]:
-        out.print(f"service  {svc['name']:<8} {svc['action']:<8} {svc['url']}")
+        out.print(f"service    {svc['name']:<8} {svc['action']:<8} {svc['url']}", markup=False)
     for step in p["steps"]:
-        out.print(f"step     {step['name']:<9} {step['action']}")
+        who = "automated" if step["automated"] else "manual"
+        how = step["run_by"] if step["automated"] else f"`{step['command']}`"
+        out.print(f"step       {step['name']:<9} {who:<9} {how}: {step['action']}", markup=False)
+    for d in p["deployments"]:
+        when = f"every {d['interval_s']:g}s" if d["interval_s"] else "when triggered"
+        out.print(f"deployment {d['name']} ({d['flow']}: {' -> '.join(d['steps'])}) {when}", markup=False)
+    for a in p["automations"]:
+        out.print(f"automation {a['name']}: on {a['event']} ({a['resource']}) run {a['deployment']}", markup=False)
+    for g in p["gates"]:
+        out.print(f"gate       {g['name']}: {g['metric']} {g['direction']}, min improvement {g['min_improvement']:g}, "
+                  f"floors {g['floors'] or '-'}, ceilings {g['ceilings'] or '-'}", markup=False)
+    for c in p["infrastructure"]:
+        out.print(f"component  {c['name']:<14} {c['flavor']}{' (placeholder)' if c['placeholder'] else ''}",
+                  markup=False)
+    for r in p.get("resources", []):
+        out.print(f"resource   {r['type']} {r['name']}", markup=False)
 
 
 @app.command()

@@ -1,4 +1,9 @@
-"""The `up` flow: ingest → validate → train → evaluate → register → export → deploy.
+"""The flows: `up` (the whole pipeline once), and the deployments' flows the Plan names.
+
+    mlops-up     ingest → validate → train → evaluate → register → export → deploy   (`mlops up`)
+    mlops-data   ingest → validate → snapshot, emits mlops.dataset.validated            (level 1+, scheduled)
+    mlops-train  train → evaluate → register [→ gate → export → deploy]                 (level 2+, on that event)
+    mlops-step   one step, by hand                                                      (`mlops run <step>`)
 
 One coarse Prefect task per step. Steps that are pure functions of their inputs
 are cached on those inputs (train and evaluate on the training key: config that
@@ -149,9 +154,63 @@ def export(cfg: Config, version: dict[str, Any], state_dir: str) -> dict[str, An
 
 @task(name="deploy", retries=1, retry_delay_seconds=2)
 def deploy(cfg: Config, exported: dict[str, Any], state_dir: str) -> dict[str, Any]:
+    from mlops.registry import Registry
     from mlops.serving import deploy_version
 
-    return deploy_version(cfg, exported, Path(state_dir))
+    served = deploy_version(cfg, exported, Path(state_dir))
+    Registry(Path(state_dir) / "registry").promote(cfg.name, int(exported["version"]), by=f"flow:{_run_name()}")
+    return served
+
+
+def _run_name() -> str:
+    return str(flow_run.get_name() or flow_run.get_id())
+
+
+# ---------------------------------------------------------------- snapshots, events, run log
+STEPS_UP = ("ingest", "validate", "train", "evaluate", "register", "export", "deploy")
+
+
+def _snapshots(state_dir: str, name: str) -> Path:
+    return Path(state_dir) / "datasets" / name / "index.json"
+
+
+def validated_snapshots(state_dir: str, name: str) -> dict[str, dict[str, Any]]:
+    """Validated dataset snapshots by fingerprint, in the order they were recorded."""
+    import json
+
+    p = _snapshots(state_dir, name)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def _record_snapshot(state_dir: str, name: str, dataset: dict[str, Any], trigger: str) -> bool:
+    """Record a validated snapshot; False if it was already recorded (nothing new)."""
+    import json
+
+    from mlops.registry import write_atomic
+
+    index = validated_snapshots(state_dir, name)
+    if dataset["fingerprint"] in index:
+        return False
+    index[dataset["fingerprint"]] = {**dataset, "validated_at": time.time(), "trigger": trigger}
+    write_atomic(_snapshots(state_dir, name), json.dumps(index, indent=2))
+    return True
+
+
+def _emit(event: str, resource: str, payload: dict[str, Any]) -> None:
+    from prefect.events import emit_event
+
+    emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
+
+
+def _log_run(cfg: Config, state_dir: str, flow_name: str, trigger: str, **entry: Any) -> None:
+    from mlops.registry import RunLog
+
+    RunLog(Path(state_dir) / "runs").record(cfg.name, {"flow": flow_name, "trigger": trigger,
+                                                       "flow_run_id": str(flow_run.get_id()), **entry})
+
+
+def _config(config: dict[str, Any] | Config) -> Config:
+    return config if isinstance(config, Config) else Config.model_validate(config)
 
 
 # ---------------------------------------------------------------- flow
@@ -172,6 +231,7 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
     try:
         dataset = _run("ingest", ingest, cfg, project, state_dir)
         _run("validate", validate, cfg, dataset)
+        _record_snapshot(state_dir, cfg.name, dataset, "up")
         trained = _run("train", train, cfg, dataset, state_dir, progress)
         metrics = _run("evaluate", evaluate, cfg, dataset, trained)
         version = _run("register", register, cfg, dataset, trained, metrics, state_dir)
@@ -180,5 +240,148 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
             _open_runs.popitem()[1].end_run("FAILED")
     exported = _run("export", export, cfg, version, state_dir)
     served = _run("deploy", deploy, cfg, exported, state_dir)
+    _log_run(cfg, state_dir, "mlops-up", "up", version=version["version"], steps=list(STEPS_UP))
     return {"model": cfg.name, "version": version["version"], "new_version": version["new"],
             "metrics": metrics, "flow_run_id": str(flow_run.get_id()), **served}
+
+
+@flow(name="mlops-data", log_prints=False, validate_parameters=False)
+def data_flow(config: dict[str, Any], project: str, state_dir: str, trigger: str = "manual") -> dict[str, Any]:
+    """Level 1+: look at the data; new or changed data is validated, recorded and announced."""
+    from mlops.errors import DataError
+    from mlops.plan._levels import DATASET_VALIDATED, dataset_resource
+
+    cfg = _config(config)
+    dataset = ingest(cfg, project, state_dir)
+    if dataset["fingerprint"] in validated_snapshots(state_dir, cfg.name):
+        return {"new": False, "snapshot": dataset["path"]}
+    try:
+        validate(cfg, dataset)
+    except DataError as exc:
+        _log_run(cfg, state_dir, "mlops-data", trigger, steps=["ingest", "validate"], outcome="invalid data",
+                 reasons=[str(exc)], snapshot=dataset["path"])
+        raise
+    if not _record_snapshot(state_dir, cfg.name, dataset, trigger):
+        return {"new": False, "snapshot": dataset["path"]}
+    _emit(DATASET_VALIDATED, dataset_resource(cfg), {"snapshot": dataset["path"],
+                                                    "fingerprint": dataset["fingerprint"], "rows": dataset["rows"]})
+    _log_run(cfg, state_dir, "mlops-data", trigger, steps=["ingest", "validate"], outcome="new snapshot",
+             snapshot=dataset["path"], rows=dataset["rows"])
+    return {"new": True, "snapshot": dataset["path"], "fingerprint": dataset["fingerprint"]}
+
+
+def _dataset(cfg: Config, state_dir: str, snapshot: str) -> dict[str, Any]:
+    """The validated snapshot at `snapshot` (a path), or the latest one."""
+    from mlops.errors import DataError
+
+    index = validated_snapshots(state_dir, cfg.name)
+    found = [d for d in index.values() if d["path"] == snapshot] if snapshot and "{{" not in snapshot else []
+    if not found and not index:
+        raise DataError(f"recipe {cfg.name!r} has no validated dataset snapshot yet: run `mlops run ingest "
+                        f"recipe={cfg.name}` and `mlops run validate recipe={cfg.name}` first.")
+    d = found[0] if found else list(index.values())[-1]
+    return {k: d[k] for k in ("fingerprint", "path", "rows", "key")}
+
+
+@flow(name="mlops-train", log_prints=False, validate_parameters=False)
+def train_flow(config: dict[str, Any], project: str, state_dir: str, snapshot: str = "", trigger: str = "manual",
+               release: bool = False) -> dict[str, Any]:
+    """Level 2+: train on a validated snapshot and register; with `release` (level 3), gate and deploy."""
+    from mlops.plan import compile_plan
+    from mlops.plan._levels import GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED, MODEL_REGISTERED, model_resource
+    from mlops.registry import Registry
+
+    cfg = _config(config)
+    registry = Registry(Path(state_dir) / "registry")
+    dataset = _dataset(cfg, state_dir, snapshot)
+    try:
+        trained = train(cfg, dataset, state_dir, False)
+        metrics = evaluate(cfg, dataset, trained)
+        version = register(cfg, dataset, trained, metrics, state_dir)
+    finally:
+        while _open_runs:
+            _open_runs.popitem()[1].end_run("FAILED")
+    n = version["version"]
+    steps = ["train", "evaluate", "register"]
+    entry: dict[str, Any] = {"version": n, "snapshot": dataset["path"], "metrics": metrics}
+    if not version["new"]:
+        _log_run(cfg, state_dir, "mlops-train", trigger, steps=steps, outcome="already registered", **entry)
+        return {"version": n, "new_version": False}
+    registry.set_status(cfg.name, n, "candidate" if release else "registered")
+    _emit(MODEL_REGISTERED, model_resource(cfg), {"version": n, "metrics": metrics})
+    if not release:
+        _log_run(cfg, state_dir, "mlops-train", trigger, steps=steps, outcome="registered", **entry)
+        return {"version": n, "new_version": True, "status": "registered"}
+    (gate_spec,) = compile_plan(cfg).gates
+    champion = registry.aliases(cfg.name).get("champion")
+    verdict = gate(gate_spec, metrics, registry.get(cfg.name, champion).lineage["metrics"] if champion else None)
+    entry["gate"] = {**verdict, "champion_version": champion}
+    if not verdict["passed"]:
+        registry.set_status(cfg.name, n, "rejected", verdict["reasons"])
+        _emit(GATE_REJECTED, model_resource(cfg), {"version": n, "champion": champion, "reasons": verdict["reasons"]})
+        _log_run(cfg, state_dir, "mlops-train", trigger, steps=[*steps, "gate"], outcome="rejected", **entry)
+        return {"version": n, "new_version": True, "status": "rejected", "reasons": verdict["reasons"]}
+    registry.set_status(cfg.name, n, "registered")
+    _emit(GATE_PASSED, model_resource(cfg), {"version": n, "champion": champion})
+    served = deploy(cfg, export(cfg, version, state_dir), state_dir)
+    _emit(MODEL_DEPLOYED, model_resource(cfg), {"version": n, "previous": champion, **served})
+    _log_run(cfg, state_dir, "mlops-train", trigger, steps=[*steps, "gate", "export", "deploy"], outcome="deployed",
+             **entry)
+    return {"version": n, "new_version": True, "status": "deployed", **served}
+
+
+@task(name="gate")
+def gate(spec: Any, candidate: dict[str, float], champion: dict[str, float] | None) -> dict[str, Any]:
+    from mlops.flows._gate import judge
+
+    return judge(spec, candidate, champion)
+
+
+MANUAL_STEPS = ("ingest", "validate", "train", "evaluate", "register")
+
+
+def _work(state_dir: str, name: str) -> Path:
+    return Path(state_dir) / "work" / f"{name}.json"
+
+
+@flow(name="mlops-step", log_prints=False, validate_parameters=False)
+def step_flow(config: dict[str, Any] | Config, project: str, state_dir: str, step: str) -> dict[str, Any]:
+    """Level 0: one step by hand (`mlops run <step>`); each step reads what the previous one left."""
+    import json
+
+    from mlops.errors import MlopsError
+    from mlops.registry import Registry, write_atomic
+
+    cfg = _config(config)
+    wp = _work(state_dir, cfg.name)
+    work = json.loads(wp.read_text()) if wp.is_file() else {}
+    needs = {"validate": "dataset", "train": "validated", "evaluate": "trained", "register": "metrics"}
+    before = {"dataset": "ingest", "validated": "validate", "trained": "train", "metrics": "evaluate"}
+    if step in needs and needs[step] not in work:
+        raise MlopsError(f"`mlops run {step}` needs the output of `{before[needs[step]]}`: run `mlops run "
+                         f"{before[needs[step]]} recipe={cfg.name}` first.")
+    result: dict[str, Any]
+    if step == "ingest":
+        work = {"dataset": _run("ingest", ingest, cfg, project, state_dir)}
+        result = work["dataset"]
+    elif step == "validate":
+        result = _run("validate", validate, cfg, work["dataset"])
+        _record_snapshot(state_dir, cfg.name, work["dataset"], "manual")
+        work["validated"] = True
+    elif step == "train":
+        try:
+            work["trained"] = result = _run("train", train, cfg, work["dataset"], state_dir, False)
+        finally:
+            while _open_runs:
+                _open_runs.popitem()[1].end_run("FINISHED")
+        work.pop("metrics", None)
+    elif step == "evaluate":
+        work["metrics"] = result = _run("evaluate", evaluate, cfg, work["dataset"], work["trained"])
+    else:
+        result = _run("register", register, cfg, work["dataset"], work["trained"], work["metrics"], state_dir)
+        if result["new"]:
+            Registry(Path(state_dir) / "registry").set_status(cfg.name, result["version"], "registered")
+    write_atomic(wp, json.dumps(work, indent=2, default=str))
+    _log_run(cfg, state_dir, "mlops-step", "manual", steps=[step],
+             **({"version": result["version"]} if step == "register" else {}))
+    return result

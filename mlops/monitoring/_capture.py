@@ -2,11 +2,13 @@
 
 The backend passes what it already has (the input arrays of a dynamic batch and the outputs); this module
 samples rows first and only then builds a DataFrame, so an unsampled batch costs one RNG draw. Settings come
-from the model's config.pbtxt parameters, written by the publisher:
+from the model's config.pbtxt parameters, written by mlops.serving when monitoring is on:
 
-    parameters { key: "mlops.windows_dir" value { string_value: "/.../monitoring/<model>/<version>/windows" } }
+    parameters { key: "mlops.monitoring_dir" value { string_value: "<state>/monitoring/<model>" } }
     parameters { key: "mlops.sample_rate" value { string_value: "0.1" } }
     parameters { key: "mlops.window_s" value { string_value: "60" } }
+
+Windows land in ``<monitoring_dir>/<version>/windows/<start>.bin``.
 """
 
 from __future__ import annotations
@@ -28,15 +30,6 @@ class Capture:
         self._rng = np.random.default_rng()
         # The traffic profiler samples again; give it everything we picked.
         self.traffic = TrafficProfiler(make_profiler("whylogs"), windows_dir, sample_rate=1.0, window_s=window_s)
-
-    @classmethod
-    def from_parameters(cls, params: dict[str, str], signature: dict[str, Any]) -> Capture | None:
-        """None when monitoring is off for this model (no windows dir configured)."""
-        windows_dir = params.get("mlops.windows_dir")
-        if not windows_dir:
-            return None
-        return cls(signature, Path(windows_dir), float(params.get("mlops.sample_rate", "0.1")),
-                   float(params.get("mlops.window_s", "60")))
 
     def observe(self, inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
         n = len(next(iter(inputs.values())))

@@ -1,5 +1,12 @@
-"""What `mlops up` would do, computed without side effects (the maturity-levels issue grows this into the Plan)."""
+"""The Plan: a validated Config compiled, level by level, into steps, deployments, automations, gates and
+infrastructure; see README.md in this folder."""
 
-from mlops.plan._plan import STEPS, build_plan, current_training_key
+from mlops.plan._diff import diff_plans, render_diff
+from mlops.plan._levels import LEVELS, STEPS, compile_plan
+from mlops.plan._model import Automation, Component, Deployment, Gate, Plan, Step
+from mlops.plan._preview import build_plan, current_training_key
 
-__all__ = sorted(["STEPS", "build_plan", "current_training_key"])
+__all__ = sorted([
+    "LEVELS", "STEPS", "Automation", "Component", "Deployment", "Gate", "Plan", "Step", "build_plan",
+    "compile_plan", "current_training_key", "diff_plans", "render_diff",
+])

@@ -141,8 +141,43 @@ class ComputeConfig(_Strict):
 
 
 # ---------------------------------------------------------------- maturity
+LOWER_IS_BETTER = ("test_loss", "test_rmse", "test_mae")
+GATE_METRICS = {"classification": ("test_acc", "test_f1", "test_auc", "test_loss"),
+                "regression": ("test_rmse", "test_mae", "test_r2", "test_loss")}
+
+
+class GateConfig(_Strict):
+    """Level 3: when a trained candidate replaces the champion.
+
+    ```yaml
+    maturity:
+      gate:
+        metric: test_auc          # default: test_acc (classification), test_rmse (regression)
+        min_improvement: 0.005    # over the champion, in the metric's direction
+        floors: {test_acc: 0.9}   # absolute: the candidate must reach these whatever the champion does
+    ```
+    """
+
+    metric: str | None = Field(None, description="Test metric compared with the champion's; default test_acc "
+                               "(classification) or test_rmse (regression).")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Default: minimize for test_loss/test_rmse/test_mae, else maximize.")
+    min_improvement: float = Field(0.0, ge=0, description="How much better than the champion the candidate must "
+                                   "be (0: at least as good).")
+    floors: dict[str, float] = Field(default_factory=dict, description="Metrics that must be at least this value, "
+                                     "e.g. {test_acc: 0.9}.")
+    ceilings: dict[str, float] = Field(default_factory=dict, description="Metrics that must be at most this "
+                                       "value, e.g. {test_loss: 0.5}.")
+
+
 class MaturityConfig(_Strict):
+    """The level decides what is automated; the rest says how the automation behaves (conf/maturity/_base.yaml)."""
+
     level: int = Field(ge=0, le=4, description="Azure MLOps maturity level, 0 (manual) to 4 (drift-triggered retraining).")
+    data_interval_s: PositiveFloat = Field(
+        300, description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
+        "new or changed data is ingested, validated and recorded as a dataset snapshot.")
+    gate: GateConfig = GateConfig()
 
 
 # ---------------------------------------------------------------- tracking
@@ -179,9 +214,10 @@ class ServingConfig(_Strict):
     metrics_port: Port = 8002
     max_batch_size: PositiveInt = 256
     preferred_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 64])
-    max_queue_delay_us: int = Field(200, ge=0, description="Dynamic batching: longest wait to fill a batch.")
+    max_queue_delay_us: int = Field(0, ge=0, description="Dynamic batching: longest wait to fill a batch. 0 still "
+                                    "batches the requests that queue while an instance is busy (bench/serving).")
     instance_count: PositiveInt = 1
-    intra_op_threads: PositiveInt = Field(1, description="onnxruntime threads per model instance.")
+    intra_op_threads: PositiveInt = Field(2, description="onnxruntime threads per model instance.")
     ready_timeout_s: PositiveFloat = 120
 
     @field_validator("host")
@@ -357,8 +393,8 @@ class MonitoringParams(_Strict):
 class KubernetesParams(_Strict):
     namespace: str = Field("mlops", pattern=NAME_PATTERN)
     gpu_resource: str = Field("nvidia.com/gpu", description="The extended resource that requests a GPU.")
-    prefect_secret: str = Field("prefect", description="Existing Secret with PREFECT_API_URL and PREFECT_API_KEY keys.")
-    storage_secret: str = Field("mlops-s3", description="Existing Secret with the object-store credentials for Triton.")
+    prefect_secret_name: str = Field("prefect", description="Existing Secret with PREFECT_API_URL and PREFECT_API_KEY keys.")
+    storage_secret_name: str = Field("mlops-s3", description="Existing Secret with the object-store credentials for Triton.")
 
 
 class StackParameters(_Strict):
@@ -414,6 +450,25 @@ class Config(_Strict):
     monitoring: MonitoringConfig
     target: TargetConfig
     stack: StackConfig
+
+    @model_validator(mode="after")
+    def _gate_metrics_exist(self) -> Config:
+        known, gate = GATE_METRICS[self.model.task], self.maturity.gate
+        named = [("maturity.gate.metric", gate.metric)] if gate.metric else []
+        named += [(f"maturity.gate.floors.{k}", k) for k in gate.floors]
+        named += [(f"maturity.gate.ceilings.{k}", k) for k in gate.ceilings]
+        bad = [f"{where}: {m!r}" for where, m in named if m not in known]
+        if bad:
+            raise ValueError(f"unknown gate metric ({'; '.join(bad)}); task={self.model.task} evaluates "
+                             + ", ".join(known))
+        return self
+
+    @property
+    def gate_metric(self) -> tuple[str, str]:
+        """(metric, direction) the level-3 gate compares, defaults filled in."""
+        gate = self.maturity.gate
+        metric = gate.metric or ("test_acc" if self.model.task == "classification" else "test_rmse")
+        return metric, gate.direction or ("minimize" if metric in LOWER_IS_BETTER else "maximize")
 
 
 

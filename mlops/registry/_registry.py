@@ -7,6 +7,8 @@ Layout under ``<state>/registry/<model>/``::
         MANIFEST.json        sha256 of every file (written last, before the rename)
         ...                  the files handed to register() (checkpoint, history, profile)
     aliases.json             {"champion": N, ...}
+    champions.json           the champion stack: promote pushes, rollback pops (with who and when)
+    status.json              {"N": {"status": candidate|registered|rejected, "reasons": [...]}}
 
 A version appears by one ``os.rename`` of a fully written temporary folder,
 so a reader never sees half a version; numbers are allocated under a lock.
@@ -166,3 +168,80 @@ class Registry:
             aliases = self.aliases(model)
             aliases[alias] = version
             write_atomic(self._model_dir(model) / "aliases.json", json.dumps(aliases, indent=2, sort_keys=True))
+
+    # ------------------------------------------------------------ status and champion history
+    STATUSES = ("candidate", "registered", "rejected")
+
+    def statuses(self, model: str) -> dict[int, dict[str, Any]]:
+        """Each version's status; a version without an entry is `registered`."""
+        p = self._model_dir(model) / "status.json"
+        raw = json.loads(p.read_text()) if p.is_file() else {}
+        return {v.version: raw.get(str(v.version), {"status": "registered", "reasons": []})
+                for v in self.versions(model)}
+
+    def set_status(self, model: str, version: int, status: str, reasons: list[str] | tuple[str, ...] = ()) -> None:
+        if status not in self.STATUSES:
+            raise ValueError(f"status must be one of {self.STATUSES}, got {status!r}")
+        with self._lock(model):
+            self.get(model, version)
+            p = self._model_dir(model) / "status.json"
+            raw = json.loads(p.read_text()) if p.is_file() else {}
+            raw[str(version)] = {"status": status, "reasons": list(reasons), "at": time.time()}
+            write_atomic(p, json.dumps(raw, indent=2, sort_keys=True))
+
+    def champions(self, model: str) -> list[dict[str, Any]]:
+        """The champion stack, oldest first; the last entry is the champion."""
+        p = self._model_dir(model) / "champions.json"
+        stack = json.loads(p.read_text()) if p.is_file() else []
+        champion = self.aliases(model).get("champion")
+        if champion is not None and (not stack or stack[-1]["version"] != champion):
+            # The alias was moved without the history (e.g. by serving.deploy_version): record it.
+            stack.append({"version": champion, "at": None, "by": "alias"})
+        return stack
+
+    def promote(self, model: str, version: int, by: str) -> bool:
+        """Make `version` the champion (alias + history). Returns False if it already was."""
+        stack = self.champions(model)
+        if stack and stack[-1]["version"] == version:
+            self.set_alias(model, "champion", version)
+            self._write_champions(model, stack)
+            return False
+        self.set_alias(model, "champion", version)
+        self._write_champions(model, [*stack, {"version": version, "at": time.time(), "by": by}])
+        return True
+
+    def rollback(self, model: str) -> tuple[int, int]:
+        """Pop the champion; the previous one is champion again. Returns (from, to)."""
+        stack = self.champions(model)
+        if len(stack) < 2:
+            raise RegistryError(f"model {model!r} has no previous champion to roll back to "
+                                f"(champion history: {[e['version'] for e in stack] or 'empty'}).")
+        current, previous = stack[-1]["version"], stack[-2]["version"]
+        self.set_alias(model, "champion", previous)
+        self._write_champions(model, stack[:-1])
+        return current, previous
+
+    def _write_champions(self, model: str, stack: list[dict[str, Any]]) -> None:
+        with self._lock(model):
+            write_atomic(self._model_dir(model) / "champions.json", json.dumps(stack, indent=2))
+
+
+class RunLog:
+    """Append-only history of pipeline runs: `<state>/runs/<model>.jsonl`, one JSON object a line."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def record(self, model: str, entry: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = json.dumps({"model": model, "at": time.time(), **entry}, sort_keys=True, default=str) + "\n"
+        with open(self.root / f"{model}.jsonl", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write(line)
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def runs(self, model: str | None = None) -> list[dict[str, Any]]:
+        files = [self.root / f"{model}.jsonl"] if model else sorted(self.root.glob("*.jsonl"))
+        out = [json.loads(line) for f in files if f.is_file() for line in f.read_text().splitlines() if line]
+        return sorted(out, key=lambda r: r["at"])

@@ -37,6 +37,18 @@ class TritonPythonModel:
         )
         self.inputs = [(i["name"], i["datatype"], len(i["columns"])) for i in signature["inputs"]]
         self.outputs = [o["name"] for o in signature["outputs"]]
+        self.capture = None
+        monitoring_dir = params.get("mlops.monitoring_dir", {}).get("string_value")
+        if monitoring_dir:
+            # Sampled traffic is profiled by a thread in this process, off the request path.
+            from mlops.monitoring._capture import Capture
+
+            self.capture = Capture(
+                signature,
+                os.path.join(monitoring_dir, args["model_version"], "windows"),
+                float(params["mlops.sample_rate"]["string_value"]),
+                float(params["mlops.window_s"]["string_value"]),
+            )
 
     def execute(self, requests):
         # One entry per request: its ORT feed, or the text of what is wrong
@@ -56,6 +68,8 @@ class TritonPythonModel:
             batched = {name: np.concatenate([f[name] for f in good]) for name in good[0]}
             try:
                 results = self.session.run(self.outputs, batched)
+                if self.capture is not None:
+                    self.capture.observe(batched, dict(zip(self.outputs, results)))
             except Exception:
                 # A request that passed the shape checks can still upset the
                 # graph; the fallback below runs them one by one so only the
@@ -106,7 +120,12 @@ class TritonPythonModel:
 
     def finalize(self):
         self.session = None
+        if self.capture is not None:
+            self.capture.close()
 
 
 def _error(message):
-    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    # INVALID_ARG makes Triton answer 400, not 500: the request was wrong, the server is fine.
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(output_tensors=[], error=error)

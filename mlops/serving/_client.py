@@ -64,12 +64,15 @@ def to_inputs(signature: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     }
 
 
-def predict(url: str, model_name: str, signature: dict, frame: pd.DataFrame, *, batch_size: int = 256) -> dict:
+def predict(
+    url: str, model_name: str, signature: dict, frame: pd.DataFrame, *, batch_size: int = 256, version: int | str = ""
+) -> dict:
     """Predict ``frame`` on ``model_name`` served at ``url`` (``host:port`` of Triton's HTTP endpoint).
 
     Classification returns ``{"classes", "probabilities", "labels"}`` (a label is
     the class of highest probability); regression returns ``{"predictions"}``.
-    ``batch_size`` must not exceed the model's ``serving.max_batch_size``.
+    ``batch_size`` must not exceed the model's ``serving.max_batch_size``. ``version`` "" means the
+    highest loaded version, which is where Triton sends a request that names none.
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -89,7 +92,8 @@ def predict(url: str, model_name: str, signature: dict, frame: pd.DataFrame, *, 
                 inputs.append(infer_input)
             # Without an explicit requested output, some client/server pairs
             # answer with no outputs at all.
-            result = client.infer(model_name, inputs, outputs=[httpclient.InferRequestedOutput(output["name"])])
+            result = client.infer(model_name, inputs, model_version=str(version),
+                                  outputs=[httpclient.InferRequestedOutput(output["name"])])
             chunks.append(result.as_numpy(output["name"]))
     except InferenceServerException as e:
         raise ServiceError(f"Triton at {url} refused the prediction for model {model_name!r}: {e.message()}.") from None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.errors import PredictError, ServiceError
+from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
 from mlops.serving import _repository, _server
 
@@ -52,18 +52,96 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
             "stock_repository": str(out / "triton-onnxruntime")}
 
 
+def publish(cfg: Config, state_dir: Path, version: int, onnx_path: Path, signature: dict) -> Path:
+    """Publish an exported version into the served repository (files → manifest → commit marker); no load.
+
+    Idempotent; see ``_repository.publish``. Returns the verified version folder.
+    """
+    return _repository.publish(_repo(state_dir), cfg.serving.model_name, int(version), Path(onnx_path), signature)
+
+
+def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
+    """Served traffic is sampled into whylogs windows under monitoring/<model>/<version>/windows."""
+    if cfg.monitoring.flavor == "none":
+        return None
+    return {"monitoring_dir": str(state_dir / "monitoring" / cfg.name), "sample_rate": str(cfg.monitoring.sample_rate),
+            "window_s": str(cfg.monitoring.window_s)}
+
+
+def serve_version(cfg: Config, state_dir: Path, version: int) -> dict[str, Any]:
+    """Make the published ``version`` the one Triton answers with, with no failed request on the way.
+
+    The champion becomes ``version``; the champion it replaces stays loaded
+    beside it when its number is lower and its signature the same (Triton sends
+    a request that names no version to the highest loaded one), so rolling back
+    to it is an unload, not a load. Every version named in config.pbtxt is
+    verified against its manifest first; an unverified one is never loaded. If
+    Triton cannot load the new version, the old config.pbtxt is put back and the
+    old champion keeps answering. Serving the current champion again only makes
+    sure it is loaded.
+
+    Returns ``{"model", "champion", "previous", "loaded", "endpoint", "triton_url"}``.
+    """
+    name, url, repo = cfg.serving.model_name, _url(cfg), _repo(state_dir)
+    version = int(version)
+    model_dir = repo / name
+    with _repository._locked(model_dir):
+        _repository.verify(model_dir / str(version))
+        state = _read_state(state_dir, name)
+        champion, previous = state.get("champion"), state.get("previous")
+        if version != champion:
+            champion, previous = version, champion
+        signature = _signature(model_dir, champion)
+        loaded = [champion]
+        if previous is not None and previous < champion and _keeps(model_dir, previous, signature):
+            loaded.append(previous)
+        before = _repository.configure(repo, name, loaded, signature, cfg.serving, _capture_params(cfg, state_dir))
+        after = (model_dir / "config.pbtxt").read_text(encoding="utf-8")
+        ready = {str(m["version"]) for m in served_models(url) if m["name"] == name and m["state"] == "READY"}
+        if before != after or not {str(v) for v in loaded} <= ready:
+            try:
+                # Triton loads the new versions beside the old, then switches and unloads: no gap.
+                _server.load(name, url, timeout=cfg.serving.ready_timeout_s, version=champion)
+            except ServiceError:
+                if before:
+                    _repository._replace_text(model_dir / "config.pbtxt", before)
+                raise
+        _write_state(state_dir, name, {"champion": champion, "previous": previous})
+    return {"model": name, "champion": champion, "previous": previous, "loaded": loaded,
+            "endpoint": f"{url}/v2/models/{name}/versions/{champion}/infer", "triton_url": url}
+
+
+def rollback(cfg: Config, state_dir: Path) -> dict[str, Any]:
+    """Serve the previous champion again (an unload when it is still loaded, which it is unless its
+    signature differed). The rolled-back version becomes the previous one, so a second rollback undoes
+    the first. Same result as :func:`serve_version`; raises :class:`RegistryError` if there is no previous.
+    """
+    state = _read_state(state_dir, cfg.serving.model_name)
+    if state.get("previous") is None:
+        raise RegistryError(
+            f"model {cfg.serving.model_name!r} has no previous served version to roll back to "
+            f"(champion: {state.get('champion')})."
+        )
+    return serve_version(cfg, state_dir, state["previous"])
+
+
+def serving_state(cfg: Config, state_dir: Path) -> dict[str, Any]:
+    """What serving intends: ``{"model", "champion", "previous", "published"}`` (versions in the repository)."""
+    name = cfg.serving.model_name
+    state = _read_state(state_dir, name)
+    return {"model": name, "champion": state.get("champion"), "previous": state.get("previous"),
+            "published": _repository.published_versions(_repo(state_dir), name)}
+
+
 def deploy_version(cfg: Config, exported: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """Publish the version into the served repository and load it; nothing to do if it is already READY."""
+    """Publish the exported version, serve it as the champion (zero downtime), and move the registry alias."""
     from mlops.registry import Registry
 
-    name, version, url = cfg.serving.model_name, int(exported["version"]), _url(cfg)
-    ready = {str(m["version"]) for m in served_models(url) if m["name"] == name and m["state"] == "READY"}
-    if str(version) not in ready:
-        _repository.write_version(_repo(state_dir), name, version, Path(exported["onnx"]), exported["signature"],
-                                  cfg.serving)
-        _server.load(name, url, timeout=cfg.serving.ready_timeout_s)
+    version = int(exported["version"])
+    publish(cfg, state_dir, version, Path(exported["onnx"]), exported["signature"])
+    served = serve_version(cfg, state_dir, version)
     Registry(state_dir / "registry").set_alias(cfg.name, "champion", version)
-    return {"endpoint": f"{url}/v2/models/{name}/versions/{version}/infer", "triton_url": url}
+    return {"endpoint": served["endpoint"], "triton_url": served["triton_url"]}
 
 
 def ensure_triton(cfg: Config, state_dir: Path) -> None:
@@ -72,8 +150,79 @@ def ensure_triton(cfg: Config, state_dir: Path) -> None:
     _server.TritonServer(state_dir).start(repo, cfg.serving)
 
 
-def stop_triton(state_dir: Path) -> bool:
-    return _server.TritonServer(state_dir).stop()
+def stop_triton(state_dir: Path, drain_s: float = _server.DRAIN_TIMEOUT_S) -> bool:
+    """Drain (readiness false, wait until requests stop, at most ``drain_s`` s), then stop; see `drain_triton`."""
+    return _server.TritonServer(state_dir).stop(drain_s=drain_s)
+
+
+def drain_triton(state_dir: Path, timeout: float = _server.DRAIN_TIMEOUT_S) -> dict[str, Any] | None:
+    """Turn the running server's readiness false and wait until its traffic stops; None if it is not running.
+
+    The models keep answering; only a stop (or a restart) makes the server ready again.
+    Returns ``{"ready": False, "requests": <answered meanwhile>, "waited_s"}``.
+    """
+    server = _server.TritonServer(state_dir)
+    info = server._info()
+    if server.pid() is None or not info:
+        return None
+    return _server.drain(Path(info["repository"]), f"http://{info['host']}:{info['http_port']}", timeout=timeout)
+
+
+def model_statistics(url: str, name: str = "") -> list[dict[str, Any]]:
+    """Triton's statistics per loaded model version (all models if ``name`` is ""), averaged per request.
+
+    Each: ``{"name", "version", "requests", "failures", "rows", "executions", "rows_per_execution",
+    "queue_ms", "compute_ms", "request_ms"}``; times are means per successful request, ``compute_ms``
+    is input + inference + output in the model. Counts are since the version was loaded.
+    """
+    out = []
+    for s in _server.statistics(url, name).get("model_stats", []):
+        if s["name"] == _server.DRAIN_MODEL:
+            continue
+        inf = s["inference_stats"]
+        ok = int(inf["success"]["count"])
+        per = (lambda ns: round(int(ns) / ok / 1e6, 3)) if ok else (lambda ns: 0.0)
+        rows, executions = int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+        out.append({
+            "name": s["name"], "version": s["version"], "requests": ok, "failures": int(inf["fail"]["count"]),
+            "rows": rows, "executions": executions,
+            "rows_per_execution": round(rows / executions, 2) if executions else 0.0,
+            "queue_ms": per(inf["queue"]["ns"]),
+            "compute_ms": per(int(inf["compute_input"]["ns"]) + int(inf["compute_infer"]["ns"])
+                              + int(inf["compute_output"]["ns"])),
+            "request_ms": per(inf["success"]["ns"]),
+        })
+    return sorted(out, key=lambda m: (m["name"], int(m["version"] or 0)))
+
+
+def _state_path(state_dir: Path, name: str) -> Path:
+    return state_dir / "triton" / "serving" / f"{name}.json"
+
+
+def _read_state(state_dir: Path, name: str) -> dict[str, Any]:
+    try:
+        return json.loads(_state_path(state_dir, name).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _write_state(state_dir: Path, name: str, state: dict[str, Any]) -> None:
+    from mlops.registry import write_atomic
+
+    write_atomic(_state_path(state_dir, name), json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _signature(model_dir: Path, version: int) -> dict:
+    return json.loads((model_dir / str(version) / "signature.json").read_text(encoding="utf-8"))
+
+
+def _keeps(model_dir: Path, version: int, signature: dict) -> bool:
+    """Whether ``version`` can stay loaded beside a champion of ``signature``: verified, same tensors."""
+    try:
+        _repository.verify(model_dir / str(version))
+        return _signature(model_dir, version) == signature
+    except (RegistryError, OSError, ValueError):
+        return False
 
 
 def triton_live(url: str) -> bool:
@@ -108,9 +257,11 @@ def predict_rows(cfg: Config, project: Path, frame: pd.DataFrame) -> dict[str, A
     name, url = cfg.serving.model_name, _url(cfg)
     if not triton_live(url):
         raise ServiceError(f"Triton is not running at {url}; start it with `mlops up recipe={cfg.name}`.")
-    current = next((m for m in served_models(url) if m["name"] == name and m["state"] == "READY"), None)
+    # A request naming no version goes to the highest loaded one: that is the champion.
+    ready = [int(m["version"]) for m in served_models(url) if m["name"] == name and m["state"] == "READY"]
+    current = {"version": max(ready)} if ready else None
     if current is None:
         raise ServiceError(f"model {name!r} is not loaded on Triton at {url}; run `mlops up recipe={cfg.name}`.")
     signature = json.loads((_repo(state_dir) / name / str(current["version"]) / "signature.json").read_text())
-    result = _client.predict(url, name, signature, frame)
+    result = _client.predict(url, name, signature, frame, version=current["version"])
     return {"model": name, "version": int(current["version"]), **result}

@@ -3,10 +3,12 @@
 Local layout (python backend holding an onnxruntime session, because the
 Triton bundled with nvidia-pytriton has no onnxruntime backend)::
 
-    <repo>/<model>/config.pbtxt          backend "python", points at one version
+    <repo>/<model>/config.pbtxt          backend "python", names the versions to load (verified ones only)
     <repo>/<model>/<version>/model.onnx
     <repo>/<model>/<version>/model.py     copied from _backend_model.py
     <repo>/<model>/<version>/signature.json
+    <repo>/<model>/<version>/MANIFEST.json   sha256 of the three files above (written after them)
+    <repo>/<model>/<version>/COMMITTED       sha256 of MANIFEST.json (written last)
 
 Stock layout (what a stock Triton container loads with its onnxruntime backend)::
 
@@ -16,10 +18,15 @@ Stock layout (what a stock Triton container loads with its onnxruntime backend):
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlops.errors import RegistryError
@@ -30,58 +37,152 @@ BACKEND_MODEL = Path(__file__).with_name("_backend_model.py")
 _TRITON_TYPE = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
 
 
-def write_version(
-    repo: Path, model_name: str, version: int, onnx_path: Path, signature: dict, serving: ServingConfig
-) -> Path:
-    """Publish ``version`` of ``model_name`` into the local repository and point the config at it.
+MANIFEST = "MANIFEST.json"
+COMMITTED = "COMMITTED"
+_LOCK = ".publish.lock"
 
-    The version folder appears whole or not at all (built in a temporary folder
-    beside it, then renamed), so a server that loads meanwhile never sees half
-    a version. Publishing a version again with the same model.onnx and
-    signature only re-points config.pbtxt at it, which is how a rollback looks;
-    different content under an existing version number raises, because versions
-    are immutable. Returns the version folder.
+
+def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signature: dict) -> Path:
+    """Publish ``version`` of ``model_name`` into the repository; returns the verified version folder.
+
+    In order: the files, then ``MANIFEST.json`` (the sha256 of each file, computed
+    from the *source*, so a corrupted copy cannot vouch for itself), then the
+    ``COMMITTED`` marker (the sha256 of the manifest). The three are written in a
+    ``.publishing-*`` folder renamed into place, and read back through
+    :func:`verify` before this returns. Nothing here asks Triton to load.
+
+    Idempotent: the same model.onnx and signature again is a no-op, so a retried
+    publish yields exactly one version. A folder left by an interrupted upload
+    (no marker, a missing or corrupted file) was never loadable and is replaced.
+    A committed version with different content raises: versions are immutable.
     """
     _check_version(version)
     model_dir = Path(repo) / model_name
     version_dir = model_dir / str(version)
-    model_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = Path(onnx_path)
+    wanted = {"model.onnx": sha256_file(onnx_path), "signature.json": _sha256_text(_canonical(signature))}
+    with _locked(model_dir):
+        _sweep(model_dir)
+        if version_dir.exists():
+            try:
+                manifest = verify(version_dir)
+            except RegistryError:
+                manifest = _committed_manifest(version_dir)
+                if manifest is not None and _differs(manifest, wanted):
+                    _raise_immutable(version_dir, model_name, version, _differs(manifest, wanted))
+                # Interrupted or damaged, and never loadable: clear it, then publish afresh.
+                _discard(version_dir)
+            else:
+                if differs := _differs(manifest, wanted):
+                    _raise_immutable(version_dir, model_name, version, differs)
+                return version_dir
 
-    if version_dir.exists():
-        _same_or_raise(version_dir, model_name, version, Path(onnx_path), signature)
-    else:
         tmp = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=model_dir))
         try:
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
-            shutil.copyfile(onnx_path, tmp / "model.onnx")
-            shutil.copyfile(BACKEND_MODEL, tmp / "model.py")
-            (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
-            try:
-                os.rename(tmp, version_dir)
-            except OSError:
-                # Another publisher won the race; its content decides.
-                if not version_dir.exists():
-                    raise
-                _same_or_raise(version_dir, model_name, version, Path(onnx_path), signature)
+            _copy(onnx_path, tmp / "model.onnx")
+            _copy(BACKEND_MODEL, tmp / "model.py")
+            _write(tmp / "signature.json", _canonical(signature))
+            manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
+            _write(tmp / MANIFEST, manifest_text + "\n")
+            _write(tmp / COMMITTED, _sha256_text(manifest_text + "\n") + "\n")
+            _fsync_dir(tmp)
+            verify(tmp)  # a copy corrupted on the way is caught here, before it has a version number
+            os.rename(tmp, version_dir)
+            _fsync_dir(model_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-
-    _replace_text(model_dir / "config.pbtxt", local_config(model_name, version, signature, serving))
+    verify(version_dir)
     return version_dir
 
 
-def local_config(model_name: str, version: int, signature: dict, serving: ServingConfig) -> str:
-    """config.pbtxt for the bundled Triton: the python backend serving ``version`` only."""
+def verify(version_dir: Path) -> dict[str, str]:
+    """Check a published version against its manifest and commit marker; returns the manifest.
+
+    Raises :class:`RegistryError` naming what is wrong: no commit marker (an
+    interrupted upload), a manifest that does not match its marker, a missing file
+    or a file whose sha256 differs from the manifest. Only a version that passes
+    is ever named in config.pbtxt, so only such a version is ever loaded.
+    """
+    version_dir = Path(version_dir)
+    where = f"model version folder {version_dir}"
+    marker, manifest_path = version_dir / COMMITTED, version_dir / MANIFEST
+    if not marker.is_file() or not manifest_path.is_file():
+        missing = COMMITTED if manifest_path.is_file() else f"{MANIFEST} and {COMMITTED}"
+        raise RegistryError(f"{where} has no {missing}: its upload never completed, so it is not loaded.")
+    manifest_text = manifest_path.read_text(encoding="utf-8")
+    if marker.read_text(encoding="utf-8").strip() != _sha256_text(manifest_text):
+        raise RegistryError(f"{where}: {MANIFEST} does not match its {COMMITTED} marker, so it is not loaded.")
+    manifest = json.loads(manifest_text)
+    for name in sorted(manifest):
+        path = version_dir / name
+        if not path.is_file():
+            raise RegistryError(f"{where}: {name} is missing, so it is not loaded.")
+        if sha256_file(path) != manifest[name]:
+            raise RegistryError(f"{where}: {name} does not match its sha256 in {MANIFEST}, so it is not loaded.")
+    return manifest
+
+
+def published_versions(repo: Path, model_name: str) -> list[int]:
+    """Version numbers with a folder in the repository, verified or not (see :func:`verify`)."""
+    model_dir = Path(repo) / model_name
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def configure(repo: Path, model_name: str, versions: Sequence[int], signature: dict, serving: ServingConfig,
+              monitoring: dict[str, str] | None = None) -> str:
+    """Point config.pbtxt at ``versions`` (each verified first); returns the previous text ("" if none).
+
+    The file is replaced with ``os.replace``, never edited in place. ``monitoring`` becomes ``mlops.*``
+    parameters that turn on traffic capture in model.py (see mlops/monitoring/_capture.py).
+    """
+    model_dir = Path(repo) / model_name
+    for v in versions:
+        _check_version(v)
+        verify(model_dir / str(v))
+    path = model_dir / "config.pbtxt"
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    _replace_text(path, local_config(model_name, versions, signature, serving, monitoring))
+    return before
+
+
+def write_version(
+    repo: Path, model_name: str, version: int, onnx_path: Path, signature: dict, serving: ServingConfig
+) -> Path:
+    """:func:`publish` ``version``, then point config.pbtxt at it alone; returns the version folder.
+
+    Publishing an older version again re-points the config at it. Serving code
+    goes through ``mlops.serving.serve_version``, which also keeps the previous
+    champion loaded; this is the one-version form for scripts and tests.
+    """
+    version_dir = publish(repo, model_name, version, onnx_path, signature)
+    with _locked(Path(repo) / model_name):
+        configure(repo, model_name, [version], signature, serving)
+    return version_dir
+
+
+def local_config(model_name: str, versions: int | Sequence[int], signature: dict, serving: ServingConfig,
+                 monitoring: dict[str, str] | None = None) -> str:
+    """config.pbtxt for the bundled Triton: the python backend serving exactly ``versions``.
+
+    Triton answers a request that names no version with the highest loaded one,
+    so the first of ``versions`` (the champion) must be the highest.
+    """
+    versions = [versions] if isinstance(versions, int) else list(versions)
     return "\n".join(
         [
             f'name: "{model_name}"',
             'backend: "python"',
             f"max_batch_size: {serving.max_batch_size}",
-            f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
+            f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, versions))} ] }} }}",
             *_tensors(signature),
             _dynamic_batching(serving),
             f"instance_group [ {{ count: {serving.instance_count} kind: KIND_CPU }} ]",
             f'parameters: {{ key: "intra_op_threads" value: {{ string_value: "{serving.intra_op_threads}" }} }}',
+            *(f'parameters: {{ key: "mlops.{k}" value: {{ string_value: "{v}" }} }}'
+              for k, v in sorted((monitoring or {}).items())),
             "",
         ]
     )
@@ -155,21 +256,79 @@ def _canonical(signature: dict) -> str:
     return json.dumps(signature, indent=2, sort_keys=True) + "\n"
 
 
-def _same_or_raise(version_dir: Path, model_name: str, version: int, onnx_path: Path, signature: dict) -> None:
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _differs(manifest: dict[str, str], wanted: dict[str, str]) -> list[str]:
     # model.py is framework code, not part of a version's identity, so an
-    # upgraded mlops can still re-point at versions it published before.
-    differs = []
-    published_onnx = version_dir / "model.onnx"
-    if not published_onnx.exists() or sha256_file(published_onnx) != sha256_file(onnx_path):
-        differs.append("model.onnx")
-    published_sig = version_dir / "signature.json"
-    if not published_sig.exists() or published_sig.read_text(encoding="utf-8") != _canonical(signature):
-        differs.append("signature.json")
-    if differs:
-        raise RegistryError(
-            f"version {version} of model {model_name!r} is already published at {version_dir} with a different "
-            f"{' and '.join(differs)}; published versions are immutable. Publish the new model as a new version."
-        )
+    # upgraded mlops can still serve versions it published before.
+    return [name for name in sorted(wanted) if manifest.get(name) != wanted[name]]
+
+
+def _raise_immutable(version_dir: Path, model_name: str, version: int, differs: list[str]) -> None:
+    raise RegistryError(
+        f"version {version} of model {model_name!r} is already published at {version_dir} with a different "
+        f"{' and '.join(differs)}; published versions are immutable. Publish the new model as a new version."
+    )
+
+
+def _committed_manifest(version_dir: Path) -> dict[str, str] | None:
+    """The manifest of a version that was committed (its marker matches), even if a file was damaged since."""
+    try:
+        text = (version_dir / MANIFEST).read_text(encoding="utf-8")
+        if (version_dir / COMMITTED).read_text(encoding="utf-8").strip() == _sha256_text(text):
+            return json.loads(text)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _discard(path: Path) -> None:
+    # Renamed out of the way first, so the version number is free at once even if the delete is slow.
+    aside = path.with_name(f".discarded-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    os.rename(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _sweep(model_dir: Path) -> None:
+    """Remove what interrupted publishes left behind; only called under the publish lock."""
+    for p in model_dir.iterdir():
+        if p.is_dir() and p.name.startswith((".publishing-", ".discarded-")):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def _locked(model_dir: Path) -> Iterator[None]:
+    """One publisher (or server re-pointing) per model at a time, across processes."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with open(model_dir / _LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace_text(path: Path, text: str) -> None:

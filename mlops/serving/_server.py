@@ -31,6 +31,13 @@ from mlops.errors import ServiceError
 from mlops.recipe.schema import ServingConfig
 
 EXIT_TIMEOUT_S = 5
+DRAIN_TIMEOUT_S = 10.0
+DRAIN_QUIET_S = 0.5
+# Loaded, and failing to load, only while draining: with strict readiness a
+# model that failed to load turns /v2/health/ready false while every other
+# model keeps answering. Recipe model names start with a letter, so it cannot
+# collide with one.
+DRAIN_MODEL = "_mlops_draining"
 _POLL_S = 0.05
 
 
@@ -83,6 +90,7 @@ class TritonServer:
                 "stop it first (`mlops down`) to start it with different settings."
             )
         _check_ports_free(serving)
+        shutil.rmtree(repo / DRAIN_MODEL, ignore_errors=True)  # left by a drain that was cut short
 
         runtime = self._prepare_runtime()
         cmd = [
@@ -134,7 +142,7 @@ class TritonServer:
                         f"The last lines of {self.log_path}:\n{self.log_tail()}"
                     )
                 if time.monotonic() > deadline:
-                    self.stop()
+                    self.stop(drain_s=0)
                     raise ServiceError(
                         f"tritonserver was not {what} within serving.ready_timeout_s={serving.ready_timeout_s:g} s, "
                         f"so it was stopped. The last lines of {self.log_path}:\n{self.log_tail()}"
@@ -156,8 +164,9 @@ class TritonServer:
     def is_running(self) -> bool:
         return self.pid() is not None
 
-    def stop(self, timeout: float = EXIT_TIMEOUT_S + 10) -> bool:
-        """SIGTERM, then SIGKILL to the whole process group after ``timeout`` s.
+    def stop(self, timeout: float = EXIT_TIMEOUT_S + 10, drain_s: float = DRAIN_TIMEOUT_S) -> bool:
+        """Drain (see :func:`drain`, at most ``drain_s`` s; 0 skips it), then SIGTERM, then SIGKILL to the
+        whole process group after ``timeout`` s.
 
         Returns whether a server was running. Returns only once its ports are free.
         """
@@ -165,6 +174,12 @@ class TritonServer:
         if pid is None:
             return False
         info = self._info()
+        url = f"http://{info.get('host', '127.0.0.1')}:{info.get('http_port')}"
+        if drain_s > 0 and info.get("repository") and _http_ok(url + "/v2/health/live"):
+            try:
+                drain(Path(info["repository"]), url, timeout=drain_s)
+            except ServiceError:
+                pass  # a server too broken to drain is still stopped
         _signal(pid, signal.SIGTERM)
         if not _wait_gone(pid, timeout):
             _signal(-pid, signal.SIGKILL)
@@ -174,6 +189,8 @@ class TritonServer:
         # only hurries along any that have not yet.
         _signal(-pid, signal.SIGKILL)
         self._forget()
+        if info.get("repository"):
+            shutil.rmtree(Path(info["repository"]) / DRAIN_MODEL, ignore_errors=True)
         ports = [(k, info[k]) for k in ("http_port", "grpc_port", "metrics_port") if k in info]
         deadline = time.monotonic() + 5
         while taken := _taken_ports(info.get("host", "127.0.0.1"), ports):
@@ -244,8 +261,9 @@ class TritonServer:
         return self.runtime_dir
 
 
-def load(model_name: str, url: str, timeout: float = 120) -> None:
-    """Load (or reload, picking up a re-pointed config.pbtxt) ``model_name`` and wait until it is ready."""
+def load(model_name: str, url: str, timeout: float = 120, version: int | None = None) -> None:
+    """Load (or reload, picking up a re-pointed config.pbtxt) ``model_name`` and wait until it is ready
+    (``version`` of it, when given)."""
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
@@ -253,7 +271,7 @@ def load(model_name: str, url: str, timeout: float = 120) -> None:
     try:
         client.load_model(model_name)
         deadline = time.monotonic() + timeout
-        while not client.is_model_ready(model_name):
+        while not client.is_model_ready(model_name, "" if version is None else str(version)):
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"model {model_name!r} was loaded by Triton at {url} but not ready within {timeout:g} s."
@@ -266,6 +284,45 @@ def load(model_name: str, url: str, timeout: float = 120) -> None:
         ) from None
     finally:
         client.close()
+
+
+def drain(repo: Path, url: str, timeout: float = DRAIN_TIMEOUT_S, quiet_s: float = DRAIN_QUIET_S) -> dict:
+    """Turn ``/v2/health/ready`` false while every model keeps answering, then wait for traffic to stop.
+
+    Readiness goes false first, so a load balancer or a client that watches it
+    (``mlops.serving`` clients, a Kubernetes readiness probe) stops sending; the
+    requests already on their way are still answered. Returns once no request
+    has completed for ``quiet_s`` s, or after ``timeout`` s: ``{"ready": False,
+    "requests": <answered while draining>, "waited_s": ...}``.
+    """
+    model_dir = Path(repo) / DRAIN_MODEL
+    (model_dir / "1").mkdir(parents=True, exist_ok=True)
+    # No such backend: the load fails at once, without starting a python stub.
+    _write_atomic(model_dir / "config.pbtxt", f'name: "{DRAIN_MODEL}"\nbackend: "mlops_draining"\nmax_batch_size: 0\n')
+    t0 = time.monotonic()
+    try:
+        _query(url, lambda c: c.load_model(DRAIN_MODEL))
+    except ServiceError:
+        pass  # failing to load is the point
+    ready = _http_ok(url.rstrip("/") + "/v2/health/ready")
+    if ready:
+        raise ServiceError(f"Triton at {url} stayed ready after the drain marker; it runs without --strict-readiness?")
+
+    def answered() -> int:
+        stats = statistics(url).get("model_stats", [])
+        return sum(int(s["inference_stats"]["success"]["count"]) + int(s["inference_stats"]["fail"]["count"])
+                   for s in stats)
+
+    start = last = answered()
+    quiet_since = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        time.sleep(_POLL_S * 2)
+        now = answered()
+        if now != last:
+            last, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+    return {"ready": False, "requests": last - start, "waited_s": round(time.monotonic() - t0, 3)}
 
 
 def unload(model_name: str, url: str) -> None:
@@ -385,9 +442,25 @@ def _is_tritonserver(pid: int) -> bool:
     return state not in ("Z", "X") and b"tritonserver" in cmdline.split(b"\0", 1)[0]
 
 
+def _alive(pid: int) -> bool:
+    """Whether a pid we already know is our server still exists (an exiting process has an empty
+    cmdline before it turns zombie, so ``_is_tritonserver`` alone would call it gone too early)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
+    except OSError:
+        return False
+    # Empty while exiting; anything but tritonserver means the pid was recycled: ours is gone.
+    return state not in ("Z", "X") and (not program or b"tritonserver" in program)
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while _is_tritonserver(pid):
+    while _alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(_POLL_S)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from mlops.recipe.schema import Config
 from mlops.targets import _prefect
-from mlops.targets._process import wait_ports_free
+from mlops.targets._process import Service, wait_ports_free
 
 
 class LocalTarget:
@@ -64,16 +66,89 @@ class LocalTarget:
         with console.status("starting Triton ..."):
             self._ensure_triton()
         console.print(f"  [green]✓[/] triton    {self.triton_url}")
-        if not rerun and (current := self.up_to_date()) is not None:
+        if not rerun and self.cfg.maturity.level >= 1 and (current := self.champion_served()) is not None:
+            console.print(f"  [green]✓[/] champion {current['model']}@{current['version']} is served; at level "
+                          f"{self.cfg.maturity.level} new data is the deployments' job (--rerun runs the flow anyway)")
+            result = {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
+        elif not rerun and (current := self.up_to_date()) is not None:
             console.print(f"  [green]✓[/] up to date: {current['model']}@{current['version']} was trained on this "
                           "config and data and is served; nothing to run (--rerun runs the flow anyway)")
-            return {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
-        os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
-        os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
-        from mlops.flows import up_flow
+            result = {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
+        else:
+            os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
+            os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+            from mlops.flows import up_flow
 
-        result = up_flow(self.cfg, str(self.project), str(self.state_dir), progress)
-        return {**result, "prefect_ui": _prefect.ui_url(self.cfg)}
+            result = {**up_flow(self.cfg, str(self.project), str(self.state_dir), progress),
+                      "prefect_ui": _prefect.ui_url(self.cfg)}
+        result["automation"] = self.apply_plan(console)
+        return result
+
+    # ------------------------------------------------------------ the Plan's deployments (level 1+)
+    def runner_service(self) -> Service:
+        return Service(f"runner-{self.cfg.name}", self.state_dir)
+
+    def _runner_spec(self) -> Path:
+        return self.state_dir / "runner" / f"{self.cfg.name}.json"
+
+    def apply_plan(self, console: Any) -> dict[str, Any]:
+        """Make the Prefect server hold exactly the Plan's deployments and automations, served by a runner.
+
+        Level 0: no runner, and the recipe's deployments (with their automations) are deleted.
+        Level 1+: the runner (`mlops.flows._serve`) applies the Plan and serves it; it is restarted
+        only when the Plan changed (its digest), so a repeated `up` is a no-op.
+        """
+        from mlops.plan import compile_plan
+
+        plan = compile_plan(self.cfg)
+        spec, ready = self._runner_spec(), self._runner_spec().with_suffix(".ready")
+        service = self.runner_service()
+        if not plan.deployments:
+            if not spec.is_file():
+                return {"runner": None, "deployments": []}
+            service.stop()
+            os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
+            from mlops.flows._serve import remove_all
+
+            removed = remove_all(self.cfg.name)
+            spec.unlink(missing_ok=True)
+            ready.unlink(missing_ok=True)
+            console.print(f"  [green]✓[/] level 0: removed deployments {removed or 'none'} and their automations")
+            return {"runner": None, "deployments": [], "removed": removed}
+        digest = plan.digest()
+        if service.pid() is not None and ready.is_file() and ready.read_text() == digest:
+            console.print(f"  [green]✓[/] runner    serving {', '.join(d.name for d in plan.deployments)} (unchanged)")
+            return {"runner": service.pid(), "deployments": [d.name for d in plan.deployments], "digest": digest}
+        service.stop()
+        ready.unlink(missing_ok=True)
+        from mlops.registry import write_atomic
+
+        write_atomic(spec, json.dumps({"config": self.cfg.model_dump(mode="json"), "project": str(self.project),
+                                       "state_dir": str(self.state_dir)}, indent=2))
+        env = {**os.environ, **_prefect.prefect_env(self.cfg, self.state_dir), "WHYLOGS_NO_ANALYTICS": "True"}
+        with console.status("starting the Prefect runner (applying the Plan's deployments) ..."):
+            pid = service.start([sys.executable, "-m", "mlops.flows._serve", str(spec)], env=env, ports={},
+                                healthy=lambda: ready.is_file() and ready.read_text() == digest,
+                                timeout=self.cfg.target.prefect.start_timeout_s, cwd=self.project)
+        console.print(f"  [green]✓[/] runner    serving {', '.join(d.name for d in plan.deployments)}; "
+                      f"automations: {', '.join(a.name for a in plan.automations) or 'none'}")
+        return {"runner": pid, "deployments": [d.name for d in plan.deployments], "digest": digest}
+
+    def champion_served(self) -> dict[str, Any] | None:
+        """The champion, if Triton serves it (levels 1+: `up` then leaves new data to the deployments)."""
+        from mlops.registry import Registry
+        from mlops.serving import served_models
+
+        reg = Registry(self.state_dir / "registry")
+        champion = reg.aliases(self.cfg.name).get("champion")
+        name = self.cfg.serving.model_name
+        if champion is None or not any(m["name"] == name and m["state"] == "READY" and str(m["version"]) ==
+                                       str(champion) for m in served_models(self.triton_url)):
+            return None
+        return {"model": self.cfg.name, "version": champion, "new_version": False,
+                "metrics": reg.get(self.cfg.name, champion).lineage["metrics"], "flow_run_id": None,
+                "endpoint": f"{self.triton_url}/v2/models/{name}/versions/{champion}/infer",
+                "triton_url": self.triton_url}
 
     def up_to_date(self) -> dict[str, Any] | None:
         """What is served, if it is exactly what `up` would produce now: then there is nothing to run."""
@@ -86,18 +161,33 @@ class LocalTarget:
         if mv is None:
             return None
         name = self.cfg.serving.model_name
-        if not any(m["name"] == name and m["state"] == "READY" and str(m["version"]) == str(mv.version)
-                   for m in served_models(self.triton_url)):
+        ready = [int(m["version"]) for m in served_models(self.triton_url) if m["name"] == name
+                 and m["state"] == "READY"]
+        # The previous champion may stay loaded for instant rollback: what answers is the highest READY version.
+        if not ready or max(ready) != mv.version:
             return None
         return {"model": self.cfg.name, "version": mv.version, "new_version": False,
                 "metrics": mv.lineage["metrics"], "flow_run_id": None,
                 "endpoint": f"{self.triton_url}/v2/models/{name}/versions/{mv.version}/infer",
                 "triton_url": self.triton_url}
 
+    def registry_status(self) -> dict[str, Any]:
+        """The recipe's versions with their status (rejections with reasons) and the champion."""
+        from mlops.registry import Registry
+
+        reg = Registry(self.state_dir / "registry")
+        st = reg.statuses(self.cfg.name)
+        return {"model": self.cfg.name, "champion": reg.aliases(self.cfg.name).get("champion"),
+                "versions": [{"version": v, **s} for v, s in sorted(st.items())]}
+
     def down(self) -> dict[str, bool]:
         from mlops.serving import stop_triton
 
-        stopped = {"triton": stop_triton(self.state_dir)}
+        stopped = {}
+        for pid_file in sorted((self.state_dir / "pids").glob("runner-*.pid")):
+            if Service(pid_file.stem, self.state_dir).stop():
+                stopped[pid_file.stem] = True
+        stopped["triton"] = stop_triton(self.state_dir)
         stopped["prefect"] = _prefect.prefect_service(self.state_dir).stop()
         s = self.cfg.serving
         ports = [(s.host, s.http_port), (s.host, s.grpc_port), (s.host, s.metrics_port)]
@@ -112,7 +202,7 @@ class LocalTarget:
         return stopped
 
     def status(self) -> dict[str, Any]:
-        from mlops.serving import served_models, triton_live
+        from mlops.serving import model_statistics, served_models, triton_live
         from mlops.tracking import make_tracker
 
         api = _prefect.api_url(self.cfg)
@@ -128,6 +218,10 @@ class LocalTarget:
                            "metrics_url": f"http://{s.host}:{s.metrics_port}/metrics"},
             },
             "models": served_models(self.triton_url) if triton_ok else [],
+            "statistics": model_statistics(self.triton_url) if triton_ok else [],
+            "registry": self.registry_status(),
+            "runner": {"pid": self.runner_service().pid(), "digest": (
+                r.read_text() if (r := self._runner_spec().with_suffix(".ready")).is_file() else None)},
             "state_dir": str(self.state_dir),
             "tracking": make_tracker(self.cfg.tracking, self.state_dir).ui_hint(),
         }

@@ -1,7 +1,7 @@
-"""`mlops plan`: the services `up` would start or reuse and the steps it would run or skip.
+"""`mlops plan`'s live part: the services `up` would start or reuse and the steps it would run or reuse.
 
-Read-only: it probes health endpoints, reads the data to fingerprint it and
-looks the training key up in the registry, but starts and writes nothing.
+Read-only: it probes health endpoints, reads the data to fingerprint it and looks the training key
+up in the registry, but starts and writes nothing. The compiled Plan itself is pure (golden-tested).
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from mlops.plan._levels import compile_plan
 from mlops.recipe.schema import Config
-
-STEPS = ("ingest", "validate", "train", "evaluate", "register", "export", "deploy")
 
 
 def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
@@ -24,32 +23,29 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
 
 
 def build_plan(cfg: Config, project: Path) -> dict[str, Any]:
+    """The compiled Plan as JSON, with what `up` would do now: `services` and each step's `action`."""
     from mlops.registry import Registry
     from mlops.targets import get_target
 
+    plan = compile_plan(cfg)
     target = get_target(cfg, project)
     services = target.planned_services()
     key = current_training_key(cfg, project, target.state_dir)
     existing = Registry(target.state_dir / "registry").find(cfg.name, key)
     steps = []
-    for name in STEPS:
+    for step in plan.to_json()["steps"]:
+        name = step["name"]
         if existing is not None and name in ("train", "evaluate", "register"):
             action = f"reuse version {existing.version} (same config and data, key {key})"
         elif name == "train":
             action = f"train {cfg.model.flavor} {cfg.model.task} on {cfg.compute.accelerator} (key {key})"
         elif name == "deploy":
-            action = f"load on Triton at {services[-1]['url']} as {cfg.serving.model_name}"
+            action = f"load on Triton at {services[1]['url']} as {cfg.serving.model_name}"
+        elif name == "gate":
+            metric, direction = cfg.gate_metric
+            action = f"compare {metric} ({direction}) with the champion"
         else:
             action = "run"
-        steps.append({"name": name, "action": action, "automated": True})
-    return {
-        "recipe": cfg.name,
-        "stack": cfg.stack.name,
-        "target": cfg.target.kind,
-        "maturity": cfg.maturity.level,
-        "state_dir": str(target.state_dir),
-        "training_key": key,
-        "services": services,
-        "steps": steps,
-        "components": {k: getattr(v, cfg.target.kind) for k, v in cfg.stack.components.items()},
-    }
+        steps.append({**step, "action": action})
+    return {**plan.to_json(), "state_dir": str(target.state_dir), "training_key": key, "services": services,
+            "steps": steps, "digest": plan.digest()}

@@ -1,0 +1,172 @@
+"""Model lifecycle commands: `run` and `deploy` (level 0 by hand), `promote`, `rollback`, `runs`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, err, out
+from mlops.errors import ConfigError, Problem, RegistryError
+
+Force = Annotated[bool, typer.Option("--force", help="Also promote a version the gate rejected.")]
+
+
+def _ref(ref: str) -> tuple[str, int]:
+    model, at, version = ref.partition("@")
+    if not at or not version.isdigit():
+        raise ConfigError([Problem("", f"expected <model>@<version>, e.g. breast_cancer@2, got {ref!r}",
+                                   "command line", "`mlops runs` and `mlops status` list the versions")])
+    return model, int(version)
+
+
+def _cfg_for(model: str, overrides: list[str] | None):
+    """The recipe named like the model, unless the overrides choose one."""
+    overrides = list(overrides or [])
+    if not any(o.split("=")[0] == "recipe" for o in overrides):
+        overrides.append(f"recipe={model}")
+    cfg = _load(overrides, check_data=False)
+    if cfg.name != model:
+        raise ConfigError([Problem("name", f"the recipe chosen is {cfg.name!r}, not {model!r}", "command line",
+                                   f"choose it with recipe=<file> whose `name:` is {model}")])
+    return cfg
+
+
+def _state_dir(cfg) -> Path:
+    return (_project() / cfg.target.state_dir).resolve()
+
+
+def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str, Any]:
+    """Export (once), publish and load `version` on Triton, then make it the champion."""
+    from mlops.registry import Registry, RunLog
+    from mlops.serving import deploy_version, ensure_triton, export_version
+
+    state = _state_dir(cfg)
+    registry = Registry(state / "registry")
+    mv = registry.get(cfg.name, version)
+    status = registry.statuses(cfg.name)[version]
+    if status["status"] == "rejected" and not force:
+        raise RegistryError(f"{mv.ref} was rejected by the gate: {'; '.join(status['reasons'])}. "
+                            "Promote it anyway with --force.")
+    registry.verify(mv)
+    ensure_triton(cfg, state)
+    served = deploy_version(cfg, export_version(cfg, {"version": version}, state), state)
+    registry.promote(cfg.name, version, by=by)
+    RunLog(state / "runs").record(cfg.name, {"flow": by, "trigger": "manual", "steps": ["export", "deploy"],
+                                             "version": version, "outcome": "deployed"})
+    return {"model": cfg.name, "version": version, **served}
+
+
+@app.command()
+def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
+           force: Force = False, json_: JsonFlag = False) -> None:
+    """Export a registered version, load it on Triton and make it the champion (level 0: a person deploys).
+
+    Example: mlops deploy breast_cancer@1
+    """
+    model, version = _ref(ref)
+    result = promote_version(_cfg_for(model, overrides), version, "mlops deploy", force)
+    _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
+
+
+@app.command()
+def promote(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
+            force: Force = False, json_: JsonFlag = False) -> None:
+    """Move the champion alias to a registered version and serve it on Triton (level 2: promotion is manual).
+
+    Example: mlops promote breast_cancer@2
+    """
+    model, version = _ref(ref)
+    result = promote_version(_cfg_for(model, overrides), version, "mlops promote", force)
+    _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
+
+
+@app.command()
+def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).")], overrides: Overrides = None,
+             json_: JsonFlag = False) -> None:
+    """Restore the previous champion: Triton serves it again and the champion alias points back to it.
+
+    Example: mlops rollback breast_cancer
+    """
+    from mlops.registry import Registry, RunLog
+    from mlops.serving import deploy_version, ensure_triton, export_version
+
+    cfg = _cfg_for(model, overrides)
+    state = _state_dir(cfg)
+    registry = Registry(state / "registry")
+    stack = registry.champions(model)
+    if len(stack) < 2:
+        raise RegistryError(f"model {model!r} has no previous champion to roll back to "
+                            f"(champion history: {[e['version'] for e in stack] or 'empty'}).")
+    previous = stack[-2]["version"]
+    ensure_triton(cfg, state)
+    served = deploy_version(cfg, export_version(cfg, {"version": previous}, state), state)
+    frm, to = registry.rollback(model)
+    RunLog(state / "runs").record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
+                                          "version": to, "outcome": f"rolled back from {frm}"})
+    if json_:
+        _print_json({"model": model, "from": frm, "to": to, **served})
+    else:
+        out.print(f"{model}: rolled back from version {frm} to {to}, served at {served['endpoint']}")
+
+
+@app.command()
+def run(step: Annotated[str, typer.Argument(help="ingest | validate | train | evaluate | register")],
+        overrides: Overrides = None, json_: JsonFlag = False) -> None:
+    """Run one step of the pipeline by hand, as a Prefect flow run (level 0: a person runs each step).
+
+    Each step uses what the previous one left: ingest, then validate, train, evaluate, register;
+    then `mlops deploy <model>@<version>`.
+
+    Example: mlops run train recipe=churn
+    """
+    if step not in ("ingest", "validate", "train", "evaluate", "register"):
+        raise ConfigError([Problem("", f"unknown step {step!r}", "command line",
+                                   "steps: ingest, validate, train, evaluate, register; "
+                                   "then `mlops deploy <model>@<version>`")])
+    from mlops.targets import _prefect, get_target
+
+    cfg = _load(overrides)
+    target = get_target(cfg, _project())
+    target._ensure_prefect()
+    os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+    from mlops.flows import step_flow
+
+    result = step_flow(cfg, str(target.project), str(target.state_dir), step)
+    if json_:
+        _print_json(result)
+    elif step == "register":
+        out.print(f"registered {cfg.name}@{result['version']}; deploy it with `mlops deploy {cfg.name}@{result['version']}`")
+    else:
+        out.print(f"{step} done")
+
+
+@app.command()
+def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
+    """The recipe's run history: which flow ran, what triggered it, the version and the gate's verdict.
+
+    Example: mlops runs recipe=churn --json
+    """
+    from mlops.registry import RunLog
+
+    cfg = _load(overrides, check_data=False)
+    history = RunLog(_state_dir(cfg) / "runs").runs(cfg.name)
+    if json_:
+        _print_json(history)
+        return
+    if not history:
+        out.print(f"no runs of {cfg.name} yet")
+    for r in history:
+        when = dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        version = f"v{r['version']}" if r.get("version") is not None else "-"
+        outcome = r.get("outcome", "done")
+        line = f"{when}  {r['flow']:<14} {r['trigger']:<32} {version:<5} {outcome}"
+        if r.get("gate"):
+            g = r["gate"]
+            line += f"  gate: {g['metric']} {g['candidate']:.4f} vs champion {g['champion'] if g['champion'] is None else format(g['champion'], '.4f')}"
+            line += "".join(f"\n{'':<22}- {reason}" for reason in g["reasons"])
+        out.print(line, markup=False)

@@ -1,0 +1,150 @@
+"""Maturity levels as pure functions: each takes the Plan of the level below and adds to it.
+
+    level 0  no MLOps          every step is a CLI command a person runs
+    level 1  data prep         a scheduled deployment ingests + validates new data, emits mlops.dataset.validated
+    level 2  training          an automation on that event runs the training deployment (ends registered)
+    level 3  deployment        the training deployment also runs the gate; a passing candidate is deployed
+    level 4  monitoring        placeholder entries until the monitoring issue lands
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mlops.plan._model import Automation, Component, Deployment, Gate, Plan, Step
+from mlops.recipe.schema import Config
+
+STEPS = ("ingest", "validate", "train", "evaluate", "register", "gate", "export", "deploy")
+DATASET_VALIDATED = "mlops.dataset.validated"
+MODEL_REGISTERED = "mlops.model.registered"
+GATE_PASSED = "mlops.gate.passed"
+GATE_REJECTED = "mlops.gate.rejected"
+MODEL_DEPLOYED = "mlops.model.deployed"
+DRIFT_DETECTED = "mlops.drift.detected"
+
+# Which stack component (stacks/*.yaml `components:`) gives each infrastructure component its flavor.
+_STACK_COMPONENT = {"store": "storage", "tracking": "tracker", "data_schedule": "orchestrator",
+                    "training": "trainer", "orchestration": "orchestrator", "serving": "server",
+                    "monitoring": "monitor"}
+
+
+def data_deployment(cfg: Config) -> str:
+    return f"{cfg.name}-data"
+
+
+def train_deployment(cfg: Config) -> str:
+    return f"{cfg.name}-train"
+
+
+def dataset_resource(cfg: Config) -> str:
+    return f"mlops.dataset.{cfg.name}"
+
+
+def model_resource(cfg: Config) -> str:
+    return f"mlops.model.{cfg.name}"
+
+
+def _component(cfg: Config, name: str, placeholder: bool = False) -> Component:
+    flavors = cfg.stack.components.get(_STACK_COMPONENT[name])  # type: ignore[call-overload]
+    flavor = getattr(flavors, cfg.target.kind) if flavors is not None else "none"
+    return Component(name=name, flavor=flavor or "none", placeholder=placeholder)
+
+
+def _automate(plan: Plan, names: tuple[str, ...], deployment: str) -> tuple[Step, ...]:
+    return tuple(s.model_copy(update={"automated": True, "run_by": f"deployment:{deployment}", "command": None})
+                 if s.name in names else s for s in plan.steps)
+
+
+def level_0(plan: Plan, cfg: Config) -> Plan:
+    """No MLOps: storage, tracking and the services; a person runs every step."""
+    manual = {"export": f"mlops deploy {cfg.name}@<version>", "deploy": f"mlops deploy {cfg.name}@<version>"}
+    steps = tuple(Step(name=s, run_by="person", command=manual.get(s, f"mlops run {s} recipe={cfg.name}"))
+                  for s in STEPS if s != "gate")
+    return plan.model_copy(update={
+        "steps": steps,
+        "infrastructure": (_component(cfg, "store"), _component(cfg, "tracking")),
+        "services": ("prefect-server", "triton"),
+    })
+
+
+def level_1(plan: Plan, cfg: Config) -> Plan:
+    """Data prep automated: a scheduled deployment ingests and validates new or changed data."""
+    name = data_deployment(cfg)
+    dep = Deployment(name=name, flow="mlops-data", steps=("ingest", "validate"),
+                     interval_s=cfg.maturity.data_interval_s, parameters={"trigger": "schedule"},
+                     emits=(DATASET_VALIDATED,))
+    return plan.model_copy(update={
+        "steps": _automate(plan, ("ingest", "validate"), name),
+        "deployments": (*plan.deployments, dep),
+        "infrastructure": (*plan.infrastructure, _component(cfg, "data_schedule")),
+        "services": (*plan.services, "prefect-runner"),
+        "events": (*plan.events, DATASET_VALIDATED),
+    })
+
+
+def level_2(plan: Plan, cfg: Config) -> Plan:
+    """Training automated: a validated new dataset triggers training; promotion stays manual."""
+    name = train_deployment(cfg)
+    dep = Deployment(name=name, flow="mlops-train", steps=("train", "evaluate", "register"),
+                     parameters={"release": False}, emits=(MODEL_REGISTERED,))
+    auto = Automation(name=f"{cfg.name}: train on new data", deployment=name, event=DATASET_VALIDATED,
+                      resource=dataset_resource(cfg),
+                      parameters={"snapshot": "{{ event.payload.snapshot }}", "trigger": "event:{{ event.event }}"})
+    steps = _automate(plan, ("train", "evaluate", "register"), name)
+    steps = tuple(s.model_copy(update={"command": f"mlops promote {cfg.name}@<version>"})
+                  if s.name in ("export", "deploy") else s for s in steps)
+    return plan.model_copy(update={
+        "steps": steps,
+        "deployments": (*plan.deployments, dep),
+        "automations": (*plan.automations, auto),
+        "infrastructure": (*plan.infrastructure, _component(cfg, "training"), _component(cfg, "orchestration")),
+        "events": (*plan.events, MODEL_REGISTERED),
+    })
+
+
+def level_3(plan: Plan, cfg: Config) -> Plan:
+    """Deployment automated: the training deployment gates the candidate and deploys it if it passes."""
+    name = train_deployment(cfg)
+    metric, direction = cfg.gate_metric
+    gate = Gate(name="champion", after="register", metric=metric, direction=direction,
+                min_improvement=cfg.maturity.gate.min_improvement, floors=dict(cfg.maturity.gate.floors),
+                ceilings=dict(cfg.maturity.gate.ceilings), on_pass="promote and deploy to Triton",
+                on_fail="mark the version rejected with the reasons; champion and served version unchanged")
+    deployments = tuple(
+        d.model_copy(update={"steps": (*d.steps, "gate", "export", "deploy"), "parameters": {"release": True},
+                             "emits": (*d.emits, GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED)})
+        if d.name == name else d for d in plan.deployments)
+    steps = list(plan.steps)
+    steps.insert([s.name for s in steps].index("export"),
+                 Step(name="gate", automated=True, run_by=f"deployment:{name}"))
+    plan = plan.model_copy(update={"steps": tuple(steps)})
+    return plan.model_copy(update={
+        "steps": _automate(plan, ("export", "deploy"), name),
+        "deployments": deployments,
+        "gates": (*plan.gates, gate),
+        "infrastructure": (*plan.infrastructure, _component(cfg, "serving")),
+        "events": (*plan.events, GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED),
+    })
+
+
+def level_4(plan: Plan, cfg: Config) -> Plan:
+    """Placeholder until the monitoring issue: drift → retrain, reusing level 3's training deployment."""
+    auto = Automation(name=f"{cfg.name}: retrain on drift (placeholder)", deployment=train_deployment(cfg),
+                      event=DRIFT_DETECTED, resource=model_resource(cfg),
+                      parameters={"trigger": "event:{{ event.event }}"})
+    return plan.model_copy(update={
+        "automations": (*plan.automations, auto),
+        "infrastructure": (*plan.infrastructure, _component(cfg, "monitoring", placeholder=True)),
+        "events": (*plan.events, DRIFT_DETECTED),
+    })
+
+
+LEVELS: tuple[Callable[[Plan, Config], Plan], ...] = (level_0, level_1, level_2, level_3, level_4)
+
+
+def compile_plan(cfg: Config) -> Plan:
+    """The Plan of `cfg` at its maturity level: level 0, then each level up to it, in order."""
+    plan = Plan(recipe=cfg.name, stack=cfg.stack.name, target=cfg.target.kind, maturity=cfg.maturity.level)
+    for level in LEVELS[: cfg.maturity.level + 1]:
+        plan = level(plan, cfg)
+    return plan
