@@ -20,6 +20,8 @@ RUN_END_TO_END = {
     "mlops down",
     "mlops predict recipe=breast_cancer --input recipes/data/breast_cancer_rows.csv",
     "mlops predict recipe=churn --input recipes/data/churn_rows.json --json",
+    "mlops validate recipe=churn --input recipes/data/churn.csv",
+    "mlops monitor report recipe=breast_cancer --html drift.html",
 }
 
 

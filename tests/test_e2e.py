@@ -173,3 +173,26 @@ def test_down_stops_everything_and_frees_ports(project):
     assert not st["services"]["prefect"]["healthy"] and not st["services"]["triton"]["healthy"]
     # Artifacts, registry and tracking data stay.
     assert _versions(project, "breast_cancer") == ["1"] and (project / ".mlops/mlflow.db").is_file()
+
+
+def test_served_traffic_was_profiled_off_the_request_path(project):
+    """Triton's python backend sampled what it served into whylogs windows, flushed when `down` unloaded it."""
+    report = json.loads(mlops(project, "monitor", "report", "recipe=breast_cancer", "--json").stdout)
+    assert report["version"] == 1 and report["windows"], report
+    # ~10% (monitoring.sample_rate) of the held-out and example rows predicted above.
+    assert 0 < sum(w["rows"] for w in report["windows"]) < 86 + 5
+    html = project / "drift.html"
+    mlops(project, "monitor", "report", "recipe=breast_cancer", "--html", str(html))
+    assert html.read_text().count("data:image/png;base64,") >= 1
+
+
+def test_validate_checks_a_batch_by_hand(project):
+    assert "1200 rows pass every constraint" in mlops(project, "validate", "recipe=churn", "--input",
+                                                      "recipes/data/churn.csv").stdout
+    bad = project / "bad_batch.csv"
+    frame = pd.read_csv(project / "recipes/data/churn.csv").head(300)
+    frame.loc[frame.index[:150], "tenure_months"] = None
+    frame.to_csv(bad, index=False)
+    proc = mlops(project, "validate", "recipe=churn", "--input", str(bad), check=False)
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "column 'tenure_months': null percentage of tenure_months lower than 0.05" in proc.stderr
