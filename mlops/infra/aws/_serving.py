@@ -143,17 +143,10 @@ class TritonServing(pulumi.ComponentResource):
                                   health_check_grace_period_seconds=180,
                                   deployment_circuit_breaker={"enable": True, "rollback": True},
                                   opts=child(self, depends_on=[listener], ignore_changes=["desiredCount"]))
-        target = aws.appautoscaling.Target(name, service_namespace="ecs", scalable_dimension="ecs:service:DesiredCount",
-                                           resource_id=pulumi.Output.concat("service/", cluster.name, "/", service.name),
-                                           min_capacity=p.min_capacity, max_capacity=p.max_capacity, opts=child(self))
-        aws.appautoscaling.Policy(name, policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
-                                  scalable_dimension=target.scalable_dimension, resource_id=target.resource_id,
-                                  target_tracking_scaling_policy_configuration={
-                                      "target_value": p.target_requests_per_instance, "scale_in_cooldown": 300,
-                                      "scale_out_cooldown": 60, "predefined_metric_specification": {
-                                          "predefined_metric_type": "ALBRequestCountPerTarget",
-                                          "resource_label": pulumi.Output.concat(lb.arn_suffix, "/", tg.arn_suffix)}},
-                                  opts=child(self))
+        self._autoscale(name, p, "ecs", "ecs:service:DesiredCount",
+                        pulumi.Output.concat("service/", cluster.name, "/", service.name),
+                        {"predefined_metric_type": "ALBRequestCountPerTarget",
+                         "resource_label": pulumi.Output.concat(lb.arn_suffix, "/", tg.arn_suffix)})
         scheme = "https" if p.certificate_arn else "http"
         self.endpoint = pulumi.Output.concat(scheme, "://", lb.dns_name)
 
@@ -183,15 +176,20 @@ class TritonServing(pulumi.ComponentResource):
             "variant_name": "AllTraffic", "model_name": model.name, "initial_instance_count": p.min_capacity,
             "instance_type": p.instance_type}], opts=child(self))
         ep = aws.sagemaker.Endpoint(name, name=name, endpoint_config_name=config.name, opts=child(self))
-        target = aws.appautoscaling.Target(name, service_namespace="sagemaker",
-                                           scalable_dimension="sagemaker:variant:DesiredInstanceCount",
-                                           resource_id=pulumi.Output.concat("endpoint/", ep.name, "/variant/AllTraffic"),
-                                           min_capacity=p.min_capacity, max_capacity=p.max_capacity, opts=child(self))
+        self._autoscale(name, p, "sagemaker", "sagemaker:variant:DesiredInstanceCount",
+                        pulumi.Output.concat("endpoint/", ep.name, "/variant/AllTraffic"),
+                        {"predefined_metric_type": "SageMakerVariantInvocationsPerInstance"})
+        self.endpoint = pulumi.Output.concat("sagemaker://", ep.name)
+
+    def _autoscale(self, name: str, p: ServingParams, namespace: str, dimension: str, resource_id: pulumi.Output,
+                   metric: dict) -> None:
+        """Target tracking between the stack's min and max capacity (serving.min_capacity/max_capacity)."""
+        target = aws.appautoscaling.Target(name, service_namespace=namespace, scalable_dimension=dimension,
+                                           resource_id=resource_id, min_capacity=p.min_capacity,
+                                           max_capacity=p.max_capacity, opts=child(self))
         aws.appautoscaling.Policy(name, policy_type="TargetTrackingScaling", service_namespace=target.service_namespace,
                                   scalable_dimension=target.scalable_dimension, resource_id=target.resource_id,
                                   target_tracking_scaling_policy_configuration={
                                       "target_value": p.target_requests_per_instance, "scale_in_cooldown": 300,
-                                      "scale_out_cooldown": 60, "predefined_metric_specification": {
-                                          "predefined_metric_type": "SageMakerVariantInvocationsPerInstance"}},
+                                      "scale_out_cooldown": 60, "predefined_metric_specification": metric},
                                   opts=child(self))
-        self.endpoint = pulumi.Output.concat("sagemaker://", ep.name)
