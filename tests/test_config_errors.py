@@ -69,6 +69,8 @@ def test_bad_recipe(tmp_path, name):
         (["data.path=missing.csv", "recipe=churn"],
          ["override 'data.path=missing.csv': `data.path` file not found: {root}/missing.csv. Hint: paths are relative "
           "to the project folder; check the name, or use an fsspec URL"]),
+        (["maturity=4", "monitoring=none"],
+         ["maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs (or choose maturity=3)."]),
     ],
 )
 def test_bad_overrides(overrides, expected):

@@ -1,7 +1,8 @@
 """Levels 1-3 live: a real Prefect server and runner, Lightning and Triton; nobody calls mlops after `up`.
 
 One project (a copy of recipes/, churn reading data/churn.csv) and one set of services for the module,
-on ports of its own. The tests run in order: level 1, 2, 3, rollback, back down to 1.
+on ports of its own. The tests run in order: level 1, 2, 3, rollback, 4 (drift -> retrain -> gate ->
+redeploy, then garbage), back down to 1 and 0.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ import pandas as pd
 import pytest
 
 from mlops.targets._process import port_free
+from _client_thread import ClientThread
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_PORT, HTTP, GRPC, METRICS = 4310, 8310, 8311, 8312
 COMMON = ["recipe=churn", "data.path=data/churn.csv", f"target.prefect.port={PREFECT_PORT}",
           f"serving.http_port={HTTP}", f"serving.grpc_port={GRPC}", f"serving.metrics_port={METRICS}",
-          "maturity.data_interval_s=2", "maturity.gate.metric=test_auc", "+maturity.gate.floors.test_auc=0.6"]
+          "maturity.data_interval_s=10", "maturity.gate.metric=test_auc", "+maturity.gate.floors.test_auc=0.6",
+          # Short traffic windows, judged at level 4 as they close; half the served rows profiled.
+          "monitoring.window_s=4", "monitoring.sample_rate=0.5",
+          "model.max_epochs=10"]  # enough to tell a real model from one trained on shuffled labels
 API = f"http://127.0.0.1:{PREFECT_PORT}/api"
 pytestmark = pytest.mark.e2e
 
@@ -53,6 +58,52 @@ def shuffled(seed: int) -> pd.DataFrame:
 
 def real(rows: int) -> pd.DataFrame:
     return pd.read_csv(ROOT / "recipes/data/churn.csv").head(rows)
+
+
+def shifted_up(frame: pd.DataFrame) -> pd.DataFrame:
+    """A real shift, not garbage: monthly charges tripled (still positive, same categories)."""
+    frame = frame.copy()
+    frame["monthly_charges"] *= 3
+    return frame
+
+
+class Client(ClientThread):
+    """A client thread calling the served model (the documented helper, tritonclient) the whole time."""
+
+    def __init__(self, project: Path, frame: pd.DataFrame):
+        super().__init__()
+        self.project, self.frame = project, frame
+
+    def _run(self) -> None:
+        from mlops.serving._client import predict
+
+        signature = json.loads((self.project / ".mlops/exports/churn/1/signature.json").read_text())
+        i = 0
+        while not self.stopped():
+            rows = self.frame.iloc[i % len(self.frame): i % len(self.frame) + 4]
+            try:
+                predict(f"127.0.0.1:{HTTP}", "churn", signature, rows[signature_columns(signature)])
+                self.ok += 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                self.errors.append(repr(exc))
+            i += 4
+            time.sleep(0.02)
+
+
+def signature_columns(signature: dict) -> list[str]:
+    return [c for spec in signature["inputs"] for c in spec["columns"]]
+
+
+def runs(project: Path) -> list[dict]:
+    return json.loads(mlops(project, "runs", *COMMON, "--json").stdout)
+
+
+def events(name: str) -> list[dict]:
+    import urllib.request
+
+    req = urllib.request.Request(f"{API}/events/filter", method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"filter": {"event": {"name": [name]}}}).encode())
+    return json.loads(urllib.request.urlopen(req, timeout=10).read())["events"]
 
 
 def wait_for(what: str, fn, timeout: float = 150.0):
@@ -105,8 +156,10 @@ async def main():
         out = {{"deployments": {{}}, "automations": {{}}}}
         for d in deps:
             interval = [s.schedule.interval.total_seconds() for s in d.schedules if s.active]
+            limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else None
+            strategy = d.concurrency_options.collision_strategy.value if d.concurrency_options else None
             out["deployments"][d.name] = {{"interval_s": interval[0] if interval else None, "flow": (await c.read_flow(d.flow_id)).name,
-                                           "release": d.parameters.get("release")}}
+                                           "release": d.parameters.get("release"), "limit": limit, "on_collision": strategy}}
         for a in autos:
             owner = a.actions[0].deployment_id if a.actions else None
             name = next((d.name for d in deps if d.id == owner), None)
@@ -124,13 +177,14 @@ asyncio.run(main())
     return json.loads(proc.stdout)
 
 
-def expected_state(level: int) -> dict:
+def expected_state(level: int, *extra: str) -> dict:
     from mlops.plan import compile_plan
     from mlops.recipe import load
 
-    plan = compile_plan(load([*COMMON, f"maturity={level}"], ROOT, check_data=False))
-    return {"deployments": {d.name: {"interval_s": d.interval_s, "flow": d.flow, "release": d.parameters.get("release")}
-                            for d in plan.deployments},
+    plan = compile_plan(load([*COMMON, f"maturity={level}", *extra], ROOT, check_data=False))
+    collision = {"skip": "CANCEL_NEW", "queue": "ENQUEUE"}
+    return {"deployments": {d.name: {"interval_s": d.interval_s, "flow": d.flow, "release": d.parameters.get("release"),
+                                     "limit": 1, "on_collision": collision[d.on_overlap]} for d in plan.deployments},
             "automations": {a.name: {"deployment": a.deployment, "event": a.event, "resource": a.resource,
                                      "enabled": True} for a in plan.automations}}
 
@@ -151,11 +205,6 @@ def test_level_1_new_file_gives_a_validated_snapshot_and_no_training(project):
                for r in runs)
 
 
-UNRELIABLE = pytest.mark.skip(reason="issue 3, in progress: the level-2 automation run started by "
-                               "mlops.dataset.validated is not reliable yet (1 of 2 runs timed out); see the issue note")
-
-
-@UNRELIABLE
 def test_level_2_new_file_trains_a_registered_version_that_is_not_served(project):
     mlops(project, "up", *COMMON, "maturity=2")
     assert server_state(project) == expected_state(2)
@@ -168,7 +217,6 @@ def test_level_2_new_file_trains_a_registered_version_that_is_not_served(project
     assert train_run["trigger"] == "event:mlops.dataset.validated" and train_run["outcome"] == "registered"
 
 
-@UNRELIABLE
 def test_diff_2_to_3_then_level_3_deploys_a_better_candidate_and_rejects_a_worse(project):
     diff = json.loads(mlops(project, "plan", *COMMON, "maturity=3", "--diff", "maturity=2", "--json").stdout)["diff"]
     mlops(project, "up", *COMMON, "maturity=3")
@@ -194,25 +242,74 @@ def test_diff_2_to_3_then_level_3_deploys_a_better_candidate_and_rejects_a_worse
     gated = [r for r in runs if r.get("gate")]
     assert [(r["version"], r["outcome"]) for r in gated] == [(3, "deployed"), (4, "rejected")]
     # The rejection is a Prefect event too.
-    import urllib.request
-
-    req = urllib.request.Request(f"{API}/events/filter", method="POST", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"filter": {"event": {"name": ["mlops.gate.rejected"]}}}).encode())
-    events = json.loads(urllib.request.urlopen(req, timeout=10).read())["events"]
-    assert [e["payload"]["version"] for e in events] == [4]
-    assert events[0]["resource"]["prefect.resource.id"] == "mlops.model.churn"
+    rejected = events("mlops.gate.rejected")
+    assert [e["payload"]["version"] for e in rejected] == [4]
+    assert rejected[0]["resource"]["prefect.resource.id"] == "mlops.model.churn"
 
 
-@UNRELIABLE
-def test_rollback_restores_the_previous_champion_on_triton(project):
-    proc = mlops(project, "rollback", "churn", *COMMON)
+def test_rollback_restores_the_previous_champion_on_triton_under_load(project):
+    with Client(project, real(1200)) as client:
+        time.sleep(2)
+        proc = mlops(project, "rollback", "churn", *COMMON)
+        time.sleep(2)
     assert "churn: rolled back from version 3 to 1" in proc.stdout
+    assert client.errors == [] and client.ok > 20, (client.ok, client.errors[:3])
     assert served(project) == {"1"} and registry(project)["champion"] == 1
     proc = mlops(project, "rollback", "churn", *COMMON, check=False)
     assert proc.returncode == 6 and "has no previous champion to roll back to" in proc.stderr
 
 
-@UNRELIABLE
+LEVEL_4 = ["maturity=4", "maturity.data_interval_s=3600"]  # new data reaches training only through the drift loop
+
+
+def test_level_4_drift_retrains_gates_and_redeploys_while_a_client_sees_no_failure(project):
+    mlops(project, "up", *COMMON, *LEVEL_4)
+    assert server_state(project) == expected_state(4, *LEVEL_4)
+    before = len(registry(project)["versions"])
+    champion = registry(project)["champion"]  # 1, trained on shuffled labels: the retrain must beat it
+    drop(project, shifted_up(real(1200)))  # new data with the same shift waits in the data location
+    traffic = project / "shifted.csv"
+    shifted_up(real(1200)).drop(columns=["churned"]).sample(600, random_state=0).to_csv(traffic, index=False)
+    with Client(project, shifted_up(real(1200))) as client:
+        for _ in range(3):
+            mlops(project, "predict", *COMMON, "--input", str(traffic))
+        new = before + 1
+        wait_for(f"version {new} served", lambda: served(project) == {str(new)}, timeout=300)
+        time.sleep(2)
+    assert client.errors == [] and client.ok > 50, (client.ok, client.errors[:3])
+    history = runs(project)
+    (detected,) = [r for r in history if r["flow"] == "mlops-monitor" and r["outcome"] == "drift detected"]
+    assert detected["version"] == champion and "monthly_charges" in detected["drifted"]
+    (retrain,) = [r for r in history if r["flow"] == "mlops-train" and r["trigger"] == "event:mlops.drift.detected"]
+    assert retrain["outcome"] == "deployed" and retrain["version"] == new
+    assert retrain["drift_window"] == detected["window"] and retrain["gate"]["champion_version"] == champion
+    (event,) = events("mlops.drift.detected")
+    assert event["resource"]["prefect.resource.id"] == "mlops.model.churn"
+    assert event["payload"]["window"] == detected["window"] and event["payload"]["scores"]["monthly_charges"] >= 0.4
+    assert registry(project)["champion"] == new
+
+
+def test_level_4_garbage_traffic_is_quarantined_and_trains_nothing(project):
+    versions = len(registry(project)["versions"])
+    champion = registry(project)["champion"]
+    garbage = shifted_up(real(1200)).drop(columns=["churned"]).head(600)
+    garbage["tenure_months"] = -garbage["tenure_months"] - 50  # impossible, and far from the reference
+    garbage["contract"] = "zz-unknown"
+    path = project / "garbage.csv"
+    garbage.to_csv(path, index=False)
+    for _ in range(2):
+        mlops(project, "predict", *COMMON, "--input", str(path))
+    bad = wait_for("a quarantined traffic window", lambda: [r for r in runs(project)
+                                                             if r.get("outcome") == "quarantined traffic"])
+    assert bad[0]["version"] == champion and any("tenure_months" in r for r in bad[0]["reasons"])
+    assert (project / ".mlops/quarantine/churn").is_dir()
+    time.sleep(8)  # two more monitor runs: nothing else happens
+    assert [e["payload"]["version"] for e in events("mlops.drift.detected")] != [] and all(
+        e["payload"]["version"] != champion for e in events("mlops.drift.detected"))
+    assert len(registry(project)["versions"]) == versions and registry(project)["champion"] == champion
+    assert events("mlops.traffic.quarantined")[0]["payload"]["version"] == champion
+
+
 def test_moving_down_removes_the_automations(project):
     mlops(project, "up", *COMMON, "maturity=1")
     assert server_state(project) == expected_state(1)

@@ -146,3 +146,55 @@ def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
     regions = {i.value for i in view.get_column("region").get_metric("frequent_items").strings}
     assert regions <= {"north", "south", "east", "west"}  # decoded, not "b'north'"
     assert "output:p(yes)" in view.get_columns()
+
+
+# ---------------------------------------------------------------- the gate wired into ingest
+def _bad_batch(kind: str, churn: pd.DataFrame) -> pd.DataFrame:
+    bad = churn.iloc[600:].copy()
+    if kind == "string in a numeric column":
+        bad["monthly_charges"] = bad["monthly_charges"].astype(object)
+        bad.iloc[3, bad.columns.get_loc("monthly_charges")] = "lots"
+    elif kind == "half nulls":
+        bad.loc[bad.index[: len(bad) // 2], "tenure_months"] = np.nan
+    else:
+        bad.iloc[5, bad.columns.get_loc("region")] = "antarctica"
+    return bad
+
+
+@pytest.mark.parametrize(("kind", "column"), [("string in a numeric column", "monthly_charges"),
+                                              ("half nulls", "tenure_months"), ("unseen category", "region")])
+def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, churn, profiler, kind, column):
+    import json
+
+    from mlops.errors import DataError
+    from mlops.flows._pipeline import ingest, validate, validated_snapshots
+    from mlops.recipe import load
+    from mlops.registry import Registry
+
+    (tmp_path / "data").mkdir()
+    state = tmp_path / ".mlops"
+    # A champion whose reference profile is the training data (register stores it; here it is made directly).
+    profiler.write(profiler.profile(churn.iloc[:600]), tmp_path / "reference_profile.bin")
+    (tmp_path / "model.ckpt").write_bytes(b"weights")
+    reg = Registry(state / "registry")
+    reg.promote("churn", reg.register("churn", {"reference_profile.bin": tmp_path / "reference_profile.bin",
+                                                "model.ckpt": tmp_path / "model.ckpt"}, {"key": "k1"}).version, by="test")
+    _bad_batch(kind, churn).to_csv(tmp_path / "data/churn.csv", index=False)
+    cfg = load(["recipe=churn", "data.path=data/churn.csv"], ROOT, check_data=False)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(tmp_path / "data/churn.csv")})})
+
+    dataset = ingest.fn(cfg, str(tmp_path), str(state))
+    with pytest.raises(DataError) as err:
+        validate.fn(cfg, dataset, str(state))
+    message = str(err.value)
+    assert "failed validation and was quarantined" in message and f"column {column!r}" in message
+    (folder,) = (state / "quarantine" / "churn").iterdir()
+    report = json.loads((folder / "report.json").read_text())
+    assert [f["column"] for f in report["failures"]] == [column]
+    assert (folder / Path(dataset["path"]).name).is_file() and not Path(dataset["path"]).exists()
+    assert validated_snapshots(str(state), "churn") == {}  # nothing for training to pick up
+
+    # The clean data passes the same gate.
+    churn.iloc[600:].to_csv(tmp_path / "data/churn.csv", index=False)
+    clean = ingest.fn(cfg, str(tmp_path), str(state))
+    assert validate.fn(cfg, clean, str(state))["rows"] == 600

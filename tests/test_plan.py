@@ -60,8 +60,13 @@ def test_what_each_level_automates():
     assert automated[0] == []
     assert automated[1] == ["ingest", "validate"]
     assert automated[2] == ["ingest", "validate", "train", "evaluate", "register"]
-    assert automated[3] == automated[4] == ["ingest", "validate", "train", "evaluate", "register", "gate", "export",
-                                            "deploy"]
+    assert automated[3] == ["ingest", "validate", "train", "evaluate", "register", "gate", "export", "deploy"]
+    assert automated[4] == [*automated[3], "monitor"]
+    p4 = _plan("maturity=4", "monitoring.window_s=30")
+    assert p4.deployment("breast_cancer-monitor").interval_s == 30
+    (drift,) = [a for a in p4.automations if a.event == "mlops.drift.detected"]
+    assert (drift.deployment, drift.resource, drift.parameters["refresh"]) == ("breast_cancer-train",
+                                                                               "mlops.model.breast_cancer", True)
     p0 = _plan("maturity=0")
     assert p0.step("train").command == "mlops run train recipe=breast_cancer"
     assert p0.step("deploy").command == "mlops deploy breast_cancer@<version>"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _client_thread import ClientThread
 from _training_cfg import breast_cancer
 from test_serving import CLASSIFIER_SIG, MIXED_SIG, linear_onnx, mixed_onnx, ort_run, port_free, serving_config
 
@@ -85,26 +86,17 @@ def _ready(env, model: str) -> list[str]:
                   and m["state"] == "READY")
 
 
-class Load:
+class Load(ClientThread):
     """A client thread posting one request after another, counting failures and who answered."""
 
     def __init__(self, env, model: str, stop_when_not_ready: bool = False):
+        super().__init__()
         self.env, self.model, self.stop_when_not_ready = env, model, stop_when_not_ready
-        self.ok, self.errors, self.versions, self.saw_not_ready = 0, [], {}, False
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Load:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self.thread.join(30)
+        self.versions, self.saw_not_ready = {}, False
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection(self.env.url, timeout=10)
-        while not self._stop.is_set():
+        while not self.stopped():
             try:
                 if self.stop_when_not_ready:
                     # What a load balancer does: send only while the server says it is ready.

@@ -169,4 +169,11 @@ def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
             g = r["gate"]
             line += f"  gate: {g['metric']} {g['candidate']:.4f} vs champion {g['champion'] if g['champion'] is None else format(g['champion'], '.4f')}"
             line += "".join(f"\n{'':<22}- {reason}" for reason in g["reasons"])
+        if r.get("drifted"):
+            scores = ", ".join(f"{c} {v}" for c, v in r.get("scores", {}).items())
+            line += f"  window {r['window']}: {scores}"
+        if r.get("drift_window"):
+            line += f"  (retrained on the drift of window {r['drift_window']})"
+        if r.get("outcome") in ("quarantined", "quarantined traffic"):
+            line += "".join(f"\n{'':<22}- {reason.splitlines()[0]}" for reason in r.get("reasons", []))
         out.print(line, markup=False)

@@ -3,6 +3,7 @@
     mlops-up     ingest → validate → train → evaluate → register → export → deploy   (`mlops up`)
     mlops-data   ingest → validate → snapshot, emits mlops.dataset.validated            (level 1+, scheduled)
     mlops-train  train → evaluate → register [→ gate → export → deploy]                 (level 2+, on that event)
+    mlops-monitor  judge closed traffic windows: quarantine garbage, emit mlops.drift.detected (level 4, scheduled)
     mlops-step   one step, by hand                                                      (`mlops run <step>`)
 
 One coarse Prefect task per step. Steps that are pure functions of their inputs
@@ -53,13 +54,29 @@ def ingest(cfg: Config, project: str, state_dir: str) -> dict[str, Any]:
 
 
 @task(name="validate")
-def validate(cfg: Config, dataset: dict[str, Any]) -> dict[str, Any]:
+def validate(cfg: Config, dataset: dict[str, Any], state_dir: str) -> dict[str, Any]:
+    """The data-validation gate: the recipe's checks, then whylogs constraints against the champion's reference
+    profile. A failing batch is quarantined (moved out of the datasets, with a report) and never trained on."""
     import pandas as pd
 
     from mlops.data import validate_frame
+    from mlops.errors import DataError
+    from mlops.monitoring._batch import check_batch, quarantine, render_failures
 
-    report = validate_frame(pd.read_parquet(dataset["path"]), cfg.data, cfg.model.task)
-    report.raise_for_problems(f"the data of recipe {cfg.name!r} ({dataset['path']})")
+    frame = pd.read_parquet(dataset["path"])
+    report = validate_frame(frame, cfg.data, cfg.model.task)
+    problems = list(report.problems)
+    batch = None
+    if cfg.monitoring.flavor != "none":
+        batch = check_batch(cfg, Path(state_dir), frame)
+        if not batch.ok:
+            problems.append(render_failures(batch, f"the batch {dataset['path']}"))
+    if problems:
+        where = quarantine(Path(state_dir), cfg.name, dataset["fingerprint"], Path(dataset["path"]), problems,
+                           batch, source=cfg.data.path or cfg.data.dataset, fingerprint=dataset["fingerprint"])
+        raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
+                        f"(report.json there); training will not use it. Fix the source and let it be ingested "
+                        f"again.\n" + "\n".join(problems))
     return {"rows": report.rows, "null_fractions": report.null_fractions}
 
 
@@ -230,7 +247,7 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
     """Run the recipe end to end and return what is served."""
     try:
         dataset = _run("ingest", ingest, cfg, project, state_dir)
-        _run("validate", validate, cfg, dataset)
+        _run("validate", validate, cfg, dataset, state_dir)
         _record_snapshot(state_dir, cfg.name, dataset, "up")
         trained = _run("train", train, cfg, dataset, state_dir, progress)
         metrics = _run("evaluate", evaluate, cfg, dataset, trained)
@@ -249,17 +266,25 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
 def data_flow(config: dict[str, Any], project: str, state_dir: str, trigger: str = "manual") -> dict[str, Any]:
     """Level 1+: look at the data; new or changed data is validated, recorded and announced."""
     from mlops.errors import DataError
-    from mlops.plan._levels import DATASET_VALIDATED, dataset_resource
+    from mlops.plan._levels import DATASET_QUARANTINED, DATASET_VALIDATED, dataset_resource
+
+    from mlops.monitoring._batch import quarantined
 
     cfg = _config(config)
     dataset = ingest(cfg, project, state_dir)
     if dataset["fingerprint"] in validated_snapshots(state_dir, cfg.name):
         return {"new": False, "snapshot": dataset["path"]}
+    if (where := quarantined(Path(state_dir), cfg.name, dataset["fingerprint"])) is not None:
+        Path(dataset["path"]).unlink(missing_ok=True)  # the same bad file, looked at again: reported once
+        return {"new": False, "quarantined": str(where)}
     try:
-        validate(cfg, dataset)
+        validate(cfg, dataset, state_dir)
     except DataError as exc:
-        _log_run(cfg, state_dir, "mlops-data", trigger, steps=["ingest", "validate"], outcome="invalid data",
-                 reasons=[str(exc)], snapshot=dataset["path"])
+        where = quarantined(Path(state_dir), cfg.name, dataset["fingerprint"])
+        _log_run(cfg, state_dir, "mlops-data", trigger, steps=["ingest", "validate"], outcome="quarantined",
+                 reasons=[str(exc)], quarantine=str(where))
+        _emit(DATASET_QUARANTINED, dataset_resource(cfg), {"fingerprint": dataset["fingerprint"],
+                                                          "quarantine": str(where)})
         raise
     if not _record_snapshot(state_dir, cfg.name, dataset, trigger):
         return {"new": False, "snapshot": dataset["path"]}
@@ -285,14 +310,31 @@ def _dataset(cfg: Config, state_dir: str, snapshot: str) -> dict[str, Any]:
 
 @flow(name="mlops-train", log_prints=False, validate_parameters=False)
 def train_flow(config: dict[str, Any], project: str, state_dir: str, snapshot: str = "", trigger: str = "manual",
-               release: bool = False) -> dict[str, Any]:
-    """Level 2+: train on a validated snapshot and register; with `release` (level 3), gate and deploy."""
+               release: bool = False, refresh: bool = False, drift_window: str | int = "") -> dict[str, Any]:
+    """Level 2+: train on a validated snapshot and register; with `release` (level 3), gate and deploy.
+
+    `refresh` (level 4, on drift): first take the data location through ingest and the validation gate, so
+    the retrain uses the latest data; a batch that fails is quarantined and nothing is trained.
+    """
+    from mlops.errors import DataError
     from mlops.plan import compile_plan
     from mlops.plan._levels import GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED, MODEL_REGISTERED, model_resource
     from mlops.registry import Registry
 
     cfg = _config(config)
     registry = Registry(Path(state_dir) / "registry")
+    about: dict[str, Any] = {"drift_window": int(drift_window)} if str(drift_window).isdigit() else {}
+    if refresh:
+        latest = ingest(cfg, project, state_dir)
+        if latest["fingerprint"] not in validated_snapshots(state_dir, cfg.name):
+            try:
+                validate(cfg, latest, state_dir)
+            except DataError as exc:
+                _log_run(cfg, state_dir, "mlops-train", trigger, steps=["ingest", "validate"], outcome="quarantined",
+                         reasons=[str(exc)], **about)
+                return {"new_version": False, "status": "quarantined"}
+            _record_snapshot(state_dir, cfg.name, latest, trigger)
+        snapshot = latest["path"]
     dataset = _dataset(cfg, state_dir, snapshot)
     try:
         trained = train(cfg, dataset, state_dir, False)
@@ -303,7 +345,7 @@ def train_flow(config: dict[str, Any], project: str, state_dir: str, snapshot: s
             _open_runs.popitem()[1].end_run("FAILED")
     n = version["version"]
     steps = ["train", "evaluate", "register"]
-    entry: dict[str, Any] = {"version": n, "snapshot": dataset["path"], "metrics": metrics}
+    entry: dict[str, Any] = {"version": n, "snapshot": dataset["path"], "metrics": metrics, **about}
     if not version["new"]:
         _log_run(cfg, state_dir, "mlops-train", trigger, steps=steps, outcome="already registered", **entry)
         return {"version": n, "new_version": False}
@@ -328,6 +370,74 @@ def train_flow(config: dict[str, Any], project: str, state_dir: str, snapshot: s
     _log_run(cfg, state_dir, "mlops-train", trigger, steps=[*steps, "gate", "export", "deploy"], outcome="deployed",
              **entry)
     return {"version": n, "new_version": True, "status": "deployed", **served}
+
+
+@flow(name="mlops-monitor", log_prints=False, validate_parameters=False)
+def monitor_flow(config: dict[str, Any], project: str, state_dir: str, trigger: str = "schedule") -> dict[str, Any]:
+    """Level 4: judge each closed window of the champion's served traffic, once.
+
+    A window that breaks the data constraints (garbage: bad types, nulls, out of bounds, unseen categories)
+    is quarantined and raises no drift. Otherwise drift is scored per column against the champion's reference
+    profile; a DRIFT column emits mlops.drift.detected (once per champion version), which the retraining
+    automation acts on.
+    """
+    return monitor(_config(config), state_dir, trigger)
+
+
+@task(name="monitor")
+def monitor(cfg: Config, state_dir: str, trigger: str) -> dict[str, Any]:
+    import json
+
+    from mlops.monitoring import make_profiler, windows
+    from mlops.monitoring._batch import quarantine, render_failures
+    from mlops.plan._levels import DRIFT_DETECTED, TRAFFIC_QUARANTINED, model_resource
+    from mlops.registry import Registry, write_atomic
+
+    state = Path(state_dir)
+    reg = Registry(state / "registry")
+    version = reg.aliases(cfg.name).get("champion")
+    if version is None:
+        return {"judged": []}
+    ref_path = reg.get(cfg.name, version).file("reference_profile.bin")
+    if not ref_path.is_file():
+        return {"judged": [], "version": version}
+    profiler = make_profiler(cfg.monitoring.flavor)
+    reference = profiler.read(ref_path)
+    base = state / "monitoring" / cfg.name / str(version)
+    ledger_path = base / "judged.json"
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {"windows": {}, "drift_event": None}
+    judged = []
+    for start, path in windows(base / "windows"):
+        if str(start) in ledger["windows"] or start + cfg.monitoring.window_s > time.time():
+            continue  # judged already, or still open
+        view = profiler.read(path)
+        report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring, required=cfg.data.features)
+        verdict: dict[str, Any] = {"rows": profiler.rows(view)}
+        if not report.ok:
+            problems = [render_failures(report, f"served traffic of {cfg.name}@{version}, window {start}")]
+            where = quarantine(state, cfg.name, f"window-{version}-{start}", path, problems, report,
+                               version=version, window=start)
+            verdict.update(outcome="quarantined", quarantine=str(where))
+            _emit(TRAFFIC_QUARANTINED, model_resource(cfg), {"version": version, "window": start,
+                                                             "quarantine": str(where), "problems": problems})
+            _log_run(cfg, state_dir, "mlops-monitor", trigger, steps=["monitor"], outcome="quarantined traffic",
+                     version=version, window=start, reasons=problems)
+        else:
+            scores = profiler.drift(reference, view, cfg.data.features, cfg.monitoring.drift)
+            drifted = sorted(c for c, d in scores.items() if d.category == "DRIFT")
+            verdict.update(outcome="drift" if drifted else "ok", drifted=drifted,
+                           scores={c: d.score for c, d in scores.items()})
+            if drifted and ledger["drift_event"] is None:
+                ledger["drift_event"] = start
+                _emit(DRIFT_DETECTED, model_resource(cfg), {"model": cfg.name, "version": version, "window": start,
+                                                            "drifted": drifted, "scores": verdict["scores"]})
+                _log_run(cfg, state_dir, "mlops-monitor", trigger, steps=["monitor"], outcome="drift detected",
+                         version=version, window=start, drifted=drifted,
+                         scores={c: round(v, 3) for c in drifted if (v := verdict["scores"][c]) is not None})
+        ledger["windows"][str(start)] = verdict
+        judged.append({"window": start, **verdict})
+        write_atomic(ledger_path, json.dumps(ledger, indent=2))
+    return {"version": version, "judged": judged}
 
 
 @task(name="gate")
@@ -365,7 +475,7 @@ def step_flow(config: dict[str, Any] | Config, project: str, state_dir: str, ste
         work = {"dataset": _run("ingest", ingest, cfg, project, state_dir)}
         result = work["dataset"]
     elif step == "validate":
-        result = _run("validate", validate, cfg, work["dataset"])
+        result = _run("validate", validate, cfg, work["dataset"], state_dir)
         _record_snapshot(state_dir, cfg.name, work["dataset"], "manual")
         work["validated"] = True
     elif step == "train":

@@ -27,13 +27,15 @@ def recipe_tag(name: str) -> str:
 
 async def runner_deployments(plan: Plan, cfg: Config, project: str, state_dir: str) -> list[Any]:
     """The Plan's deployments as Prefect RunnerDeployments, triggers attached."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
-    from mlops.flows._pipeline import data_flow, train_flow
+    from mlops.flows._pipeline import data_flow, monitor_flow, train_flow
 
-    flows = {"mlops-data": data_flow, "mlops-train": train_flow}
+    flows = {"mlops-data": data_flow, "mlops-train": train_flow, "mlops-monitor": monitor_flow}
     base = {"config": cfg.model_dump(mode="json"), "project": project, "state_dir": state_dir}
+    strategy = {"skip": ConcurrencyLimitStrategy.CANCEL_NEW, "queue": ConcurrencyLimitStrategy.ENQUEUE}
     out = []
     for d in plan.deployments:
         triggers = [DeploymentEventTrigger(name=a.name, expect={a.event}, match={"prefect.resource.id": a.resource},
@@ -42,7 +44,8 @@ async def runner_deployments(plan: Plan, cfg: Config, project: str, state_dir: s
         out.append(await flows[d.flow].ato_deployment(
             name=d.name, interval=d.interval_s, parameters={**base, **d.parameters}, triggers=triggers,
             tags=["mlops", recipe_tag(plan.recipe)], description=f"mlops Plan {plan.digest()}: {' -> '.join(d.steps)}",
-            enforce_parameter_schema=False, entrypoint_type=EntrypointType.MODULE_PATH))
+            enforce_parameter_schema=False, entrypoint_type=EntrypointType.MODULE_PATH,
+            concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=strategy[d.on_overlap])))
     return out
 
 
@@ -71,9 +74,60 @@ def remove_all(recipe: str) -> list[str]:
     return asyncio.run(go())
 
 
+async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
+    """Runs of the recipe's deployments that the previous runner left behind.
+
+    Only one runner serves a recipe and `up` stops the old one before starting this one, so a run left
+    Pending or Running has no process. Left alone it would hold its deployment's concurrency slot for
+    ever, and every later run of that deployment would be cancelled or queued behind it: forcing
+    Crashed releases the slot. Polls the old schedule created that are already due (Late) are
+    cancelled: the new schedule takes over. Runs that automations created are kept, and run.
+    """
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterTags,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelled, Crashed
+
+    from prefect.types._datetime import now
+
+    ours = DeploymentFilter(tags=DeploymentFilterTags(all_=[recipe_tag(recipe)]))
+    orphans = await client.read_flow_runs(deployment_filter=ours, flow_run_filter=FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(
+            any_=[StateType.PENDING, StateType.RUNNING, StateType.CANCELLING]))))
+    for run in orphans:
+        await client.set_flow_run_state(run.id, Crashed(message="its runner stopped (mlops up/down)"), force=True)
+    due = [r for r in await client.read_flow_runs(deployment_filter=ours, flow_run_filter=FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+        if r.auto_scheduled and r.expected_start_time is not None and r.expected_start_time < now("UTC")]
+    for run in due:
+        await client.set_flow_run_state(run.id, Cancelled(message="a poll of the previous schedule"), force=True)
+    return [r.name for r in (*orphans, *due)]
+
+
+def _graceful_runner(name: str, limit: int) -> Any:
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            # Prefect 3.8.8's handler calls the async stop() without awaiting it and exits, so runs in flight
+            # are neither cancelled nor marked: they stay Submitting/Running and keep their concurrency slot.
+            # Stop properly instead: cancel what runs, pause the schedules, return from start().
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self.astop()))
+
+    # Ask for due runs every 2 s rather than Prefect's 10: an event-triggered run starts sooner, for one
+    # cheap API query each time.
+    runner = _Runner(name=name, limit=limit, pause_on_shutdown=True, query_seconds=2)
+    runner._loop = asyncio.get_running_loop()
+    return runner
+
+
 async def _serve(spec_file: Path) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.runner import Runner
 
     spec = json.loads(spec_file.read_text())
     cfg = Config.model_validate(spec["config"])
@@ -81,7 +135,10 @@ async def _serve(spec_file: Path) -> None:
     deployments = await runner_deployments(plan, cfg, spec["project"], spec["state_dir"])
     async with get_client() as client:
         await remove_stale(client, plan.recipe, {d.name for d in plan.deployments})
-    runner = Runner(name=f"mlops-{plan.recipe}", limit=1, pause_on_shutdown=True)
+        await clean_up_after_old_runner(client, plan.recipe)
+    # Each deployment runs one at a time (its concurrency limit), so the runner takes one of each: a training
+    # run never waits behind the data polls, and polls that come due during a poll are cancelled, not queued.
+    runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments))
     for d in deployments:
         await runner.aadd_deployment(d)
     tmp = spec_file.with_suffix(".ready.tmp")

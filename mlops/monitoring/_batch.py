@@ -42,20 +42,44 @@ def check_batch(cfg: Config, state_dir: Path, frame: pd.DataFrame) -> BatchRepor
     return profiler.validate(frame, reference, cfg.data, cfg.monitoring)
 
 
-def quarantine(cfg: Config, state_dir: Path, source: Path | None, frame: pd.DataFrame, report: BatchReport
-               ) -> Path:
-    """Keep the failing batch and its report under quarantine/; the source file is moved when it is local."""
-    dest = state_dir / "quarantine" / cfg.name / time.strftime("%Y%m%dT%H%M%S")
-    dest.mkdir(parents=True, exist_ok=True)
-    if source is not None and source.is_file():
-        shutil.move(str(source), dest / source.name)
-    else:
-        frame.to_csv(dest / "batch.csv", index=False)
-    (dest / "report.json").write_text(json.dumps({
-        "rows": report.rows,
-        "failures": [{"column": f.column, "constraint": f.constraint, "details": f.details} for f in report.failures],
+def quarantine_dir(state_dir: Path, model: str) -> Path:
+    return state_dir / "quarantine" / model
+
+
+def quarantined(state_dir: Path, model: str, key: str) -> Path | None:
+    """Where the batch or window named `key` (a data fingerprint, or `window-<start>`) was quarantined, if it was."""
+    path = quarantine_dir(state_dir, model) / _slug(key)
+    return path if (path / "report.json").is_file() else None
+
+
+def quarantine(state_dir: Path, model: str, key: str, payload: Path, problems: list[str],
+               report: BatchReport | None = None, **about: Any) -> Path:
+    """Set a failing batch (or traffic window) aside with a JSON report, atomically; returns its folder.
+
+    The payload file is moved out of the way (a dataset snapshot never stays where training looks). A
+    second quarantine of the same key is a no-op: polling the same bad file again reports it once.
+    """
+    dest = quarantine_dir(state_dir, model) / _slug(key)
+    if (dest / "report.json").is_file():
+        return dest
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    if payload.is_file():
+        shutil.move(str(payload), tmp / payload.name)
+    (tmp / "report.json").write_text(json.dumps({
+        "key": key, "quarantined_at": time.time(), "problems": problems, **about,
+        "rows": report.rows if report else None,
+        "failures": [{"column": f.column, "constraint": f.constraint, "details": f.details}
+                     for f in (report.failures if report else [])],
     }, indent=2, default=str))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
     return dest
+
+
+def _slug(key: str) -> str:
+    return key.removeprefix("sha256:")[:20] if key.startswith("sha256:") else key
 
 
 def render_failures(report: BatchReport, source: str) -> str:

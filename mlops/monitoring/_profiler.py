@@ -75,9 +75,16 @@ class Profiler(ABC):
     @abstractmethod
     def read(self, path: Path) -> Any: ...
 
-    @abstractmethod
     def validate(self, frame: pd.DataFrame, reference: Any, data: DataConfig, monitoring: MonitoringConfig
-                 ) -> BatchReport: ...
+                 ) -> BatchReport:
+        """An ingested batch: every feature and the target must be there."""
+        return self.validate_profile(self.profile(frame), reference, data, monitoring,
+                                     required=[*data.features, data.target])
+
+    @abstractmethod
+    def validate_profile(self, profile: Any, reference: Any, data: DataConfig, monitoring: MonitoringConfig,
+                         required: list[str]) -> BatchReport:
+        """The constraints on a profile (a batch's, or a window of served traffic's)."""
 
     @abstractmethod
     def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]: ...
@@ -123,16 +130,15 @@ class WhylogsProfiler(Profiler):
 
         return DatasetProfileView.read(str(path))
 
-    def validate(self, frame: pd.DataFrame, reference: Any, data: DataConfig, monitoring: MonitoringConfig
-                 ) -> BatchReport:
+    def validate_profile(self, profile: Any, reference: Any, data: DataConfig, monitoring: MonitoringConfig,
+                         required: list[str]) -> BatchReport:
         from whylogs.core.constraints import ConstraintsBuilder
         from whylogs.core.constraints import factories as f
 
-        view = self.profile(frame)
-        builder = ConstraintsBuilder(dataset_profile_view=view)
-        present = set(map(str, frame.columns))
+        builder = ConstraintsBuilder(dataset_profile_view=profile)
+        present = set(map(str, profile.get_columns()))
         failures = [ConstraintFailure(c, "column is missing", {"columns": sorted(present)})
-                    for c in [*data.features, data.target] if c not in present]
+                    for c in required if c not in present]
         ref_cols = reference.get_columns()
         for c in data.numeric:
             if c not in present:
@@ -151,13 +157,14 @@ class WhylogsProfiler(Profiler):
             for c in data.categorical:
                 if c in present and c in ref_cols:
                     known = {item.value for item in ref_cols[c].get_metric("frequent_items").strings}
-                    builder.add_constraint(f.frequent_strings_in_reference_set(c, known))
+                    if known:  # an empty reference (no version yet) knows no categories: nothing to compare
+                        builder.add_constraint(f.frequent_strings_in_reference_set(c, known))
         for r in builder.build().generate_constraints_report(with_summary=True):
             if r.failed:
                 column = _column_of(r.name, present)
                 details = {k: v for k, v in (r.summary or {}).items() if k != "metric" and v not in (0, None)}
                 failures.append(ConstraintFailure(column, r.name, details))
-        return BatchReport(rows=len(frame), failures=failures)
+        return BatchReport(rows=self.rows(profile), failures=failures)
 
     def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]:
         from whylogs.viz.drift.column_drift_algorithms import Hellinger, calculate_drift_scores

@@ -4,7 +4,7 @@ The arithmetic: whylogs profiles ~90k rows/s for 10 columns on one core here (a 
 A Triton at 12k rows/s would spend ~13-40% of a core profiling every row. `submit()` therefore only
 draws a Bernoulli sample (``monitoring.sample_rate``, default 0.1) and enqueues it; a background thread
 profiles the queued rows in batches and merges them into the current window's profile, which it writes
-atomically to ``<dir>/<window start, unix seconds>.bin`` when the window closes (and on `close()`).
+atomically to ``<dir>/<window start, unix seconds>.bin`` when the window's time is over (and on `close()`).
 With 0.1, a 60 s window at 12k rows/s still holds ~72k rows: drift keeps its power (see tests).
 """
 
@@ -54,7 +54,13 @@ class TrafficProfiler:
     def _run(self) -> None:
         done = False
         while not done:
-            items = [self._queue.get()]
+            try:
+                # Wake up now and then: a window whose time is over is written even when traffic stopped.
+                items = [self._queue.get(timeout=min(1.0, self.window_s / 4))]
+            except queue.Empty:
+                if self._window_start is not None and self.clock() >= self._window_start + self.window_s:
+                    self._flush()
+                continue
             while len(items) < 64:  # drain what is there: one profile call per burst, not per request
                 try:
                     items.append(self._queue.get_nowait())
@@ -77,7 +83,10 @@ class TrafficProfiler:
 
     def _flush(self) -> None:
         if self._window_profile is not None and self._window_start is not None:
-            self.profiler.write(self._window_profile, self.out_dir / f"{int(self._window_start)}.bin")
+            path = self.out_dir / f"{int(self._window_start)}.bin"
+            if path.is_file():  # rows of a window already written (they waited in the queue): merge them in
+                self._window_profile = self.profiler.merge(self.profiler.read(path), self._window_profile)
+            self.profiler.write(self._window_profile, path)
         self._window_start, self._window_profile = None, None
 
     def close(self, timeout: float = 30) -> None:

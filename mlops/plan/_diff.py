@@ -83,4 +83,4 @@ def _describe(section: str, e: dict[str, Any]) -> str:
         bounds = [f"{k} >= {v:g}" for k, v in e["floors"].items()] + [f"{k} <= {v:g}" for k, v in e["ceilings"].items()]
         return (f"{e['name']} after {e['after']}: {e['metric']} ({e['direction']}) beats the champion by >= "
                 f"{e['min_improvement']:g}" + (f"; {', '.join(bounds)}" if bounds else ""))
-    return f"{e['name']} ({e['flavor']}{', placeholder' if e.get('placeholder') else ''})"
+    return f"{e['name']} ({e['flavor']})"

@@ -4,7 +4,7 @@
     level 1  data prep         a scheduled deployment ingests + validates new data, emits mlops.dataset.validated
     level 2  training          an automation on that event runs the training deployment (ends registered)
     level 3  deployment        the training deployment also runs the gate; a passing candidate is deployed
-    level 4  monitoring        placeholder entries until the monitoring issue lands
+    level 4  monitoring        a scheduled deployment judges served-traffic windows; drift retrains (then level 3's gate)
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from mlops.recipe.schema import Config
 
 STEPS = ("ingest", "validate", "train", "evaluate", "register", "gate", "export", "deploy")
 DATASET_VALIDATED = "mlops.dataset.validated"
+DATASET_QUARANTINED = "mlops.dataset.quarantined"
 MODEL_REGISTERED = "mlops.model.registered"
 GATE_PASSED = "mlops.gate.passed"
 GATE_REJECTED = "mlops.gate.rejected"
 MODEL_DEPLOYED = "mlops.model.deployed"
 DRIFT_DETECTED = "mlops.drift.detected"
+TRAFFIC_QUARANTINED = "mlops.traffic.quarantined"
 
 # Which stack component (stacks/*.yaml `components:`) gives each infrastructure component its flavor.
 _STACK_COMPONENT = {"store": "storage", "tracking": "tracker", "data_schedule": "orchestrator",
@@ -36,6 +38,10 @@ def train_deployment(cfg: Config) -> str:
     return f"{cfg.name}-train"
 
 
+def monitor_deployment(cfg: Config) -> str:
+    return f"{cfg.name}-monitor"
+
+
 def dataset_resource(cfg: Config) -> str:
     return f"mlops.dataset.{cfg.name}"
 
@@ -44,10 +50,10 @@ def model_resource(cfg: Config) -> str:
     return f"mlops.model.{cfg.name}"
 
 
-def _component(cfg: Config, name: str, placeholder: bool = False) -> Component:
+def _component(cfg: Config, name: str) -> Component:
     flavors = cfg.stack.components.get(_STACK_COMPONENT[name])  # type: ignore[call-overload]
     flavor = getattr(flavors, cfg.target.kind) if flavors is not None else "none"
-    return Component(name=name, flavor=flavor or "none", placeholder=placeholder)
+    return Component(name=name, flavor=flavor or "none")
 
 
 def _automate(plan: Plan, names: tuple[str, ...], deployment: str) -> tuple[Step, ...]:
@@ -72,7 +78,7 @@ def level_1(plan: Plan, cfg: Config) -> Plan:
     name = data_deployment(cfg)
     dep = Deployment(name=name, flow="mlops-data", steps=("ingest", "validate"),
                      interval_s=cfg.maturity.data_interval_s, parameters={"trigger": "schedule"},
-                     emits=(DATASET_VALIDATED,))
+                     emits=(DATASET_VALIDATED,), on_overlap="skip")
     return plan.model_copy(update={
         "steps": _automate(plan, ("ingest", "validate"), name),
         "deployments": (*plan.deployments, dep),
@@ -128,14 +134,23 @@ def level_3(plan: Plan, cfg: Config) -> Plan:
 
 
 def level_4(plan: Plan, cfg: Config) -> Plan:
-    """Placeholder until the monitoring issue: drift → retrain, reusing level 3's training deployment."""
-    auto = Automation(name=f"{cfg.name}: retrain on drift (placeholder)", deployment=train_deployment(cfg),
+    """Monitoring automated: a scheduled deployment judges each closed window of served traffic against the
+    champion's reference profile; drift (from traffic that passes the data constraints) triggers the training
+    deployment, which first takes the latest data through the validation gate, then level 3's gate decides."""
+    name = monitor_deployment(cfg)
+    dep = Deployment(name=name, flow="mlops-monitor", steps=("monitor",), interval_s=cfg.monitoring.window_s,
+                     parameters={"trigger": "schedule"}, emits=(DRIFT_DETECTED, TRAFFIC_QUARANTINED),
+                     on_overlap="skip")
+    auto = Automation(name=f"{cfg.name}: retrain on drift", deployment=train_deployment(cfg),
                       event=DRIFT_DETECTED, resource=model_resource(cfg),
-                      parameters={"trigger": "event:{{ event.event }}"})
+                      parameters={"trigger": "event:{{ event.event }}", "refresh": True,
+                                  "drift_window": "{{ event.payload.window }}"})
     return plan.model_copy(update={
+        "steps": (*plan.steps, Step(name="monitor", automated=True, run_by=f"deployment:{name}")),
+        "deployments": (*plan.deployments, dep),
         "automations": (*plan.automations, auto),
-        "infrastructure": (*plan.infrastructure, _component(cfg, "monitoring", placeholder=True)),
-        "events": (*plan.events, DRIFT_DETECTED),
+        "infrastructure": (*plan.infrastructure, _component(cfg, "monitoring")),
+        "events": (*plan.events, DRIFT_DETECTED, TRAFFIC_QUARANTINED),
     })
 
 

@@ -36,6 +36,10 @@ class Deployment(_Frozen):
     interval_s: float | None = Field(None, description="Interval schedule; None: runs only when triggered.")
     parameters: dict[str, Any] = Field(default_factory=dict)
     emits: tuple[str, ...] = ()
+    on_overlap: Literal["skip", "queue"] = Field(
+        "queue", description="One run at a time (a Prefect deployment concurrency limit of 1). What happens to a "
+        "run that comes due while one is running: `skip` cancels it (a poll that would look at the same data), "
+        "`queue` waits (an event that must not be lost).")
 
 
 class Automation(_Frozen):
@@ -45,7 +49,7 @@ class Automation(_Frozen):
     deployment: str
     event: str
     resource: str = Field(description="prefect.resource.id the event must match.")
-    parameters: dict[str, str] = Field(default_factory=dict, description="Templated from the event.")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="Strings are templated from the event.")
 
 
 class Gate(_Frozen):
@@ -67,7 +71,6 @@ class Component(_Frozen):
 
     name: str
     flavor: str
-    placeholder: bool = False
 
 
 class Plan(_Frozen):

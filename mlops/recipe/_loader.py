@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +63,10 @@ def _original(line: str) -> str:
     return f"{key}={value.strip(chr(39))}" if key.lstrip("~+") in GROUPS else line
 
 
-def compose_tree(overrides: list[str], project: Path) -> tuple[DictConfig, list[SourceFile], dict[str, str]]:
-    """Hydra composition; raises ConfigError for anything Hydra itself rejects."""
-    sources = Sources.discover(project)
-    overrides = _quote_group_values(list(overrides))
+def command_line_choices(overrides: list[str], sources: Sources, project: Path,
+                         syntax: tuple[str, ...] = _GLOBAL_GROUPS) -> dict[str, str]:
+    """The group choices `overrides` make, after the checks that run before Hydra (unknown options, and
+    broken YAML in the files of the `syntax` groups, reported with their line). Raises ConfigError."""
     problems: list[Problem] = []
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -85,32 +86,45 @@ def compose_tree(overrides: list[str], project: Path) -> tuple[DictConfig, list[
                 problems.append(_unknown_option(key, choice, sources, _original(ov.input_line)))
 
     # Broken YAML in the files we are about to read: report it with its line before Hydra trips on it.
-    for group in _GLOBAL_GROUPS:
+    for group in syntax:
         path = sources.find(group, choices[group])
         if path is not None and (err := check_syntax(path)) is not None:
             problems.append(Problem("", f"is not valid YAML: {err.message}", f"{_shown(err.file, project)}:{err.line}",
                                     "check indentation and quoting around that line"))
     if problems:
         raise ConfigError(problems)
+    return choices
 
-    search = "hydra.searchpath=[" + ",".join(f"'{e}'" for e in sources.search_path()) + "]"
+
+def search_path_override(sources: Sources) -> str:
+    return "hydra.searchpath=[" + ",".join(f"'{e}'" for e in sources.search_path()) + "]"
+
+
+def source_files(sources: Sources, chosen: dict[str, str], project: Path) -> list[SourceFile]:
+    """The YAML files a composition with these group choices read, in merge order (for file:line)."""
+    files = [SourceFile(sources.conf / "config.yaml", "", _shown(sources.conf / "config.yaml", project))]
+    for group in GROUPS:
+        path = sources.find(group, chosen[group]) if group in chosen else None
+        if path is not None:
+            files.append(SourceFile(path, "" if group in _GLOBAL_GROUPS else group, _shown(path, project)))
+    return files
+
+
+def compose_tree(overrides: list[str], project: Path) -> tuple[DictConfig, list[SourceFile], dict[str, str]]:
+    """Hydra composition; raises ConfigError for anything Hydra itself rejects."""
+    sources = Sources.discover(project)
+    overrides = _quote_group_values(list(overrides))
+    choices = command_line_choices(overrides, sources, project)
     try:
         with initialize_config_dir(config_dir=str(sources.conf), version_base="1.3", job_name="mlops"):
-            cfg = compose("config", overrides=[*overrides, search], return_hydra_config=True)
+            cfg = compose("config", overrides=[*overrides, search_path_override(sources)], return_hydra_config=True)
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError([_composition_problem(exc, sources, choices, project)]) from None
 
     chosen = {k: str(v) for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
-    files = [SourceFile(sources.conf / "config.yaml", "", _shown(sources.conf / "config.yaml", project))]
-    for group in GROUPS:
-        if group not in chosen:
-            continue
-        path = sources.find(group, chosen[group])
-        if path is not None:
-            files.append(SourceFile(path, "" if group in _GLOBAL_GROUPS else group, _shown(path, project)))
-    return cfg, files, chosen
+    return cfg, source_files(sources, chosen, project), chosen
 
 
 def _unknown_option(group: str, choice: str, sources: Sources, line: str) -> Problem:
@@ -156,7 +170,7 @@ def _raw_leaves(node: Any, prefix: str = ""):
         yield prefix, node
 
 
-def _place(key: str, locator: KeyLocator, overrides: dict[str, str]) -> str:
+def _place(key: str, locator: LazyLocator, overrides: dict[str, str]) -> str:
     """The override that set `key` (or a parent of it), else the YAML file:line."""
     for k, line in overrides.items():
         if key == k or key.startswith(k + "."):
@@ -164,9 +178,8 @@ def _place(key: str, locator: KeyLocator, overrides: dict[str, str]) -> str:
     return locator.locate(key)
 
 
-def _secret_problems(cfg: DictConfig, locator: KeyLocator, overrides: dict[str, str]) -> list[Problem]:
+def _secret_problems(raw: dict, locator: LazyLocator, overrides: dict[str, str]) -> list[Problem]:
     problems = []
-    raw = OmegaConf.to_container(cfg, resolve=False)
     for key, value in _raw_leaves(raw):
         leaf = key.rpartition(".")[2]
         if schema.SECRET_KEY.search(leaf) and isinstance(value, str) and value and not value.startswith("${oc.env:"):
@@ -208,7 +221,7 @@ def _raw_at(raw: Any, loc: tuple) -> Any:
     return raw
 
 
-def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: KeyLocator, overrides: dict[str, str]
+def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: LazyLocator, overrides: dict[str, str]
                        ) -> list[Problem]:
     problems = []
     reported: set[tuple[str, str]] = set()
@@ -254,57 +267,85 @@ def _type_hint(kind: str, key: str) -> str:
     return ""
 
 
-def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = None, *, check_data: bool = True
-         ) -> schema.Config:
-    """Compose `overrides` with the framework config, validate, and return the frozen Config.
+class LazyLocator:
+    """A KeyLocator over `files()`, built on first use: reading the files with ruamel.yaml costs more than
+    composing does, and only a config with problems needs it."""
 
-    Raises ConfigError with every problem found. With `check_data`, also checks
-    (read-only) that the data exists and has the named columns.
-    """
-    project = project_dir(project)
-    cfg, files, _chosen = compose_tree(list(overrides), project)
-    locator = KeyLocator(files)
-    value_overrides = {}
+    def __init__(self, files: Callable[[], list[SourceFile]]):
+        self._files = files
+        self._locator: KeyLocator | None = None
+
+    def locate(self, key: str) -> str:
+        if self._locator is None:
+            self._locator = KeyLocator(self._files())
+        return self._locator.locate(key)
+
+
+def value_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Dotted key -> the override that sets it (group choices and hydra.* left out), to name in problems."""
+    out = {}
     for o in _quote_group_values(list(overrides)):
         k = o.partition("=")[0].lstrip("~+")
         if k not in GROUPS and not k.startswith("hydra"):
-            value_overrides[k] = o
+            out[k] = o
+    return out
 
-    problems = _secret_problems(cfg, locator, value_overrides)
+
+def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], locator: LazyLocator,
+              overrides: dict[str, str]) -> schema.Config:
+    """The checks after composition, on the composed tree `raw` (interpolations unresolved) and `resolve()`
+    (it resolved): secret literals, interpolation, tracking flavor against its group, the schema.
+    Returns the frozen Config or raises ConfigError with every problem. `load()` and `load_many()` share it."""
+    problems = _secret_problems(raw, locator, overrides)
     try:
-        data = OmegaConf.to_container(cfg, resolve=True)
+        data = resolve()
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         problems.append(Problem(key, f"cannot be resolved: {str(exc).splitlines()[0]}", locator.locate(key),
                                 "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"))
         raise ConfigError(problems) from None
     assert isinstance(data, dict)
-    raw = OmegaConf.to_container(cfg, resolve=False)
-    chosen_tracking = _chosen.get("tracking")
+    chosen_tracking = chosen.get("tracking")
     flavor = (data.get("tracking") or {}).get("flavor")
     if chosen_tracking and flavor and flavor != chosen_tracking:
         problems.append(Problem("tracking.flavor", f"is {flavor!r}, but the tracking group selected is "
                                 f"{chosen_tracking!r}, whose keys were merged in", _place("tracking.flavor", locator,
-                                value_overrides), f"switch flavors with the group: tracking={flavor} on the command "
+                                overrides), f"switch flavors with the group: tracking={flavor} on the command "
                                 f"line, or `defaults: [{{override /tracking: {flavor}}}]` in the recipe"))
     try:
         config = schema.Config.model_validate(data)
     except ValidationError as exc:
-        for p in _pydantic_problems(exc, data, raw, locator, value_overrides):
+        for p in _pydantic_problems(exc, data, raw, locator, overrides):
             if problems and problems[-1].key == "tracking.flavor" and p.key.startswith("tracking."):
                 continue  # consequences of the flavor mix-up reported above
             problems.append(p)
         raise ConfigError(problems) from None
     if problems:
         raise ConfigError(problems)
+    return config
+
+
+def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = None, *, check_data: bool = True
+         ) -> schema.Config:
+    """Compose `overrides` with the framework config, validate, and return the frozen Config.
+
+    Raises ConfigError with every problem found. With `check_data`, also checks
+    (read-only) that the data exists and has the named columns. For many recipes at once,
+    `load_many()` (mlops/recipe/_batch.py) gives the same results much faster.
+    """
+    project = project_dir(project)
+    cfg, files, chosen = compose_tree(list(overrides), project)
+    locator = LazyLocator(lambda: files)
+    by_key = value_overrides(overrides)
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(raw, dict)
+    config = validated(raw, lambda: OmegaConf.to_container(cfg, resolve=True), chosen, locator, by_key)
     if check_data:
         from mlops.data import check_columns
 
         data_problems = check_columns(config.data, project, cache_dir=project / config.target.state_dir / "cache")
         if data_problems:
-            raise ConfigError([
-Problem(k, m, _place(k, locator, value_overrides), h) for k, m, h in data_problems
-            ])
+            raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
     return config
 
 

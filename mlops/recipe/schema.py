@@ -463,6 +463,13 @@ class Config(_Strict):
                              + ", ".join(known))
         return self
 
+    @model_validator(mode="after")
+    def _level_4_monitors(self) -> Config:
+        if self.maturity.level == 4 and self.monitoring.flavor == "none":
+            raise ValueError("maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs "
+                             "(or choose maturity=3)")
+        return self
+
     @property
     def gate_metric(self) -> tuple[str, str]:
         """(metric, direction) the level-3 gate compares, defaults filled in."""

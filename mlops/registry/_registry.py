@@ -195,7 +195,7 @@ class Registry:
         stack = json.loads(p.read_text()) if p.is_file() else []
         champion = self.aliases(model).get("champion")
         if champion is not None and (not stack or stack[-1]["version"] != champion):
-            # The alias was moved without the history (e.g. by serving.deploy_version): record it.
+            # The alias was moved without the history (Registry.set_alias): record it.
             stack.append({"version": champion, "at": None, "by": "alias"})
         return stack
 

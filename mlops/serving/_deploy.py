@@ -134,13 +134,14 @@ def serving_state(cfg: Config, state_dir: Path) -> dict[str, Any]:
 
 
 def deploy_version(cfg: Config, exported: dict[str, Any], state_dir: Path) -> dict[str, Any]:
-    """Publish the exported version, serve it as the champion (zero downtime), and move the registry alias."""
-    from mlops.registry import Registry
+    """Publish the exported version and serve it as the champion (zero downtime).
 
+    The registry's champion alias and history are the caller's to move (`Registry.promote`, or
+    `Registry.rollback`), after Triton serves the version.
+    """
     version = int(exported["version"])
     publish(cfg, state_dir, version, Path(exported["onnx"]), exported["signature"])
     served = serve_version(cfg, state_dir, version)
-    Registry(state_dir / "registry").set_alias(cfg.name, "champion", version)
     return {"endpoint": served["endpoint"], "triton_url": served["triton_url"]}
 
 

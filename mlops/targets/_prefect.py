@@ -52,8 +52,17 @@ def prefect_service(state_dir: Path) -> Service:
     return Service("prefect", state_dir)
 
 
+# The managed server keeps SQLite's writers few: a short interval schedule (a data poll every few seconds) would
+# otherwise get 100 runs created ahead, each later marked Late and cancelled, and those writes contend with
+# the runs that matter ("database is locked"). A few runs ahead, topped up every 15 s, is enough.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "5",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "15",
+}
+
+
 def start_server(cfg: Config, state_dir: Path) -> None:
-    env = {**os.environ, **prefect_env(cfg, state_dir)}
+    env = {**os.environ, **prefect_env(cfg, state_dir), **SERVER_SETTINGS}
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)
     prefect_service(state_dir).start(

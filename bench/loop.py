@@ -1,0 +1,225 @@
+"""Benchmark of the automated loops against the same work done by hand, in one run.
+
+    python bench/loop.py [--reps N] [--keep]
+
+Level 3 (issue 3): from a new data file landing in the data location to the new version answering on
+Triton, with nobody calling mlops (the data deployment's poll, mlops.dataset.validated, the training
+automation, the gate, the deploy), against:
+  - by hand, step by step: `mlops run ingest|validate|train|evaluate|register` + `mlops deploy churn@N`
+    (what a person does at level 0), timed from the same kind of file landing to the version answering;
+  - one command: `mlops up` at level 0 (the whole pipeline in one process), for reference.
+Goal: automated / by hand <= 1.25.
+
+Level 4 (issue 4): from the mlops.drift.detected event (shifted traffic sent to Triton) to the retrained
+version answering, against train + evaluate alone (the Prefect task run times of that same retraining run).
+Goal: <= 1.25.
+
+Own ports (Prefect 4480, Triton 8480-8482) and a temporary project (churn, data/churn.csv); `mlops down`
+and removal at the end unless --keep. Every candidate here must pass the gate, so each automated rep starts
+from a deliberately poor champion (trained on shuffled labels), restored with `mlops rollback`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTS = ["target.prefect.port=4480", "serving.http_port=8480", "serving.grpc_port=8481", "serving.metrics_port=8482"]
+TRITON, API = "http://127.0.0.1:8480", "http://127.0.0.1:4480/api"
+COMMON = ["recipe=churn", "data.path=data/churn.csv", *PORTS, "maturity.data_interval_s=5",
+          "monitoring.window_s=5", "monitoring.sample_rate=0.5", "maturity.gate.metric=test_auc"]
+DATA = pd.read_csv(ROOT / "recipes/data/churn.csv")
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_") and k != "MLOPS_PROJECT_DIR"}
+
+
+def mlops(project: Path, *args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "mlops.cli", *args], cwd=project, env=env(), capture_output=True,
+                       text=True, timeout=900)
+    if p.returncode != 0:
+        raise SystemExit(f"mlops {' '.join(args)} exited {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
+    return p.stdout
+
+
+def drop(project: Path, frame: pd.DataFrame) -> float:
+    tmp = project / "data" / ".incoming.csv"
+    frame.to_csv(tmp, index=False)
+    tmp.replace(project / "data" / "churn.csv")
+    return time.time()
+
+
+def poor(seed: int) -> pd.DataFrame:
+    data = DATA.copy()
+    data["churned"] = data["churned"].sample(frac=1, random_state=seed).to_numpy()
+    return data
+
+
+def fresh(seed: int) -> pd.DataFrame:
+    """New, real data: a different 95% of the rows each time (a new fingerprint, a model that beats `poor`)."""
+    return DATA.sample(frac=0.95, random_state=seed).reset_index(drop=True)
+
+
+def answering() -> int | None:
+    """The version Triton answers with (the highest READY one)."""
+    req = urllib.request.Request(f"{TRITON}/v2/repository/index", data=b"{}", method="POST")
+    try:
+        index = json.loads(urllib.request.urlopen(req, timeout=5).read())
+    except OSError:
+        return None
+    ready = [int(m["version"]) for m in index if m.get("name") == "churn" and m.get("state") == "READY"]
+    return max(ready) if ready else None
+
+
+def wait_answering(version: int, timeout: float = 600) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answering() == version:
+            return time.time()
+        time.sleep(0.2)
+    raise SystemExit(f"version {version} did not answer within {timeout:.0f}s")
+
+
+def versions(project: Path) -> int:
+    return len(json.loads(mlops(project, "status", *COMMON, "--json"))["registry"]["versions"])
+
+
+def runs(project: Path) -> list[dict]:
+    return json.loads(mlops(project, "runs", *COMMON, "--json"))
+
+
+def task_seconds(flow_run_id: str) -> dict[str, float]:
+    body = json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode()
+    req = urllib.request.Request(f"{API}/task_runs/filter", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    return {t["task_key"].split("-")[0]: t["total_run_time"] for t in json.loads(urllib.request.urlopen(req).read())}
+
+
+def send_shifted(n_rows: int) -> None:
+    from mlops.serving._client import predict
+
+    sig = json.loads((PROJECT / ".mlops/exports/churn/1/signature.json").read_text())
+    frame = DATA.drop(columns=["churned"]).copy()
+    frame["monthly_charges"] *= 3
+    cols = [c for spec in sig["inputs"] for c in spec["columns"]]
+    for start in range(0, n_rows, 200):
+        predict("127.0.0.1:8480", "churn", sig, frame.iloc[start % len(frame):][:200][cols])
+
+
+PROJECT = Path()
+
+
+def main() -> int:
+    global PROJECT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    PROJECT = project = Path(tempfile.mkdtemp(prefix="mlops-bench-loop-"))
+    shutil.copytree(ROOT / "recipes", project / "recipes")
+    (project / "data").mkdir()
+    print(f"project {project}", flush=True)
+    auto, by_hand, one_cmd, loop, train_eval = [], [], [], [], []
+    try:
+        drop(project, poor(0))
+        mlops(project, "up", *COMMON, "maturity=0")  # version 1: the poor champion every rep starts from
+        seed = 1
+        for rep in range(args.reps):
+            # Automated, level 3: the file lands; nobody calls mlops until the new version answers.
+            mlops(project, "up", *COMMON, "maturity=3")
+            n = versions(project) + 1
+            t0 = drop(project, fresh(seed))
+            t1 = wait_answering(n)
+            auto.append(t1 - t0)
+            print(f"rep {rep + 1}: automated (level 3)      {t1 - t0:6.1f} s  -> version {n}", flush=True)
+            seed += 1
+            mlops(project, "up", *COMMON, "maturity=0")  # no deployments: the next file waits for a person
+            while answering() != 1:
+                mlops(project, "rollback", "churn", *COMMON)
+
+            # By hand, step by step.
+            n = versions(project) + 1
+            t0 = drop(project, fresh(seed))
+            for step in ("ingest", "validate", "train", "evaluate", "register"):
+                mlops(project, "run", step, *COMMON)
+            mlops(project, "deploy", f"churn@{n}", *COMMON)
+            t1 = wait_answering(n)
+            by_hand.append(t1 - t0)
+            print(f"rep {rep + 1}: by hand, step by step    {t1 - t0:6.1f} s  -> version {n}", flush=True)
+            seed += 1
+
+            # One command at level 0.
+            n = versions(project) + 1
+            t0 = drop(project, fresh(seed))
+            mlops(project, "up", *COMMON, "maturity=0")
+            t1 = wait_answering(n)
+            one_cmd.append(t1 - t0)
+            print(f"rep {rep + 1}: one command (mlops up)   {t1 - t0:6.1f} s  -> version {n}", flush=True)
+            seed += 1
+            while answering() != 1:
+                mlops(project, "rollback", "churn", *COMMON)
+
+        # Level 4: shifted traffic -> drift event -> retrain (on new data with the same shift) -> gate -> deploy.
+        for rep in range(args.reps):
+            mlops(project, "up", *COMMON, "maturity=4", "maturity.data_interval_s=3600")
+            n = versions(project) + 1
+            shifted = fresh(seed)
+            shifted["monthly_charges"] *= 3
+            drop(project, shifted)
+            seed += 1
+            before = {r["flow_run_id"] for r in runs(project)}
+            deadline = time.monotonic() + 300
+            while not (new := [r for r in runs(project) if r["flow_run_id"] not in before
+                               and r.get("outcome") == "drift detected"]):
+                if time.monotonic() > deadline:
+                    raise SystemExit("no drift detected within 300 s")
+                send_shifted(1200)
+                time.sleep(1)
+            t_event = new[0]["at"]
+            t1 = wait_answering(n)
+            retrain = next(r for r in runs(project) if r.get("trigger") == "event:mlops.drift.detected"
+                           and r.get("version") == n)
+            secs = task_seconds(retrain["flow_run_id"])
+            loop.append(t1 - t_event)
+            train_eval.append(secs["train"] + secs["evaluate"])
+            print(f"rep {rep + 1}: drift event -> served     {t1 - t_event:6.1f} s  (train {secs['train']:.1f} s "
+                  f"+ evaluate {secs['evaluate']:.1f} s = {train_eval[-1]:.1f} s)  -> version {n}", flush=True)
+            mlops(project, "up", *COMMON, "maturity=0")
+            while answering() != 1:
+                mlops(project, "rollback", "churn", *COMMON)
+    finally:
+        subprocess.run([sys.executable, "-m", "mlops.cli", "down", *COMMON], cwd=project, env=env(),
+                       capture_output=True, timeout=120)
+        if not args.keep:
+            shutil.rmtree(project, ignore_errors=True)
+
+    med = statistics.median
+    print("\nmedians of", args.reps)
+    print(f"  level 3: automated {med(auto):.1f} s, by hand {med(by_hand):.1f} s, one command {med(one_cmd):.1f} s")
+    r = med(auto) / med(by_hand)
+    print(f"  automated / by hand (step by step) = {r:.2f}  (goal <= 1.25: {'met' if r <= 1.25 else 'NOT met'})")
+    print(f"  automated / one command            = {med(auto) / med(one_cmd):.2f}")
+    r4 = med(loop) / med(train_eval)
+    print(f"  level 4: drift event -> served {med(loop):.1f} s, train + evaluate alone {med(train_eval):.1f} s")
+    print(f"  loop / (train + evaluate) = {r4:.2f}  (goal <= 1.25: {'met' if r4 <= 1.25 else 'NOT met'})")
+    print(f"  (spread: automated {np.round(auto, 1).tolist()}, by hand {np.round(by_hand, 1).tolist()}, "
+          f"loop {np.round(loop, 1).tolist()})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
