@@ -28,7 +28,7 @@ COMMON = ["recipe=churn", "data.path=data/churn.csv", f"target.prefect.port={PRE
           f"serving.http_port={HTTP}", f"serving.grpc_port={GRPC}", f"serving.metrics_port={METRICS}",
           "maturity.data_interval_s=10", "maturity.gate.metric=test_auc", "+maturity.gate.floors.test_auc=0.6",
           # Short traffic windows, judged at level 4 as they close; half the served rows profiled.
-          "monitoring.window_s=4", "monitoring.sample_rate=0.5",
+          "monitoring.window_s=4", "monitoring.sample_rate=0.5", "monitoring.drift.repeat_after_windows=200",
           "model.max_epochs=10"]  # enough to tell a real model from one trained on shuffled labels
 API = f"http://127.0.0.1:{PREFECT_PORT}/api"
 pytestmark = pytest.mark.e2e

@@ -378,8 +378,8 @@ def monitor_flow(config: dict[str, Any], project: str, state_dir: str, trigger: 
 
     A window that breaks the data constraints (garbage: bad types, nulls, out of bounds, unseen categories)
     is quarantined and raises no drift. Otherwise drift is scored per column against the champion's reference
-    profile; a DRIFT column emits mlops.drift.detected (once per champion version), which the retraining
-    automation acts on.
+    profile; a DRIFT column emits mlops.drift.detected (again only after `monitoring.drift.repeat_after_windows`
+    windows of this version), which the retraining automation acts on.
     """
     return monitor(_config(config), state_dir, trigger)
 
@@ -427,7 +427,9 @@ def monitor(cfg: Config, state_dir: str, trigger: str) -> dict[str, Any]:
             drifted = sorted(c for c, d in scores.items() if d.category == "DRIFT")
             verdict.update(outcome="drift" if drifted else "ok", drifted=drifted,
                            scores={c: d.score for c, d in scores.items()})
-            if drifted and ledger["drift_event"] is None:
+            last = ledger["drift_event"]
+            if drifted and (last is None or start - last >= cfg.monitoring.drift.repeat_after_windows
+                            * cfg.monitoring.window_s):
                 ledger["drift_event"] = start
                 _emit(DRIFT_DETECTED, model_resource(cfg), {"model": cfg.name, "version": version, "window": start,
                                                             "drifted": drifted, "scores": verdict["scores"]})

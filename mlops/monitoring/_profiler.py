@@ -98,8 +98,9 @@ class WhylogsProfiler(Profiler):
     """whylogs 1.6.4: profiles are DatasetProfileViews (mergeable, ~kB whatever the row count)."""
 
     def __init__(self) -> None:
+        # whylogs itself is imported by the first method that needs it (4 s here): inside Triton that is the
+        # profiling thread, so loading a model version does not wait for it.
         os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
-        import whylogs  # noqa: F401  (import cost paid once, here)
 
     def profile(self, frame: pd.DataFrame) -> Any:
         import whylogs as why

@@ -1,11 +1,13 @@
-"""Profiling served traffic off the request path: sampled, batched, in a thread, merged into windows.
+"""Profiling sampled rows into windows: batched, in a thread, merged into one whylogs profile per window.
 
-The arithmetic: whylogs profiles ~90k rows/s for 10 columns on one core here (a third of that for 30).
-A Triton at 12k rows/s would spend ~13-40% of a core profiling every row. `submit()` therefore only
-draws a Bernoulli sample (``monitoring.sample_rate``, default 0.1) and enqueues it; a background thread
-profiles the queued rows in batches and merges them into the current window's profile, which it writes
-atomically to ``<dir>/<window start, unix seconds>.bin`` when the window's time is over (and on `close()`).
-With 0.1, a 60 s window at 12k rows/s still holds ~72k rows: drift keeps its power (see tests).
+Used by the profiling worker (:mod:`mlops.monitoring._spool`), a process of its own beside Triton's model:
+whylogs calls cost ~1.5 ms per column whatever the row count and hold the GIL, so they never run in the
+process that serves. Measured here (bench/monitoring.py): ~48k rows/s for 10 columns in one call, ~22k for
+30; a Triton at 12k rows/s sampled at 0.1 gives 1.2k rows/s, a few percent of a core. `submit()` draws a
+Bernoulli sample (1.0 in the worker: the backend sampled already) and enqueues; the thread profiles what
+is queued in bursts and merges it into the current window's profile, which it writes atomically to
+``<dir>/<window start, unix seconds>.bin`` when the window's time is over (and on `close()`). With 0.1, a
+60 s window at 12k rows/s still holds ~72k rows: drift keeps its power (see tests).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ class TrafficProfiler:
         self._thread.start()
 
     # ---------------------------------------------------------------- request path: cheap, never blocks
-    def submit(self, frame: pd.DataFrame) -> None:
+    def submit(self, frame: pd.DataFrame, at: float | None = None) -> None:
+        """Rows served at `at` (unix seconds; default now)."""
         keep = self._rng.random(len(frame)) < self.sample_rate
         if not keep.any():
             return
         try:
-            self._queue.put_nowait((self.clock(), frame.loc[keep]))
+            self._queue.put_nowait((self.clock() if at is None else at, frame.loc[keep]))
         except queue.Full:
             self.dropped += int(keep.sum())
 

@@ -40,7 +40,7 @@ class TritonPythonModel:
         self.capture = None
         monitoring_dir = params.get("mlops.monitoring_dir", {}).get("string_value")
         if monitoring_dir:
-            # Sampled traffic is profiled by a thread in this process, off the request path.
+            # Sampled rows are spooled by a thread; a worker process profiles them, off the request path.
             from mlops.monitoring._capture import Capture
 
             self.capture = Capture(
@@ -48,6 +48,7 @@ class TritonPythonModel:
                 os.path.join(monitoring_dir, args["model_version"], "windows"),
                 float(params["mlops.sample_rate"]["string_value"]),
                 float(params["mlops.window_s"]["string_value"]),
+                python=params.get("mlops.python", {}).get("string_value"),
             )
 
     def execute(self, requests):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
     if cfg.monitoring.flavor == "none":
         return None
     return {"monitoring_dir": str(state_dir / "monitoring" / cfg.name), "sample_rate": str(cfg.monitoring.sample_rate),
-            "window_s": str(cfg.monitoring.window_s)}
+            "window_s": str(cfg.monitoring.window_s), "python": sys.executable}
 
 
 def serve_version(cfg: Config, state_dir: Path, version: int) -> dict[str, Any]:
