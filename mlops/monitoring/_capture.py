@@ -32,11 +32,15 @@ from mlops.monitoring._spool import write_chunk
 
 class Capture:
     def __init__(self, signature: dict[str, Any], windows_dir: Path, sample_rate: float, window_s: float,
-                 python: str | None = None, spool_s: float = 1.0):
+                 python: str | None = None, spool_s: float = 1.0, max_spooled: int = 600):
         self.signature = signature
         self.sample_rate = sample_rate
         self.spool = Path(windows_dir).parent / "spool"
         self.spool_s = spool_s
+        # Bounded: if the worker falls behind (the machine saturated by serving for minutes), samples are
+        # dropped and counted rather than the spool growing without end.
+        self.max_spooled = max_spooled
+        self.dropped = 0
         self._rng = np.random.default_rng()
         self._pending: list[tuple[float, dict[str, np.ndarray]]] = []
         self._lock = threading.Lock()
@@ -69,6 +73,9 @@ class Capture:
         with self._lock:
             pending, self._pending = self._pending, []
         if not pending:
+            return
+        if self.spool.is_dir() and sum(1 for _ in self.spool.glob("*.npz")) >= self.max_spooled:
+            self.dropped += sum(len(next(iter(a.values()))) for _t, a in pending)
             return
         cols: dict[str, np.ndarray] = {}
         for spec in self.signature["inputs"]:

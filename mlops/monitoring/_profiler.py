@@ -84,7 +84,8 @@ class Profiler(ABC):
     @abstractmethod
     def validate_profile(self, profile: Any, reference: Any, data: DataConfig, monitoring: MonitoringConfig,
                          required: list[str]) -> BatchReport:
-        """The constraints on a profile (a batch's, or a window of served traffic's)."""
+        """The constraints on a profile (a batch's, or a window of served traffic's); `reference` None (no
+        version yet) leaves out what only a reference can say (category sets, non-negativity)."""
 
     @abstractmethod
     def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]: ...
@@ -98,8 +99,8 @@ class WhylogsProfiler(Profiler):
     """whylogs 1.6.4: profiles are DatasetProfileViews (mergeable, ~kB whatever the row count)."""
 
     def __init__(self) -> None:
-        # whylogs itself is imported by the first method that needs it (4 s here): inside Triton that is the
-        # profiling thread, so loading a model version does not wait for it.
+        # whylogs itself is imported by the first method that needs it (4 s here), so building a profiler
+        # (and starting the profiling worker beside a model) does not wait for it.
         os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 
     def profile(self, frame: pd.DataFrame) -> Any:
@@ -140,7 +141,7 @@ class WhylogsProfiler(Profiler):
         present = set(map(str, profile.get_columns()))
         failures = [ConstraintFailure(c, "column is missing", {"columns": sorted(present)})
                     for c in required if c not in present]
-        ref_cols = reference.get_columns()
+        ref_cols = reference.get_columns() if reference is not None else {}
         for c in data.numeric:
             if c not in present:
                 continue

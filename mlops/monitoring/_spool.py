@@ -5,7 +5,7 @@ there, even in a thread, takes the GIL for tens of milliseconds per whylogs call
 column, ~1.5 ms each, whatever the row count) and the request path waits for it: measured at 0.07x the
 throughput of no monitoring (bench/monitoring.py). So the backend only samples rows and, once a second,
 writes them to ``<spool>/<time>-<pid>-<n>.npz`` (numpy arrays, no pickle, renamed into place); this
-worker, started by the backend at a lower priority, profiles those files into the windows with a
+worker, started by the backend at the lowest priority, profiles those files into the windows with a
 :class:`TrafficProfiler` and deletes them. It stops when its stdin closes: the backend closes it to stop
 it, and the operating system does when the backend is gone. It then profiles what is spooled and writes
 the open window.
@@ -65,7 +65,7 @@ def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float = 1.0) -
     from mlops.monitoring._traffic import TrafficProfiler
 
     try:
-        os.nice(10)  # serving first
+        os.nice(19)  # serving first: the worker takes what CPU is left, and catches up when load drops
     except OSError:
         pass
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Triton's stop reaches the group; we stop on EOF
