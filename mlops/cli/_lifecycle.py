@@ -60,6 +60,13 @@ def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str
     return {"model": cfg.name, "version": version, **served}
 
 
+def _make_champion(ref: str, overrides: list[str] | None, force: bool, json_: bool, by: str) -> None:
+    """`mlops deploy` (level 0) and `mlops promote` (level 2): the same act, named for who does it."""
+    model, version = _ref(ref)
+    result = promote_version(_cfg_for(model, overrides), version, by, force)
+    _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
+
+
 @app.command()
 def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
            force: Force = False, json_: JsonFlag = False) -> None:
@@ -67,9 +74,7 @@ def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overri
 
     Example: mlops deploy breast_cancer@1
     """
-    model, version = _ref(ref)
-    result = promote_version(_cfg_for(model, overrides), version, "mlops deploy", force)
-    _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
+    _make_champion(ref, overrides, force, json_, by="mlops deploy")
 
 
 @app.command()
@@ -79,9 +84,7 @@ def promote(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overr
 
     Example: mlops promote breast_cancer@2
     """
-    model, version = _ref(ref)
-    result = promote_version(_cfg_for(model, overrides), version, "mlops promote", force)
-    _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
+    _make_champion(ref, overrides, force, json_, by="mlops promote")
 
 
 @app.command()

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 TIME_COLUMN = "__served_at__"
 
@@ -41,6 +40,8 @@ def write_chunk(spool: Path, columns: dict[str, np.ndarray], served_at: np.ndarr
 
 def drain(spool: Path, traffic) -> int:
     """Profile every spooled file (oldest first) into `traffic`, deleting each; returns the rows read."""
+    import pandas as pd  # here, not at the top: the serving process imports this module only to write chunks
+
     rows = 0
     for path in sorted(spool.glob("*.npz"), key=lambda p: float(p.name.split("-")[0])):
         try:
