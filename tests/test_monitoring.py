@@ -198,3 +198,33 @@ def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, 
     churn.iloc[600:].to_csv(tmp_path / "data/churn.csv", index=False)
     clean = ingest.fn(cfg, str(tmp_path), str(state))
     assert validate.fn(cfg, clean, str(state))["rows"] == 600
+
+
+def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_path, churn, profiler, monkeypatch):
+    from mlops.flows import _pipeline
+    from mlops.plan._levels import DRIFT_DETECTED
+    from mlops.recipe import load
+    from mlops.registry import Registry
+
+    state = tmp_path / ".mlops"
+    profiler.write(profiler.profile(churn), tmp_path / "reference_profile.bin")
+    (tmp_path / "model.ckpt").write_bytes(b"weights")
+    reg = Registry(state / "registry")
+    version = reg.register("churn", {"reference_profile.bin": tmp_path / "reference_profile.bin",
+                                     "model.ckpt": tmp_path / "model.ckpt"}, {"key": "k1"}).version
+    reg.promote("churn", version, by="test")
+    # Five closed one-minute windows of shifted traffic for the champion (windows start at 0, 60, ... 240).
+    _replay(profiler, state / "monitoring" / "churn" / str(version) / "windows", churn, scale=3.0, windows_n=5)
+    events = []
+    monkeypatch.setattr(_pipeline, "_emit", lambda event, resource, payload: events.append((event, payload)))
+    cfg = load(["recipe=churn", "monitoring.window_s=60", "monitoring.drift.repeat_after_windows=3"], ROOT,
+               check_data=False)
+
+    judged = _pipeline.monitor.fn(cfg, str(state), "test")["judged"]
+    assert [(j["window"], j["outcome"]) for j in judged] == [(w, "drift") for w in (0, 60, 120, 180, 240)]
+    # Drift lasts all five windows; it is announced at the first, then again 3 windows later, not in between.
+    assert [(e, p["window"], p["drifted"]) for e, p in events] == [(DRIFT_DETECTED, 0, ["monthly_charges"]),
+                                                                   (DRIFT_DETECTED, 180, ["monthly_charges"])]
+    assert {e[1]["version"] for e in events} == {version}
+    # Each window is judged once: a second pass finds nothing new and stays quiet.
+    assert _pipeline.monitor.fn(cfg, str(state), "test")["judged"] == [] and len(events) == 2
