@@ -372,7 +372,10 @@ def test_republishing_identical_content_is_a_no_op(tmp_path, models):
     assert again == first and snapshot(again) == before
     # No temporary folders left behind (the lock file is how publishers take turns).
     assert sorted(os.listdir(tmp_path / "tiny")) == [".publish.lock", "1", "config.pbtxt"]
-    assert sorted(os.listdir(first)) == ["COMMITTED", "MANIFEST.json", "model.onnx", "model.py", "signature.json"]
+    assert sorted(os.listdir(first)) == ["COMMITTED", "MANIFEST.json", "__pycache__", "model.onnx", "model.py",
+                                         "signature.json"]
+    # model.py's bytecode is written at publish, so the python backend has nothing to write there.
+    assert os.listdir(first / "__pycache__") == [f"model.{sys.implementation.cache_tag}.pyc"]
 
 
 def test_published_versions_are_immutable(tmp_path, models):

@@ -338,6 +338,24 @@ def test_model_statistics_count_requests_and_split_the_time(env, models):
     assert 0 < stats["compute_ms"] < stats["request_ms"] and stats["queue_ms"] >= 0
 
 
+def test_a_deploy_loads_only_the_new_version(env, models):
+    """The previous champion stays loaded as it is, not re-initialized: its statistics survive the deploy."""
+    cfg, repo = _cfg(env, "kept"), env.state / "triton" / "models"
+    publish(cfg, env.state, 1, models["v1"], CLASSIFIER_SIG)
+    serve_version(cfg, env.state, 1)
+    for _ in range(3):
+        _answer(env, "kept")
+    v1_folder = (repo / "kept" / "1").stat().st_mtime_ns
+
+    publish(cfg, env.state, 2, models["v2"], CLASSIFIER_SIG)
+    assert serve_version(cfg, env.state, 2)["loaded"] == [2, 1]
+
+    stats = {s["version"]: s["requests"] for s in model_statistics("http://" + env.url, "kept")}
+    assert stats == {"1": 3, "2": 0}  # a re-initialized version 1 would count from 0 again
+    assert (repo / "kept" / "1").stat().st_mtime_ns == v1_folder  # serving wrote nothing into a published folder
+    assert _answer(env, "kept")[0] == "2"
+
+
 # ---------------------------------------------------------------- drain, last: it stops the module's server
 def test_stop_drains_readiness_goes_false_before_traffic_stops(env, models):
     cfg = _cfg(env, "drained")

@@ -6,6 +6,7 @@ Triton bundled with nvidia-pytriton has no onnxruntime backend)::
     <repo>/<model>/config.pbtxt          backend "python", names the versions to load (verified ones only)
     <repo>/<model>/<version>/model.onnx
     <repo>/<model>/<version>/model.py     copied from _backend_model.py
+    <repo>/<model>/<version>/__pycache__/ its bytecode, written at publish (see _compile)
     <repo>/<model>/<version>/signature.json
     <repo>/<model>/<version>/MANIFEST.json   sha256 of the three files above (written after them)
     <repo>/<model>/<version>/COMMITTED       sha256 of MANIFEST.json (written last)
@@ -20,8 +21,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
+import py_compile
 import shutil
 import tempfile
 import time
@@ -82,6 +85,7 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
             _copy(onnx_path, tmp / "model.onnx")
             _copy(BACKEND_MODEL, tmp / "model.py")
+            _compile(tmp / "model.py")
             _write(tmp / "signature.json", _canonical(signature))
             manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
             _write(tmp / MANIFEST, manifest_text + "\n")
@@ -94,6 +98,18 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
             shutil.rmtree(tmp, ignore_errors=True)
     verify(version_dir)
     return version_dir
+
+
+def _compile(source: Path) -> None:
+    """Write model.py's bytecode now, so the python backend never writes ``__pycache__`` into a served folder.
+
+    Triton re-initializes a loaded version on the next load when its folder changed since it was loaded
+    (measured: the stub's first import wrote ``__pycache__``, so every deploy also reloaded the version
+    kept for rollback). A hash-checked .pyc stays valid whatever the file times; the stub runs the same
+    Python as mlops (``_server._prepare_runtime`` picks it), so the cache name matches.
+    """
+    py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source), optimization=""),
+                       doraise=True, invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
 
 
 def verify(version_dir: Path) -> dict[str, str]:
