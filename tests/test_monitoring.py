@@ -228,3 +228,45 @@ def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_
     assert {e[1]["version"] for e in events} == {version}
     # Each window is judged once: a second pass finds nothing new and stays quiet.
     assert _pipeline.monitor.fn(cfg, str(state), "test")["judged"] == [] and len(events) == 2
+
+
+def test_the_worker_profiles_a_poll_of_spool_in_one_call_per_window(tmp_path):
+    from mlops.monitoring._spool import drain, write_chunk
+
+    served = []
+
+    class Traffic:  # records what the worker hands to the TrafficProfiler
+        window_s = 60.0
+
+        def submit(self, frame, at):
+            served.append((at, len(frame)))
+
+    # Three spooled seconds: two in the window starting at 0, one straddling into the window at 60.
+    for seq, times in enumerate([np.full(10, 5.0), np.full(20, 30.0), np.array([59.0] * 5 + [61.0] * 7)]):
+        write_chunk(tmp_path, {"x": np.arange(len(times), dtype=np.float32)}, times, seq)
+
+    assert drain(tmp_path, Traffic()) == 42
+    assert served == [(0.0, 35), (60.0, 7)]  # whylogs costs mostly per call: one per window, not per file
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_worker_runs_only_on_idle_cpu(tmp_path):
+    import os
+    import time
+
+    from mlops.monitoring._capture import Capture
+
+    signature = {"inputs": [{"name": "numeric", "datatype": "FP32", "columns": ["a"]}], "outputs": []}
+    cap = Capture(signature, tmp_path / "windows", sample_rate=1.0, window_s=60)
+    try:
+        tasks = Path(f"/proc/{cap.worker.pid}/task")
+        deadline, policies = time.monotonic() + 60, set()
+        while time.monotonic() < deadline:
+            policies = {os.sched_getscheduler(int(t.name)) for t in tasks.iterdir()}
+            if policies == {os.SCHED_IDLE}:
+                break
+            time.sleep(0.2)
+        # Every thread, numpy's BLAS threads included: serving preempts the worker at once.
+        assert policies == {os.SCHED_IDLE} and len(list(tasks.iterdir())) > 1
+    finally:
+        cap.close()
