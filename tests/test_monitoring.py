@@ -133,14 +133,14 @@ def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
     signature = {"inputs": [{"name": "numeric", "datatype": "FP32", "columns": DATA.numeric},
                             {"name": "categorical", "datatype": "BYTES", "columns": DATA.categorical}],
                  "outputs": [{"name": "probabilities", "datatype": "FP32", "dims": [2]}], "classes": ["no", "yes"]}
-    cap = Capture(signature, tmp_path, sample_rate=0.5, window_s=60)
+    cap = Capture(signature, tmp_path / "windows", sample_rate=0.5, window_s=60)
     rows = churn.head(400)
     numeric = rows[DATA.numeric].to_numpy(np.float32)
     categorical = np.array([[v.encode() for v in r] for r in rows[DATA.categorical].to_numpy()], dtype=object)
     probs = np.tile(np.array([[0.7, 0.3]], np.float32), (400, 1))
     cap.observe({"numeric": numeric, "categorical": categorical}, {"probabilities": probs})
     cap.close()
-    [(_start, path)] = windows(tmp_path)
+    [(_start, path)] = windows(tmp_path / "windows")
     view = make_profiler("whylogs").read(path)
     assert 120 < make_profiler("whylogs").rows(view) < 280  # about half of 400
     regions = {i.value for i in view.get_column("region").get_metric("frequent_items").strings}
@@ -270,3 +270,46 @@ def test_the_worker_runs_only_on_idle_cpu(tmp_path):
         assert policies == {os.SCHED_IDLE} and len(list(tasks.iterdir())) > 1
     finally:
         cap.close()
+
+
+def test_one_worker_drains_a_spool_at_a_time(tmp_path, profiler):
+    """Triton starts a worker per model instance; rows must be profiled once, not once per worker."""
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    from mlops.monitoring._spool import write_chunk
+
+    spool, out = tmp_path / "spool", tmp_path / "windows"
+
+    def worker():
+        return subprocess.Popen([sys.executable, "-m", "mlops.monitoring._spool", str(spool), str(out), "3600"],
+                                stdin=subprocess.PIPE, cwd=ROOT)
+
+    def held() -> bool:
+        with open(spool / ".worker.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+    spool.mkdir()
+    first = worker()
+    deadline = time.monotonic() + 60
+    while not held() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    second = worker()  # another instance of the same version
+    time.sleep(2)
+    now = time.time()
+    for seq in range(3):
+        write_chunk(spool, {"x": np.arange(100, dtype=np.float32)}, np.full(100, now), seq)
+    second.stdin.close()  # the waiting worker stops: it leaves the spool to the one draining it
+    assert second.wait(60) == 0
+    assert len(list(spool.glob("*.npz"))) == 3 and windows(out) == []
+    first.stdin.close()
+    assert first.wait(60) == 0
+    [(_start, path)] = windows(out)
+    assert profiler.rows(profiler.read(path)) == 300  # each row once

@@ -73,7 +73,7 @@ def validate(cfg: Config, dataset: dict[str, Any], state_dir: str) -> dict[str, 
             problems.append(render_failures(batch, f"the batch {dataset['path']}"))
     if problems:
         where = quarantine(Path(state_dir), cfg.name, dataset["fingerprint"], Path(dataset["path"]), problems,
-                           batch, source=cfg.data.path or cfg.data.dataset, fingerprint=dataset["fingerprint"])
+                           batch, source=cfg.data.path or cfg.data.dataset)
         raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))
@@ -399,17 +399,18 @@ def monitor(cfg: Config, state_dir: str, trigger: str) -> dict[str, Any]:
     if version is None:
         return {"judged": []}
     ref_path = reg.get(cfg.name, version).file("reference_profile.bin")
-    if not ref_path.is_file():
-        return {"judged": [], "version": version}
-    profiler = make_profiler(cfg.monitoring.flavor)
-    reference = profiler.read(ref_path)
     base = state / "monitoring" / cfg.name / str(version)
     ledger_path = base / "judged.json"
     ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {"windows": {}, "drift_event": None}
+    # Closed windows not judged yet; most polls find none and stop here, before whylogs is even imported.
+    pending = [(start, path) for start, path in windows(base / "windows")
+               if str(start) not in ledger["windows"] and start + cfg.monitoring.window_s <= time.time()]
+    if not pending or not ref_path.is_file():
+        return {"judged": [], "version": version}
+    profiler = make_profiler(cfg.monitoring.flavor)
+    reference = profiler.read(ref_path)
     judged = []
-    for start, path in windows(base / "windows"):
-        if str(start) in ledger["windows"] or start + cfg.monitoring.window_s > time.time():
-            continue  # judged already, or still open
+    for start, path in pending:
         view = profiler.read(path)
         report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring, required=cfg.data.features)
         verdict: dict[str, Any] = {"rows": profiler.rows(view)}

@@ -59,6 +59,7 @@ def quarantine(state_dir: Path, model: str, key: str, payload: Path, problems: l
     """
     dest = quarantine_dir(state_dir, model) / _slug(key)
     if (dest / "report.json").is_file():
+        payload.unlink(missing_ok=True)  # the same bad batch, looked at again: reported once, kept nowhere
         return dest
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

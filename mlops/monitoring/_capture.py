@@ -81,10 +81,8 @@ class Capture:
         for spec in self.signature["inputs"]:
             block = np.concatenate([a[spec["name"]] for _t, a in pending])
             for j, column in enumerate(spec["columns"]):
-                values = block[:, j]
-                if spec["datatype"] == "BYTES":  # Triton hands BYTES as bytes objects
-                    values = np.array([v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=str)
-                cols[column] = values
+                # BYTES columns arrive as str objects (model.py decodes them for onnxruntime): one cast, no loop.
+                cols[column] = block[:, j].astype(str) if spec["datatype"] == "BYTES" else block[:, j]
         for spec in self.signature["outputs"]:
             block = np.concatenate([a[spec["name"]] for _t, a in pending])
             if spec["name"] == "probabilities":

@@ -15,6 +15,7 @@ the open window.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import sys
@@ -92,15 +93,27 @@ def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None =
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Triton's stop reaches the group; we stop on EOF
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()
-    traffic = TrafficProfiler(make_profiler("whylogs"), windows_dir, sample_rate=1.0, window_s=window_s)
-    if poll_s is None:
-        # whylogs costs mostly per call and column, so profiling several seconds of spool in one call is
-        # cheaper than one call a second; a window still gets its rows within a twelfth of its length.
-        poll_s = min(5.0, max(1.0, window_s / 12))
-    while not stop.wait(poll_s):
+    spool.mkdir(parents=True, exist_ok=True)
+    with open(spool / ".worker.lock", "a") as lock:
+        # One drainer per spool: Triton starts a model (and so a worker) per instance, and during a reload the
+        # old and new instances overlap. The others wait here, and take over when the drainer stops.
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if stop.is_set():  # stopped while another drains (tried once more after the stop, above)
+                    return
+                stop.wait(1.0)
+        traffic = TrafficProfiler(make_profiler("whylogs"), windows_dir, sample_rate=1.0, window_s=window_s)
+        if poll_s is None:
+            # whylogs costs mostly per call and column, so profiling several seconds of spool in one call is
+            # cheaper than one call a second; a window still gets its rows within a twelfth of its length.
+            poll_s = min(5.0, max(1.0, window_s / 12))
+        while not stop.wait(poll_s):
+            drain(spool, traffic)
         drain(spool, traffic)
-    drain(spool, traffic)
-    traffic.close()
+        traffic.close()
 
 
 if __name__ == "__main__":
