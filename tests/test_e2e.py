@@ -1,7 +1,8 @@
 """End to end through the CLI, in subprocesses, with the real Prefect server, Lightning, Triton and MLflow.
 
-The tests in this module run in order and share one project (a copy of recipes/) and its services,
-on the default ports the docs show, so they double as a test of docs/quickstart.md's commands.
+The tests in this module run in order and share one project (a copy of recipes/) and its services. They run
+docs/quickstart.md's commands, with ports of their own added to each, so a stack left running on the default
+ports (README's first command) does not collide with them.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import pytest
 from mlops.targets._process import port_free
 
 ROOT = Path(__file__).resolve().parents[1]
-PORTS = (4200, 8000, 8001, 8002)
+PORTS = (4491, 8491, 8492, 8493)
+PORT_OVERRIDES = (f"target.prefect.port={PORTS[0]}", f"serving.http_port={PORTS[1]}", f"serving.grpc_port={PORTS[2]}",
+                  f"serving.metrics_port={PORTS[3]}")
 pytestmark = pytest.mark.e2e
 
 
-def mlops(project: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+def mlops(project: Path, *args: str, timeout: float = 600, check: bool = True,
+          ports: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    proc = subprocess.run([sys.executable, "-m", "mlops.cli", *args], cwd=project, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", *args, *(PORT_OVERRIDES if ports else ())], cwd=project, env=env, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"mlops {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
@@ -56,11 +60,11 @@ def _status(project: Path) -> dict:
 def test_up_breast_cancer_serves_on_triton(project):
     proc = mlops(project, "up", "stack=reasonable-scale", "recipe=breast_cancer")
     assert "breast_cancer version 1 is READY (new version)" in proc.stderr
-    assert "endpoint   http://127.0.0.1:8000/v2/models/breast_cancer/versions/1/infer" in proc.stdout
-    assert "prefect ui http://127.0.0.1:4200" in proc.stdout
+    assert f"endpoint   http://127.0.0.1:{PORTS[1]}/v2/models/breast_cancer/versions/1/infer" in proc.stdout
+    assert f"prefect ui http://127.0.0.1:{PORTS[0]}" in proc.stdout
     st = _status(project)
     assert st["services"]["prefect"]["healthy"] and st["services"]["triton"]["healthy"]
-    assert st["services"]["triton"]["url"] == "http://127.0.0.1:8000"
+    assert st["services"]["triton"]["url"] == f"http://127.0.0.1:{PORTS[1]}"
     assert {"name": "breast_cancer", "version": "1", "state": "READY"} in st["models"]
 
 
@@ -152,7 +156,7 @@ def test_predict_rejects_rows_that_do_not_fit(project):
 def test_plan_has_no_side_effects_and_sees_the_cached_version(project):
     before = sorted(p.relative_to(project) for p in (project / ".mlops/registry").rglob("*"))
     plan = json.loads(mlops(project, "plan", "recipe=breast_cancer", "--json").stdout)["plan"]
-    assert plan["services"][0] == {"name": "prefect", "url": "http://127.0.0.1:4200/api", "action": "reuse"}
+    assert plan["services"][0] == {"name": "prefect", "url": f"http://127.0.0.1:{PORTS[0]}/api", "action": "reuse"}
     assert plan["steps"][2]["action"].startswith("reuse version 1")
     changed = json.loads(mlops(project, "plan", "recipe=breast_cancer", "model.lr=3e-4", "--json").stdout)["plan"]
     assert changed["steps"][2]["action"].startswith("train tabular_mlp classification")
@@ -160,7 +164,7 @@ def test_plan_has_no_side_effects_and_sees_the_cached_version(project):
 
 
 def test_target_aws_fails_clearly_before_any_side_effect(project):
-    proc = mlops(project, "up", "target=aws", check=False)
+    proc = mlops(project, "up", "target=aws", check=False, ports=False)  # the aws target has no local ports
     assert proc.returncode == 5 and "Traceback" not in proc.stderr
     assert "the `pulumi` CLI is not on PATH" in proc.stderr and "nothing was changed" in proc.stderr
 
