@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from mlops.monitoring import TrafficProfiler, drift_history, make_profiler, render_html, windows
-from mlops.recipe.schema import DataConfig, MonitoringConfig
+from mlops.recipe.schema import FileData, MonitoringConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = DataConfig(source="file", path="recipes/data/churn.csv", target="churned",
-                  numeric=["tenure_months", "monthly_charges", "support_calls", "data_gb"],
-                  categorical=["contract", "payment_method", "region"])
+DATA = FileData(source="file", path="recipes/data/churn.csv", target="churned",
+                numeric=["tenure_months", "monthly_charges", "support_calls", "data_gb"],
+                categorical=["contract", "payment_method", "region"])
 MON = MonitoringConfig()
 
 

@@ -207,6 +207,8 @@ def plan(
     out.print("[bold]# resolved config[/]")
     out.print(resolved_yaml(overrides or [], _Options.project), markup=False)
     out.print(f"[bold]# the Plan at maturity level {p['maturity']} (digest {p['digest']})[/]")
+    for kind, name in p["components"].items():
+        out.print(f"flavor     {kind:<11} {name}", markup=False)
     for svc in p["services"]:
         out.print(f"service    {svc['name']:<8} {svc['action']:<8} {svc['url']}", markup=False)
     for step in p["steps"]:

@@ -1,6 +1,8 @@
-"""Ingest and validate tabular data: scikit-learn's bundled datasets, or CSV/Parquet at any fsspec URL."""
+"""Data sources (a flavor kind) and the validate step: read, fingerprint and check tabular data."""
 
-from mlops.data._ingest import check_columns, fingerprint, read_frame, resolve_path
+from mlops.data._ingest import check_columns, fingerprint, read_frame
+from mlops.data._source import DataSource, FileSource, SklearnSource, make_source, missing_columns
 from mlops.data._validate import ValidationReport, validate_frame
 
-__all__ = sorted(["ValidationReport", "check_columns", "fingerprint", "read_frame", "resolve_path", "validate_frame"])
+__all__ = sorted(["DataSource", "FileSource", "SklearnSource", "ValidationReport", "check_columns", "fingerprint",
+                  "make_source", "missing_columns", "read_frame", "validate_frame"])

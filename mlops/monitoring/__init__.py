@@ -1,7 +1,6 @@
 """Monitoring: whylogs profiles behind a small Profiler interface, batch constraints, traffic windows, drift."""
 
 from mlops.monitoring._profiler import (
-    PROFILERS,
     BatchReport,
     ColumnDrift,
     ConstraintFailure,
@@ -13,7 +12,6 @@ from mlops.monitoring._report import drift_history, render_html
 from mlops.monitoring._traffic import TrafficProfiler, windows
 
 __all__ = sorted([
-    "PROFILERS",
     "BatchReport",
     "ColumnDrift",
     "ConstraintFailure",

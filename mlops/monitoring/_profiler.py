@@ -2,7 +2,7 @@
 
 Everything monitoring does (reference profiles, batch constraints, drift,
 windowed traffic profiles) goes through :class:`Profiler`, so a second engine
-(e.g. Evidently) is one more class registered in ``PROFILERS``::
+(e.g. Evidently) is one more flavor registered through the ``mlops.flavors`` entry point::
 
     profiler = make_profiler("whylogs")
     ref = profiler.profile(train_frame)
@@ -226,8 +226,16 @@ def _category(score: float | None, cfg: DriftConfig) -> str:
     return "DRIFT" if score >= cfg.drift else "POSSIBLE_DRIFT" if score >= cfg.possible else "NO_DRIFT"
 
 
-PROFILERS: dict[str, type[Profiler]] = {"whylogs": WhylogsProfiler}
+def no_profiler() -> None:
+    """`monitoring: {flavor: none}`: nothing profiles."""
+    return None
 
 
 def make_profiler(flavor: str) -> Profiler:
-    return PROFILERS[flavor]()
+    """The profiler of the monitor flavor `flavor` (mlops.flavors), constructed with no arguments."""
+    from mlops.flavors import get
+
+    profiler = get("monitor", flavor).load()()
+    if profiler is None:
+        raise ValueError(f"monitoring flavor {flavor!r} has no profiler")
+    return profiler

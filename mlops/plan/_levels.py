@@ -159,7 +159,8 @@ LEVELS: tuple[Callable[[Plan, Config], Plan], ...] = (level_0, level_1, level_2,
 
 def compile_plan(cfg: Config) -> Plan:
     """The Plan of `cfg` at its maturity level: level 0, then each level up to it, in order."""
-    plan = Plan(recipe=cfg.name, stack=cfg.stack.name, target=cfg.target.kind, maturity=cfg.maturity.level)
+    plan = Plan(recipe=cfg.name, stack=cfg.stack.name, target=cfg.target.kind, maturity=cfg.maturity.level,
+                components=cfg.components)
     for level in LEVELS[: cfg.maturity.level + 1]:
         plan = level(plan, cfg)
     return plan

@@ -83,6 +83,8 @@ class Plan(_Frozen):
     automations: tuple[Automation, ...] = ()
     gates: tuple[Gate, ...] = ()
     infrastructure: tuple[Component, ...] = ()
+    components: dict[str, str] = Field(default_factory=dict, description="Each component kind and the flavor "
+                                       "that runs it (mlops.flavors), from the config: what `up` builds the stack of.")
     services: tuple[str, ...] = Field((), description="Background processes `up` starts on target=local.")
     events: tuple[str, ...] = Field((), description="Prefect events the deployments emit.")
     initial_run: bool = Field(True, description="`up` runs the whole pipeline once when nothing is served, "

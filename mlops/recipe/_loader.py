@@ -23,12 +23,14 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from mlops.errors import ConfigError, Problem
+from mlops.flavors import KINDS, flavors
 from mlops.recipe import schema
 from mlops.recipe._positions import KeyLocator, SourceFile, check_syntax
 from mlops.recipe._sources import Sources
 
 # Config groups in defaults-list order (= merge order); see conf/config.yaml.
-GROUPS = ("data", "model", "compute", "maturity", "tracking", "serving", "monitoring", "target", "stack", "recipe")
+GROUPS = ("data", "model", "compute", "maturity", "tracking", "serving", "monitoring", "registry", "target", "stack",
+          "recipe")
 _DEFAULT_CHOICE = {"stack": "local", "recipe": "breast_cancer"}
 _GLOBAL_GROUPS = ("stack", "recipe")  # their files are `# @package _global_`
 
@@ -201,13 +203,29 @@ def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
             return None
         node = node.get(part, {}) if isinstance(node, dict) else {}
         ann = field.annotation
-        if part == "tracking":
-            model = schema.NeptuneTracking if node.get("flavor") == "neptune" else schema.MlflowTracking
+        if model is schema.Config and str(part) in schema.SECTIONS:
+            model = _flavor_config(str(part), node)
         elif isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
             model = None
     return model
+
+
+def _flavor_config(section: str, node: Any) -> type[BaseModel] | None:
+    """The config class of the flavor a section names (or its kind's default flavor)."""
+    kind, base, default = schema.SECTIONS[section]
+    name = node.get(KINDS[kind].key, default) if isinstance(node, dict) else default
+    found = flavors(kind).get(name) if isinstance(name, str) else None
+    return found.config if found is not None else base
+
+
+def _without_tag(loc: tuple) -> tuple:
+    """pydantic puts the union member's tag in the location (`tracking.mlflow.uri`): drop it."""
+    if len(loc) > 1 and loc[0] in schema.SECTIONS and isinstance(loc[1], str) \
+            and loc[1] in flavors(schema.SECTIONS[loc[0]][0]):
+        return (loc[0], *loc[2:])
+    return loc
 
 
 def _raw_at(raw: Any, loc: tuple) -> Any:
@@ -226,10 +244,22 @@ def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: Lazy
     problems = []
     reported: set[tuple[str, str]] = set()
     for err in exc.errors(include_url=False):
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("mlflow", "neptune")))
+        loc = _without_tag(tuple(err["loc"]))
         key = ".".join(str(p) for p in loc)
         kind = err["type"]
         given = err.get("input")
+        if kind == "unknown_flavor":
+            fkind = schema.SECTIONS[str(loc[0])][0]
+            fkey = KINDS[fkind].key
+            name = given.get(fkey) if isinstance(given, dict) else None
+            key = f"{loc[0]}.{fkey}"
+            installed = ", ".join(sorted(flavors(fkind)))
+            close = difflib.get_close_matches(str(name), list(flavors(fkind)), n=1)
+            problems.append(Problem(key, f"no {fkind.replace('_', ' ')} flavor named {name!r} is installed; "
+                                    f"installed: {installed}", _place(key, locator, overrides),
+                                    f"did you mean `{close[0]}`?" if close else "install the package that provides "
+                                    "it: it registers the flavor under the `mlops.flavors` entry point"))
+            continue
         sig = (kind, repr(given))
         interpolated = isinstance(_raw_at(raw, loc), str) and str(_raw_at(raw, loc)).startswith("${")
         if interpolated and sig in reported:
@@ -305,18 +335,22 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
                                 "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"))
         raise ConfigError(problems) from None
     assert isinstance(data, dict)
-    chosen_tracking = chosen.get("tracking")
-    flavor = (data.get("tracking") or {}).get("flavor")
-    if chosen_tracking and flavor and flavor != chosen_tracking:
-        problems.append(Problem("tracking.flavor", f"is {flavor!r}, but the tracking group selected is "
-                                f"{chosen_tracking!r}, whose keys were merged in", _place("tracking.flavor", locator,
-                                overrides), f"switch flavors with the group: tracking={flavor} on the command "
-                                f"line, or `defaults: [{{override /tracking: {flavor}}}]` in the recipe"))
+    mixed = []
+    for section, (kind, _base, _default) in schema.SECTIONS.items():
+        group, fkey = KINDS[kind].group, KINDS[kind].key
+        chosen_option, flavor = chosen.get(group), (data.get(section) or {}).get(fkey)
+        # A group whose options are flavors (tracking=mlflow): the YAML's flavor must be the group's.
+        if chosen_option in flavors(kind) and isinstance(flavor, str) and flavor != chosen_option:
+            mixed.append(section)
+            problems.append(Problem(f"{section}.{fkey}", f"is {flavor!r}, but the {group} group selected is "
+                                    f"{chosen_option!r}, whose keys were merged in", _place(f"{section}.{fkey}",
+                                    locator, overrides), f"switch flavors with the group: {group}={flavor} on the "
+                                    f"command line, or `defaults: [{{override /{group}: {flavor}}}]` in the recipe"))
     try:
         config = schema.Config.model_validate(data)
     except ValidationError as exc:
         for p in _pydantic_problems(exc, data, raw, locator, overrides):
-            if problems and problems[-1].key == "tracking.flavor" and p.key.startswith("tracking."):
+            if any(p.key.startswith(section + ".") for section in mixed):
                 continue  # consequences of the flavor mix-up reported above
             problems.append(p)
         raise ConfigError(problems) from None

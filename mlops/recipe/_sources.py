@@ -102,6 +102,8 @@ class Sources:
     conf: Path
     recipe_dirs: tuple[Path, ...]
     stack_dirs: tuple[Path, ...]
+    # Installed flavors' own defaults, each `<root>/<group>/<flavor>.yaml` (mlops.flavors, `conf=`).
+    flavor_roots: tuple[Path, ...] = ()
 
     @classmethod
     def discover(cls, project: Path) -> Sources:
@@ -114,17 +116,22 @@ class Sources:
         if (project / "stacks").is_dir():
             stack_dirs.append(project / "stacks")
         recipe_dirs = [project / "recipes"] if (project / "recipes").is_dir() else []
+        from mlops.flavors import conf_files
+
+        roots = [path.parent.parent for by_name in conf_files().values() for path in by_name.values()]
         return cls(
             project=project,
             conf=_bundled("conf"),
             recipe_dirs=tuple(recipe_dirs),
             stack_dirs=tuple(dict.fromkeys(p.resolve() for p in stack_dirs)),
+            flavor_roots=tuple(dict.fromkeys(p.resolve() for p in roots)),
         )
 
     def search_path(self) -> list[str]:
         # Later entries are searched first only for ties; group configs are found in any root.
         entries = [f"{SCHEME}://stack@{d}" for d in reversed(self.stack_dirs)]
         entries += [f"{SCHEME}://recipe@{d}" for d in self.recipe_dirs]
+        entries += [f"file://{d}" for d in self.flavor_roots]
         return entries
 
     def group_dir(self, group: str) -> tuple[Path, ...]:
@@ -132,7 +139,7 @@ class Sources:
             return tuple(reversed(self.stack_dirs))
         if group == "recipe":
             return self.recipe_dirs
-        return (self.conf / group,)
+        return (self.conf / group, *(root / group for root in self.flavor_roots))
 
     def find(self, group: str, choice: str) -> Path | None:
         for d in self.group_dir(group):

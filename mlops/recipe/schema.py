@@ -9,11 +9,23 @@ Nothing downstream of the loader sees a DictConfig.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    Tag,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,62}$"
@@ -44,19 +56,14 @@ class ChecksConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """A tabular data source and the columns the model uses."""
+    """What every data-source flavor shares: the columns the model uses, the split and the checks.
 
-    source: Literal["sklearn", "file"] = Field(
-        description="`sklearn`: a dataset bundled with scikit-learn; `file`: a CSV or Parquet file."
-    )
-    dataset: Literal["breast_cancer", "iris", "wine", "diabetes"] | None = Field(
-        None, description="The scikit-learn dataset (source=sklearn)."
-    )
-    path: str | None = Field(
-        None,
-        description="Local path (relative to the project) or any fsspec URL, e.g. s3://bucket/x.csv (source=file).",
-    )
-    format: Literal["auto", "csv", "parquet"] = Field("auto", description="File format; `auto` uses the suffix.")
+    A data-source flavor subclasses this with `source: Literal["<name>"]` and the keys that say where the
+    rows come from (mlops/data/_source.py documents the interface its implementation provides).
+    """
+
+    source: str = Field(description="The data-source flavor: `sklearn` (a dataset bundled with scikit-learn), "
+                        "`file` (a CSV or Parquet file), or an installed plugin's.")
     target: str = Field(description="The column to predict.")
     numeric: list[str] = Field(default_factory=list, description="Numeric feature columns (scaled, NaN-imputed).")
     categorical: list[str] = Field(
@@ -67,10 +74,6 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> DataConfig:
-        if self.source == "sklearn" and self.dataset is None:
-            raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
-        if self.source == "file" and not self.path:
-            raise ValueError("source=file needs `path`: a local path or an fsspec URL")
         if not self.numeric and not self.categorical:
             raise ValueError("name at least one feature column under `numeric` or `categorical`")
         both = sorted(set(self.numeric) & set(self.categorical))
@@ -87,6 +90,48 @@ class DataConfig(_Strict):
     @property
     def features(self) -> list[str]:
         return [*self.numeric, *self.categorical]
+
+    def describe(self) -> str:
+        """Where the rows come from, for messages and run logs."""
+        return self.source
+
+
+class SklearnData(DataConfig):
+    """A dataset bundled with scikit-learn: no download, no file."""
+
+    source: Literal["sklearn"] = Field(description="`sklearn`: a dataset bundled with scikit-learn.")
+    dataset: Literal["breast_cancer", "iris", "wine", "diabetes"] | None = Field(
+        None, description="The scikit-learn dataset (source=sklearn)."
+    )
+
+    @model_validator(mode="after")
+    def _has_dataset(self) -> SklearnData:
+        if self.dataset is None:
+            raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
+        return self
+
+    def describe(self) -> str:
+        return str(self.dataset)
+
+
+class FileData(DataConfig):
+    """One CSV or Parquet file, local or at any fsspec URL."""
+
+    source: Literal["file"] = Field(description="`file`: a CSV or Parquet file.")
+    path: str | None = Field(
+        None,
+        description="Local path (relative to the project) or any fsspec URL, e.g. s3://bucket/x.csv (source=file).",
+    )
+    format: Literal["auto", "csv", "parquet"] = Field("auto", description="File format; `auto` uses the suffix.")
+
+    @model_validator(mode="after")
+    def _has_path(self) -> FileData:
+        if not self.path:
+            raise ValueError("source=file needs `path`: a local path or an fsspec URL")
+        return self
+
+    def describe(self) -> str:
+        return str(self.path)
 
 
 # ---------------------------------------------------------------- model
@@ -105,14 +150,11 @@ class EarlyStoppingConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    """A tabular MLP, as a classifier or a regressor."""
+    """What every model flavor shares: the task and how the Trainer runs. A model flavor subclasses it with
+    `flavor: Literal["<name>"]` and its own hyperparameters."""
 
-    flavor: Literal["tabular_mlp"] = "tabular_mlp"
+    flavor: str = Field("tabular_mlp", description="The model flavor: `tabular_mlp`, or an installed plugin's.")
     task: Literal["classification", "regression"]
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
-    dropout: float = Field(0.1, ge=0, lt=1)
-    lr: PositiveFloat = Field(1e-3, description="Learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0)
     batch_size: PositiveInt = 64
     max_epochs: PositiveInt = 30
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -125,6 +167,16 @@ class ModelConfig(_Strict):
         if self.task == "classification" and es in ("val_rmse", "val_mae"):
             raise ValueError(f"early_stopping.monitor={es} needs task=regression; use val_loss or val_acc")
         return self
+
+
+class TabularMLPConfig(ModelConfig):
+    """A tabular MLP, as a classifier or a regressor."""
+
+    flavor: Literal["tabular_mlp"] = "tabular_mlp"
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: PositiveFloat = Field(1e-3, description="Learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0)
 
 
 # ---------------------------------------------------------------- compute
@@ -181,13 +233,19 @@ class MaturityConfig(_Strict):
 
 
 # ---------------------------------------------------------------- tracking
-class MlflowTracking(_Strict):
+class TrackerConfig(_Strict):
+    """What every tracker flavor shares; a flavor subclasses it with `flavor: Literal["<name>"]`."""
+
+    flavor: str = Field(description="The tracker flavor: `mlflow`, `neptune`, or an installed plugin's.")
+
+
+class MlflowTracking(TrackerConfig):
     flavor: Literal["mlflow"]
     uri: str | None = Field(None, description="Tracking URI; default: sqlite under the state directory.")
     experiment: str = Field(description="Experiment name.")
 
 
-class NeptuneTracking(_Strict):
+class NeptuneTracking(TrackerConfig):
     flavor: Literal["neptune"]
     mode: Literal["offline", "async", "sync", "debug"] = Field(
         "offline", description="`offline` writes locally; async/sync need a self-hosted server."
@@ -199,25 +257,15 @@ class NeptuneTracking(_Strict):
     server_url_env: str = Field("NEPTUNE_SERVER_URL", description="Name of the environment variable with the server URL.")
 
 
-TrackingConfig = Annotated[MlflowTracking | NeptuneTracking, Field(discriminator="flavor")]
 
 
 # ---------------------------------------------------------------- serving
-class ServingConfig(_Strict):
-    """Triton: the local server and the generated model repository."""
+class ServerConfig(_Strict):
+    """What every model-server flavor shares; a flavor subclasses it with `flavor: Literal["<name>"]`."""
 
-    flavor: Literal["triton"] = "triton"
-    model_name: str = Field(pattern=NAME_PATTERN, description="Name of the model on Triton.")
+    flavor: str = Field("triton", description="The model-server flavor: `triton`, or an installed plugin's.")
+    model_name: str = Field(pattern=NAME_PATTERN, description="Name of the served model.")
     host: str = Field("127.0.0.1", description="Bind address; local services stay on loopback.")
-    http_port: Port = 8000
-    grpc_port: Port = 8001
-    metrics_port: Port = 8002
-    max_batch_size: PositiveInt = 256
-    preferred_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 64])
-    max_queue_delay_us: int = Field(0, ge=0, description="Dynamic batching: longest wait to fill a batch. 0 still "
-                                    "batches the requests that queue while an instance is busy (bench/serving).")
-    instance_count: PositiveInt = 1
-    intra_op_threads: PositiveInt = Field(2, description="onnxruntime threads per model instance.")
     ready_timeout_s: PositiveFloat = 120
 
     @field_validator("host")
@@ -230,6 +278,21 @@ class ServingConfig(_Strict):
         if not ok:
             raise ValueError("local services bind loopback only: use 127.0.0.1")
         return v
+
+
+class ServingConfig(ServerConfig):
+    """Triton: the local server and the generated model repository."""
+
+    flavor: Literal["triton"] = "triton"
+    http_port: Port = 8000
+    grpc_port: Port = 8001
+    metrics_port: Port = 8002
+    max_batch_size: PositiveInt = 256
+    preferred_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 64])
+    max_queue_delay_us: int = Field(0, ge=0, description="Dynamic batching: longest wait to fill a batch. 0 still "
+                                    "batches the requests that queue while an instance is busy (bench/serving).")
+    instance_count: PositiveInt = 1
+    intra_op_threads: PositiveInt = Field(2, description="onnxruntime threads per model instance.")
 
     @model_validator(mode="after")
     def _batching(self) -> ServingConfig:
@@ -263,8 +326,11 @@ class DriftConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    flavor: Literal["whylogs", "none"] = Field(
-        "whylogs", description="`whylogs`: a reference profile of the training data is stored with each version."
+    """What every monitor (profiler) flavor shares; a flavor subclasses it with `flavor: Literal["<name>"]`."""
+
+    flavor: str = Field(
+        "whylogs", description="`whylogs`: a reference profile of the training data is stored with each version; "
+        "`none`: no monitoring; or an installed plugin's."
     )
     sample_rate: float = Field(
         0.1, gt=0, le=1, description="Fraction of served rows profiled. Triton's model only draws the sample; a "
@@ -279,20 +345,50 @@ class MonitoringConfig(_Strict):
         False, description="Whether an ingested batch may contain categories never seen in training.")
 
 
+class WhylogsMonitoring(MonitoringConfig):
+    flavor: Literal["whylogs"] = "whylogs"
+
+
+class NoMonitoring(MonitoringConfig):
+    flavor: Literal["none"] = "none"
+
+
+# ---------------------------------------------------------------- model store
+class RegistryConfig(_Strict):
+    """Where model versions are kept; a model-store flavor subclasses it with `flavor: Literal["<name>"]`."""
+
+    flavor: str = Field("local", description="The model-store flavor: `local` (immutable versions under the "
+                        "state directory), or an installed plugin's.")
+
+
+class LocalRegistryConfig(RegistryConfig):
+    flavor: Literal["local"] = "local"
+
+
 # ---------------------------------------------------------------- target
 class PrefectServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Port = 4200
     start_timeout_s: PositiveFloat = 120
 
-    _loopback = field_validator("host")(ServingConfig._loopback.__func__)  # type: ignore[attr-defined]
+    _loopback = field_validator("host")(ServerConfig._loopback.__func__)  # type: ignore[attr-defined]
 
 
 class TargetConfig(_Strict):
-    kind: Literal["local", "aws"]
+    """What every target flavor shares; a flavor subclasses it with `kind: Literal["<name>"]`."""
+
+    kind: str = Field(description="Where the recipe runs: `local` (this machine), `aws` (Pulumi), or a plugin's.")
     state_dir: str = Field(".mlops", description="Pid files, logs, registry, tracking data (relative to the project).")
     prefect: PrefectServerConfig = PrefectServerConfig()
     region: str | None = Field(None, description="AWS region (target=aws).")
+
+
+class LocalTargetConfig(TargetConfig):
+    kind: Literal["local"]
+
+
+class AwsTargetConfig(TargetConfig):
+    kind: Literal["aws"]
 
 
 # ---------------------------------------------------------------- stack
@@ -439,48 +535,132 @@ class StackConfig(_Strict):
 
 
 # ---------------------------------------------------------------- root
-class Config(_Strict):
-    """A recipe composed with its stack and the framework defaults."""
-
-    name: str = Field(pattern=NAME_PATTERN, description="Project/model name: lowercase letters, digits, _ and -.")
-    description: str = ""
-    seed: int = Field(42, description="Seeds Lightning (weights, shuffling).")
-    data: DataConfig
-    model: ModelConfig
-    compute: ComputeConfig
-    maturity: MaturityConfig
-    tracking: TrackingConfig
-    serving: ServingConfig
-    monitoring: MonitoringConfig
-    target: TargetConfig
-    stack: StackConfig
+class ConfigBase(_Strict):
+    """A recipe composed with its stack and the framework defaults. The flavor sections (data, model,
+    tracking, serving, monitoring, registry, target) are added by :func:`config_class` from the registered
+    flavors; use :data:`Config`."""
 
     @model_validator(mode="after")
-    def _gate_metrics_exist(self) -> Config:
-        known, gate = GATE_METRICS[self.model.task], self.maturity.gate
+    def _gate_metrics_exist(self) -> ConfigBase:
+        known, gate = GATE_METRICS[self.model.task], self.maturity.gate  # type: ignore[attr-defined]
         named = [("maturity.gate.metric", gate.metric)] if gate.metric else []
         named += [(f"maturity.gate.floors.{k}", k) for k in gate.floors]
         named += [(f"maturity.gate.ceilings.{k}", k) for k in gate.ceilings]
         bad = [f"{where}: {m!r}" for where, m in named if m not in known]
         if bad:
-            raise ValueError(f"unknown gate metric ({'; '.join(bad)}); task={self.model.task} evaluates "
+            raise ValueError(f"unknown gate metric ({'; '.join(bad)}); task={self.model.task} evaluates "  # type: ignore[attr-defined]
                              + ", ".join(known))
         return self
 
     @model_validator(mode="after")
-    def _level_4_monitors(self) -> Config:
-        if self.maturity.level == 4 and self.monitoring.flavor == "none":
+    def _level_4_monitors(self) -> ConfigBase:
+        if self.maturity.level == 4 and self.monitoring.flavor == "none":  # type: ignore[attr-defined]
             raise ValueError("maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs "
                              "(or choose maturity=3)")
         return self
 
     @property
+    def components(self) -> dict[str, str]:
+        """Each component kind and the flavor this config chose for it (mlops.flavors): what runs."""
+        from mlops.flavors import KINDS
+
+        return {kind: getattr(getattr(self, section), KINDS[kind].key) for section, (kind, _b, _d) in SECTIONS.items()}
+
+    @property
     def gate_metric(self) -> tuple[str, str]:
         """(metric, direction) the level-3 gate compares, defaults filled in."""
         gate = self.maturity.gate
-        metric = gate.metric or ("test_acc" if self.model.task == "classification" else "test_rmse")
+        metric = gate.metric or ("test_acc" if self.model.task == "classification" else "test_rmse")  # type: ignore[attr-defined]
         return metric, gate.direction or ("minimize" if metric in LOWER_IS_BETTER else "maximize")
 
+
+# The flavor sections: recipe key -> (flavor kind, the kind's base config, the flavor a section without the key gets).
+SECTIONS: dict[str, tuple[str, type[_Strict], str | None]] = {
+    "data": ("data_source", DataConfig, None),
+    "model": ("model", ModelConfig, "tabular_mlp"),
+    "tracking": ("tracker", TrackerConfig, None),
+    "serving": ("server", ServerConfig, "triton"),
+    "monitoring": ("monitor", MonitoringConfig, "whylogs"),
+    "registry": ("model_store", RegistryConfig, "local"),
+    "target": ("target", TargetConfig, None),
+}
+
+
+def _section_type(kind: str, base: type, default: str | None) -> Any:
+    from mlops.flavors import KINDS, flavors
+
+    key = KINDS[kind].key
+    found = flavors(kind)
+    bad = [f"{f.name} ({f.distribution})" for f in found.values() if not issubclass(f.config, base)]
+    if bad:
+        from mlops.errors import ConfigError, Problem
+
+        raise ConfigError([Problem("", f"{kind} flavors {', '.join(bad)} have a config class that does not "
+                                   f"subclass {base.__module__}.{base.__name__}", "",
+                                   "derive the flavor's config from the kind's base config")])
+    if not found:
+        return base
+    members = tuple(Annotated[f.config, Tag(name)] for name, f in sorted(found.items()))
+    if len(members) == 1:
+        return found[next(iter(found))].config
+
+    def tag(value: Any) -> str | None:
+        got = value.get(key, default) if isinstance(value, dict) else getattr(value, key, default)
+        return got if isinstance(got, str) else None
+
+    return Annotated[Union[members], Discriminator(tag, custom_error_type="unknown_flavor",  # noqa: UP007
+                     custom_error_message=f"no {kind} flavor of that name is installed; installed: "
+                     + ", ".join(sorted(found)), custom_error_context={"key": key})]
+
+
+@functools.cache
+def config_class() -> type[ConfigBase]:
+    """The root Config, its flavor sections built from the registered flavors (mlops.flavors)."""
+    sections = {name: (_section_type(kind, base, default), ...) for name, (kind, base, default) in SECTIONS.items()}
+    sections["registry"] = (sections["registry"][0], Field(default_factory=LocalRegistryConfig))
+    fields = {
+        "name": (str, Field(pattern=NAME_PATTERN, description="Project/model name: lowercase letters, digits, _ "
+                            "and -.")),
+        "description": (str, ""),
+        "seed": (int, Field(42, description="Seeds Lightning (weights, shuffling).")),
+        "data": sections["data"],
+        "model": sections["model"],
+        "compute": (ComputeConfig, ...),
+        "maturity": (MaturityConfig, ...),
+        "tracking": sections["tracking"],
+        "serving": sections["serving"],
+        "monitoring": sections["monitoring"],
+        "registry": sections["registry"],
+        "target": sections["target"],
+        "stack": (StackConfig, ...),
+    }
+    cls = create_model("Config", __base__=ConfigBase, __module__=__name__, __doc__=ConfigBase.__doc__.split(
+        ". The flavor")[0] + ".", **fields)
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    # `Config` is built on first use: the registry imports the flavors' config classes, which import this module.
+    if name == "Config":
+        return config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    class Config(ConfigBase):
+        name: str
+        description: str
+        seed: int
+        compute: ComputeConfig
+        maturity: MaturityConfig
+        stack: StackConfig
+        data: DataConfig
+        model: ModelConfig
+        tracking: TrackerConfig
+        serving: ServerConfig
+        monitoring: MonitoringConfig
+        registry: RegistryConfig
+        target: TargetConfig
 
 
 SECRET_KEY = re.compile(r"(password|passwd|secret|token|api_key|apikey|access_key|private_key)$", re.I)

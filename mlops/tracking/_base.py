@@ -27,7 +27,6 @@ Python::
 
 from __future__ import annotations
 
-import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -37,16 +36,9 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
 
-    from mlops.recipe.schema import MlflowTracking, NeptuneTracking
+    from mlops.recipe.schema import TrackerConfig
 
 RunStatus = Literal["FINISHED", "FAILED"]
-
-# Strings, not classes: mlflow and neptune take seconds to import, and a run
-# only ever needs one of them.
-TRACKERS: dict[str, str] = {
-    "mlflow": "mlops.tracking._mlflow:MlflowTracker",
-    "neptune": "mlops.tracking._neptune:NeptuneTracker",
-}
 
 
 class Tracker(ABC):
@@ -82,11 +74,12 @@ class Tracker(ABC):
         """The command or address that shows the runs to a person."""
 
 
-def make_tracker(cfg: MlflowTracking | NeptuneTracking, state_dir: Path) -> Tracker:
-    """The tracker for ``cfg.flavor``; its local data lives under ``state_dir``."""
-    module, _, name = TRACKERS[cfg.flavor].partition(":")
-    cls = getattr(importlib.import_module(module), name)
-    return cls(cfg, Path(state_dir).resolve())
+def make_tracker(cfg: TrackerConfig, state_dir: Path) -> Tracker:
+    """The tracker flavor ``cfg.flavor`` names (mlops.flavors), constructed as ``Impl(cfg, state_dir)``; its
+    local data lives under ``state_dir``. The backend (mlflow, neptune: seconds to import) is imported only now."""
+    from mlops.flavors import get
+
+    return get("tracker", cfg.flavor).load()(cfg, Path(state_dir).resolve())
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:

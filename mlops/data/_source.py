@@ -1,0 +1,165 @@
+"""The data-source interface, and its built-in flavors `sklearn` and `file`.
+
+A data source turns its config section into rows. The framework fingerprints, validates, snapshots and splits
+what it returns; the source only reads.
+
+Python (the team's package registers it through the `mlops.flavors` entry point; see docs/extending.md)::
+
+    class JsonlData(DataConfig):                       # mlops.recipe.schema.DataConfig
+        source: Literal["jsonl"] = "jsonl"
+        path: str
+
+    class JsonlSource(DataSource):
+        def read(self, project, *, nrows=None, cache_dir=None, write_cache=False):
+            return pd.read_json(project / self.config.path, lines=True, nrows=nrows)
+
+YAML::
+
+    data:
+      source: jsonl
+      path: data/rows.jsonl
+      target: churned
+      numeric: [tenure_months]
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops.recipe.schema import DataConfig
+
+
+class DataSource(ABC):
+    """Reads the rows a recipe's `data:` section names. Constructed with that section (its flavor's config)."""
+
+    def __init__(self, config: DataConfig):
+        self.config = config
+
+    @abstractmethod
+    def read(self, project: Path, *, nrows: int | None = None, cache_dir: Path | None = None,
+             write_cache: bool = False) -> pd.DataFrame:
+        """The rows as a DataFrame (the first `nrows` if given). Relative paths are relative to `project`;
+        `cache_dir` may keep a local copy of a slow source (written only with `write_cache`)."""
+
+    def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
+        """Read-only checks at config load: (dotted key, message, hint) for each problem; the default reads a
+        few rows and checks that the recipe's columns are there. Override to check reachability first."""
+        try:
+            head = self.read(project, nrows=5, cache_dir=cache_dir)
+        except Exception as exc:  # any reader's error is a config problem to show, not a crash
+            return [("data.source", f"cannot be read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                     "check the source's settings")]
+        return missing_columns(self.config, [str(c) for c in head.columns])
+
+    def describe(self) -> str:
+        return self.config.describe()
+
+
+def missing_columns(data: DataConfig, columns: list[str]) -> list[tuple[str, str, str]]:
+    problems = []
+    if data.target not in columns:
+        problems.append(("data.target", f"column {data.target!r} is not in the data; its columns are: "
+                         f"{', '.join(columns)}", "set data.target to the column you want to predict"))
+    for group in ("numeric", "categorical"):
+        missing = [c for c in getattr(data, group) if c not in columns]
+        if missing:
+            problems.append((f"data.{group}", f"columns not in the data: {', '.join(map(repr, missing))}",
+                             "column names are case-sensitive; the data has: " + ", ".join(columns)))
+    return problems
+
+
+def resolve(path: str, project: Path) -> str:
+    """A local path relative to the project becomes absolute; URLs (s3://, https://...) pass through."""
+    if "://" in path:
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else project / p)
+
+
+class SklearnSource(DataSource):
+    """`source: sklearn`: a dataset bundled with scikit-learn."""
+
+    def read(self, project: Path, *, nrows: int | None = None, cache_dir: Path | None = None,
+             write_cache: bool = False) -> pd.DataFrame:
+        frame = _sklearn_frame(self.config.dataset, cache_dir, write_cache)  # type: ignore[attr-defined]
+        return frame if nrows is None else frame.head(nrows)
+
+
+def _sklearn_frame(name: str, cache_dir: Path | None, write_cache: bool) -> pd.DataFrame:
+    """A bundled scikit-learn dataset. Importing sklearn costs ~2 s, so a copy is kept per sklearn version."""
+    from importlib.metadata import version
+
+    import pandas as pd
+
+    cached = cache_dir / f"sklearn-{name}-{version('scikit-learn')}.parquet" if cache_dir else None
+    if cached is not None and cached.is_file():
+        return pd.read_parquet(cached)
+    from sklearn import datasets
+
+    frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
+    if cached is not None and write_cache:
+        import io
+
+        from mlops.registry import write_atomic
+
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        write_atomic(cached, buf.getvalue())
+    return frame
+
+
+class FileSource(DataSource):
+    """`source: file`: one CSV or Parquet file, local or at any fsspec URL."""
+
+    def url(self, project: Path) -> str:
+        return resolve(str(self.config.path), project)  # type: ignore[attr-defined]
+
+    def _format(self, url: str) -> str:
+        fmt: str = self.config.format  # type: ignore[attr-defined]
+        if fmt != "auto":
+            return fmt
+        return "parquet" if url.lower().endswith((".parquet", ".pq")) else "csv"
+
+    def read(self, project: Path, *, nrows: int | None = None, cache_dir: Path | None = None,
+             write_cache: bool = False) -> pd.DataFrame:
+        import fsspec
+        import pandas as pd
+
+        url = self.url(project)
+        with fsspec.open(url, "rb") as fh:
+            if self._format(url) == "parquet":
+                frame = pd.read_parquet(fh)
+                return frame if nrows is None else frame.head(nrows)
+            return pd.read_csv(fh, nrows=nrows)
+
+    def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
+        import fsspec
+
+        url = self.url(project)
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+            exists = fs.exists(path)
+        except (ImportError, ValueError) as exc:
+            return [("data.path", f"cannot open {url!r}: {exc}", "install the fsspec backend for that URL scheme")]
+        if not exists:
+            return [("data.path", f"file not found: {url}",
+                     "paths are relative to the project folder; check the name, or use an fsspec URL")]
+        try:
+            head = self.read(project, nrows=5, cache_dir=cache_dir)
+        except Exception as exc:  # a parser error of any reader: show it, don't crash
+            return [("data.path", f"cannot be read as {self.config.format}: {str(exc).splitlines()[0]}",  # type: ignore[attr-defined]
+                     "check the file format, or set data.format")]
+        return missing_columns(self.config, [str(c) for c in head.columns])
+
+
+def make_source(config: DataConfig) -> DataSource:
+    """The data source of `config.source`, from the flavor registry."""
+    from mlops.flavors import get
+
+    impl: Any = get("data_source", config.source).load()
+    return impl(config)

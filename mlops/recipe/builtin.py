@@ -1,0 +1,30 @@
+"""The built-in flavors. They register through the `mlops.flavors` entry points in pyproject.toml, exactly
+as a third party's do; their Hydra defaults are the framework's own conf/<group>/<name>.yaml."""
+
+from __future__ import annotations
+
+from mlops.flavors import Flavor
+from mlops.recipe import schema
+
+SKLEARN = Flavor("data_source", "sklearn", schema.SklearnData, "mlops.data._source:SklearnSource",
+                 description="A dataset bundled with scikit-learn.")
+FILE = Flavor("data_source", "file", schema.FileData, "mlops.data._source:FileSource",
+              description="One CSV or Parquet file, local or at any fsspec URL.")
+TABULAR_MLP = Flavor("model", "tabular_mlp", schema.TabularMLPConfig, "mlops.training._module:TabularMLP",
+                     description="An MLP over scaled numeric and one-hot categorical columns.")
+TRITON = Flavor("server", "triton", schema.ServingConfig, "mlops.serving._deploy:TritonServer",
+                description="NVIDIA Triton: python backend + onnxruntime here, onnxruntime_onnx in containers.")
+MLFLOW = Flavor("tracker", "mlflow", schema.MlflowTracking, "mlops.tracking._mlflow:MlflowTracker",
+                description="MLflow, sqlite under the state directory by default.")
+NEPTUNE = Flavor("tracker", "neptune", schema.NeptuneTracking, "mlops.tracking._neptune:NeptuneTracker",
+                 description="The neptune client, offline or against a self-hosted server.")
+WHYLOGS = Flavor("monitor", "whylogs", schema.WhylogsMonitoring, "mlops.monitoring._profiler:WhylogsProfiler",
+                 description="whylogs profiles: reference, batch constraints, traffic windows, drift.")
+NO_MONITORING = Flavor("monitor", "none", schema.NoMonitoring, "mlops.monitoring._profiler:no_profiler",
+                       description="No monitoring.")
+LOCAL_REGISTRY = Flavor("model_store", "local", schema.LocalRegistryConfig, "mlops.registry._registry:Registry",
+                        description="Immutable versions and aliases under the state directory.")
+LOCAL = Flavor("target", "local", schema.LocalTargetConfig, "mlops.targets._local:LocalTarget",
+               description="This machine: Prefect and the model server in the background.")
+AWS = Flavor("target", "aws", schema.AwsTargetConfig, "mlops.targets._aws:AwsTarget",
+             description="AWS through Pulumi's Automation API.")

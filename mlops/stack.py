@@ -1,0 +1,68 @@
+"""The Stack: the components a validated Config selects, each built from its registered flavor.
+
+Flows, targets, the plan preview and the CLI ask the stack for a role ("the tracker", "the data source"),
+never for a tool by name::
+
+    stack = Stack(cfg, project)
+    frame = stack.data_source.read(project)
+    tracker = stack.tracker()                 # one per run
+    store = stack.model_store                 # versions and aliases
+    stack.components                          # {"data_source": "file", "tracker": "mlflow", ...}
+
+Each component's implementation is imported on first use (mlops.flavors), so building a Stack is cheap.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlops.flavors import get
+from mlops.recipe.schema import Config
+
+if TYPE_CHECKING:
+    from mlops.data import DataSource
+    from mlops.monitoring import Profiler
+    from mlops.registry import Registry
+    from mlops.tracking import Tracker
+
+
+class Stack:
+    def __init__(self, cfg: Config, project: Path | str, state_dir: Path | str | None = None):
+        self.cfg = cfg
+        self.project = Path(project).resolve()
+        self.state_dir = Path(state_dir).resolve() if state_dir is not None else \
+            (self.project / cfg.target.state_dir).resolve()
+
+    @property
+    def components(self) -> dict[str, str]:
+        """Each component kind and the flavor the config chose for it: what runs."""
+        return self.cfg.components
+
+    def flavor(self, kind: str) -> Any:
+        return get(kind, self.components[kind])
+
+    @cached_property
+    def data_source(self) -> DataSource:
+        return self.flavor("data_source").load()(self.cfg.data)
+
+    def tracker(self) -> Tracker:
+        """A new tracker (one run each)."""
+        return self.flavor("tracker").load()(self.cfg.tracking, self.state_dir)
+
+    @cached_property
+    def monitor(self) -> Profiler | None:
+        """The profiler, or None when the recipe has no monitoring."""
+        return self.flavor("monitor").load()()
+
+    @cached_property
+    def model_store(self) -> Registry:
+        return self.flavor("model_store").load()(self.state_dir / "registry")
+
+    @cached_property
+    def target(self) -> Any:
+        return self.flavor("target").load()(self.cfg, self.project)
+
+
+__all__ = ["Stack"]

@@ -1,0 +1,1 @@
+"""JSON Lines flavors for mlops (a test plugin)."""
