@@ -193,9 +193,10 @@ def plan(
                 out.print(f"{mark} resource {r['type']} {r['name']}", markup=False)
         return
     from mlops.recipe import resolved_yaml
+    from mlops.targets import get_target
 
     cfg = _load(overrides)
-    p = build_plan(cfg, _project())
+    p = build_plan(cfg, _project(), get_target(cfg, _project()))
     if cfg.target.kind == "aws":
         from mlops.targets._aws import planned_resources
 
