@@ -341,9 +341,11 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
     assert isinstance(raw, dict)
     config = validated(raw, lambda: OmegaConf.to_container(cfg, resolve=True), chosen, locator, by_key)
     if check_data:
-        from mlops.data import check_columns
+        # heavy: pandas and fsspec (scikit-learn on a cold cache) on first use, so commands that skip the probe
+        # don't import them.
+        from mlops.recipe._probe import check_data as probe
 
-        data_problems = check_columns(config.data, project, cache_dir=project / config.target.state_dir / "cache")
+        data_problems = probe(config.data, project, cache_dir=project / config.target.state_dir / "cache")
         if data_problems:
             raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
     return config
