@@ -2,6 +2,9 @@
 
 Exit codes: 0 ok · 1 unexpected · 2 bad config or usage · 3 data failed validation ·
 4 a service failed · 5 target unavailable · 6 registry · 7 bad input rows.
+
+Each command imports the layers it uses inside its body (import cost: targets, serving and flows bring in
+pandas, Triton's client and Prefect), so `mlops --help` and the light commands start fast.
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ class LocalTarget:
         return f"http://{s.host}:{s.http_port}"
 
     def planned_services(self) -> list[dict[str, Any]]:
+        # heavy: mlops.serving (pandas, Triton's client) and mlops.flows (Prefect) are imported on first use in
+        # this class, so `import mlops.targets` stays cheap for the CLI.
         from mlops.serving import triton_live
 
         ext = _prefect.external_api_url()
