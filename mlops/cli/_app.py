@@ -2,6 +2,9 @@
 
 Exit codes: 0 ok · 1 unexpected · 2 bad config or usage · 3 data failed validation ·
 4 a service failed · 5 target unavailable · 6 registry · 7 bad input rows.
+
+Each command imports the layers it uses inside its body (import cost: targets, serving and flows bring in
+pandas, Triton's client and Prefect), so `mlops --help` and the light commands start fast.
 """
 
 from __future__ import annotations
@@ -193,9 +196,10 @@ def plan(
                 out.print(f"{mark} resource {r['type']} {r['name']}", markup=False)
         return
     from mlops.recipe import resolved_yaml
+    from mlops.targets import get_target
 
     cfg = _load(overrides)
-    p = build_plan(cfg, _project())
+    p = build_plan(cfg, _project(), get_target(cfg, _project()))
     if cfg.target.kind == "aws":
         from mlops.targets._aws import planned_resources
 

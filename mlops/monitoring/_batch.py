@@ -18,12 +18,11 @@ import pandas as pd
 
 from mlops.monitoring._profiler import BatchReport, make_profiler
 from mlops.recipe.schema import Config
+from mlops.registry import Registry
 
 
 def reference_profile(cfg: Config, state_dir: Path) -> Any | None:
     """The champion's training-data profile (or the latest version's), if any version exists."""
-    from mlops.registry import Registry
-
     reg = Registry(state_dir / "registry")
     versions = reg.versions(cfg.name)
     if not versions:

@@ -2,33 +2,43 @@
 
 Read-only: it probes health endpoints, reads the data to fingerprint it and looks the training key
 up in the registry, but starts and writes nothing. The compiled Plan itself is pure (golden-tested).
+The target comes from the caller (`mlops.targets.get_target`): targets sit above the plan and run it,
+so the plan asks for the role (:class:`PlanTarget`), never for a target module.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlops.plan._levels import compile_plan
+from mlops.recipe.keys import training_key
 from mlops.recipe.schema import Config
+from mlops.registry import Registry
+
+
+class PlanTarget(Protocol):
+    """What the preview needs of a target (LocalTarget and AwsTarget have it): its state folder and services."""
+
+    state_dir: Path
+
+    def planned_services(self) -> list[dict[str, Any]]:
+        """Each service `up` would start or reuse: name, action, url (read-only probes)."""
+        ...
 
 
 def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     """The key `up` would train under now: config that shapes the model + the data's fingerprint (read-only)."""
+    # heavy: pandas (and scikit-learn for a bundled dataset) on first use, not on `import mlops.plan`.
     from mlops.data import fingerprint, read_frame
-    from mlops.recipe.keys import training_key
 
     frame = read_frame(cfg.data, project, cache_dir=state_dir / "cache")
     return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
 
 
-def build_plan(cfg: Config, project: Path) -> dict[str, Any]:
-    """The compiled Plan as JSON, with what `up` would do now: `services` and each step's `action`."""
-    from mlops.registry import Registry
-    from mlops.targets import get_target
-
+def build_plan(cfg: Config, project: Path, target: PlanTarget) -> dict[str, Any]:
+    """The compiled Plan as JSON, with what `up` would do now on `target`: `services` and each step's `action`."""
     plan = compile_plan(cfg)
-    target = get_target(cfg, project)
     services = target.planned_services()
     key = current_training_key(cfg, project, target.state_dir)
     existing = Registry(target.state_dir / "registry").find(cfg.name, key)

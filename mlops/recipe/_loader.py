@@ -375,9 +375,10 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
     assert isinstance(raw, dict)
     config = validated(raw, lambda: OmegaConf.to_container(cfg, resolve=True), chosen, locator, by_key)
     if check_data:
-        from mlops.data import check_columns
-
-        data_problems = check_columns(config.data, project, cache_dir=project / config.target.state_dir / "cache")
+        # The data source is asked through the flavor registry (its implementation, and pandas, imported now):
+        # the recipe layer names the role, never the data package above it.
+        source = flavors("data_source")[config.data.source].load()(config.data)
+        data_problems = source.check(project, cache_dir=project / config.target.state_dir / "cache")
         if data_problems:
             raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
     return config

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import PredictError, ServiceError
+from mlops.features import categorical_strings, numeric_array
 
 
 def validate(signature: dict, frame: pd.DataFrame) -> None:
@@ -56,8 +57,6 @@ def validate(signature: dict, frame: pd.DataFrame) -> None:
 
 def to_inputs(signature: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The input tensors, encoded exactly as training encoded them (NaN kept for the model to impute)."""
-    from mlops.serving._export import categorical_strings, numeric_array
-
     return {
         spec["name"]: (numeric_array if spec["datatype"] == "FP32" else categorical_strings)(frame, spec["columns"])
         for spec in signature["inputs"]

@@ -13,7 +13,9 @@ import pandas as pd
 
 from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
-from mlops.serving import _repository, _server
+from mlops.registry import Registry, write_atomic
+from mlops.serving import _client, _repository, _server
+from mlops.serving._export import export_onnx
 
 
 def _repo(state_dir: Path) -> Path:
@@ -31,8 +33,7 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
     """
     out = state_dir / "exports" / cfg.name / str(version["version"])
     if not out.is_dir():
-        from mlops.registry import Registry
-        from mlops.serving._export import export_onnx
+        # heavy: torch and Lightning, imported on first use (status and predict don't need them).
         from mlops.training import load_module
 
         mv = Registry(state_dir / "registry").get(cfg.name, version["version"])
@@ -209,8 +210,6 @@ def _read_state(state_dir: Path, name: str) -> dict[str, Any]:
 
 
 def _write_state(state_dir: Path, name: str, state: dict[str, Any]) -> None:
-    from mlops.registry import write_atomic
-
     write_atomic(_state_path(state_dir, name), json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
@@ -253,8 +252,6 @@ def read_rows(path: Path) -> pd.DataFrame:
 
 def predict_rows(cfg: Config, project: Path, frame: pd.DataFrame) -> dict[str, Any]:
     """Score raw rows on the served version, after checking them against its signature."""
-    from mlops.serving import _client
-
     state_dir = (project / cfg.target.state_dir).resolve()
     name, url = cfg.serving.model_name, _url(cfg)
     if not triton_live(url):

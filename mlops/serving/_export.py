@@ -11,7 +11,6 @@ clients that only build inputs stay light.
 from __future__ import annotations
 
 import io
-import math
 import os
 import tempfile
 import warnings
@@ -23,6 +22,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from mlops.errors import PredictError
+from mlops.features import categorical_strings, numeric_array
 
 if TYPE_CHECKING:
     from mlops.training import TabularMLP
@@ -68,32 +68,6 @@ class Signature(_Frozen):
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=True)
-
-
-def _as_string(value: object) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return ""
-    # A NaN turns an int column into floats; 3.0 must still read as the "3" seen in training.
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def categorical_strings(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """The categorical columns as an object array of ``str`` ``[N, len(columns)]``; missing values become ""."""
-    values = frame[columns].to_numpy(dtype=object)
-    return np.array([_as_string(v) for v in values.ravel()], dtype=object).reshape(len(frame), len(columns))
-
-
-def numeric_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    """The numeric columns as float32 ``[N, len(columns)]``; missing values become NaN (the model imputes them)."""
-    try:
-        return frame[columns].to_numpy(dtype=np.float32, na_value=np.nan).reshape(len(frame), len(columns))
-    except (TypeError, ValueError) as e:
-        raise PredictError(
-            f"the numeric columns {columns} hold values that are not numbers ({e}); send numbers, or null for "
-            "a missing value."
-        ) from e
 
 
 def signature_to_frame_inputs(signature: Signature, frame: pd.DataFrame) -> dict[str, np.ndarray]:

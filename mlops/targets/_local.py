@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
 from mlops.targets import _prefect
 from mlops.targets._process import Service, wait_ports_free
@@ -26,6 +27,8 @@ class LocalTarget:
         return f"http://{s.host}:{s.http_port}"
 
     def planned_services(self) -> list[dict[str, Any]]:
+        # heavy: mlops.serving (pandas, Triton's client) and mlops.flows (Prefect) are imported on first use in
+        # this class, so `import mlops.targets` stays cheap for the CLI.
         from mlops.serving import triton_live
 
         ext = _prefect.external_api_url()
@@ -98,8 +101,6 @@ class LocalTarget:
         Level 1+: the runner (`mlops.flows._serve`) applies the Plan and serves it; it is restarted
         only when the Plan changed (its digest), so a repeated `up` is a no-op.
         """
-        from mlops.plan import compile_plan
-
         plan = compile_plan(self.cfg)
         spec, ready = self._runner_spec(), self._runner_spec().with_suffix(".ready")
         service = self.runner_service()
@@ -152,7 +153,6 @@ class LocalTarget:
 
     def up_to_date(self) -> dict[str, Any] | None:
         """What is served, if it is exactly what `up` would produce now: then there is nothing to run."""
-        from mlops.plan import current_training_key
         from mlops.registry import Registry
         from mlops.serving import served_models
 

@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlops.errors import DataError
+from mlops.features import categorical_strings, numeric_array
 from mlops.recipe.schema import DataConfig, ModelConfig
-from mlops.serving._export import categorical_strings, numeric_array
 from mlops.training._split import Split
 
 

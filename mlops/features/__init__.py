@@ -1,0 +1,8 @@
+"""Feature encoding: raw feature rows -> the arrays the model takes, the one way training and serving share.
+
+Below both training and serving (neither imports the other for it), and light: numpy and pandas only, no torch.
+"""
+
+from mlops.features._encode import categorical_strings, numeric_array
+
+__all__ = sorted(["categorical_strings", "numeric_array"])
