@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlops._atomic import fsync_path, fsync_tree, write_atomic
 from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
 from mlops.serving import _repository, _server
@@ -44,7 +45,9 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
             # The same model.onnx, laid out for a stock Triton container's onnxruntime backend.
             _repository.write_stock_repository(tmp / "triton-onnxruntime", cfg.serving.model_name, mv.version,
                                                tmp / "model.onnx", signature, cfg.serving)
+            fsync_tree(tmp)
             tmp.rename(out)
+            fsync_path(out.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -209,8 +212,6 @@ def _read_state(state_dir: Path, name: str) -> dict[str, Any]:
 
 
 def _write_state(state_dir: Path, name: str, state: dict[str, Any]) -> None:
-    from mlops.registry import write_atomic
-
     write_atomic(_state_path(state_dir, name), json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
