@@ -84,8 +84,8 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
         tmp = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=model_dir))
         try:
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
-            shutil.copyfile(onnx_path, tmp / "model.onnx")
-            shutil.copyfile(BACKEND_MODEL, tmp / "model.py")
+            _copy(onnx_path, tmp / "model.onnx")
+            _copy(BACKEND_MODEL, tmp / "model.py")
             _compile(tmp / "model.py")
             (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
             manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
@@ -323,6 +323,11 @@ def _locked(model_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _copy(src: Path, dst: Path) -> None:
+    # One function for publish's copies (fsynced with the folder by fsync_tree), so tests can break a copy.
+    shutil.copyfile(src, dst)
 
 
 def _replace_text(path: Path, text: str) -> None:
