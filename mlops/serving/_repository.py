@@ -31,10 +31,14 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops._atomic import fsync_path, fsync_tree, sha256_file, write_atomic
 from mlops.errors import RegistryError
 from mlops.recipe.schema import ServingConfig
+
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 BACKEND_MODEL = Path(__file__).with_name("_backend_model.py")
 # Signature dtypes as model_config_pb2.DataType names (the enum is imported lazily, see _model_config_pb2).
@@ -212,14 +216,14 @@ def stock_config(model_name: str, signature: dict, serving: ServingConfig) -> st
     return render_config(config)
 
 
-def render_config(config) -> str:
+def render_config(config: ModelConfig) -> str:
     """A ``ModelConfig`` message as config.pbtxt text (protobuf text format, as Triton parses it)."""
     from google.protobuf import text_format
 
     return text_format.MessageToString(config)
 
 
-def parse_config(text: str):
+def parse_config(text: str) -> ModelConfig:
     """config.pbtxt text as a ``tritonclient.grpc.model_config_pb2.ModelConfig`` message."""
     from google.protobuf import text_format
 
@@ -238,7 +242,7 @@ def write_stock_repository(
     return model_dir
 
 
-def _model_config(model_name: str, signature: dict, serving: ServingConfig):
+def _model_config(model_name: str, signature: dict, serving: ServingConfig) -> ModelConfig:
     """What the local and the stock config share (name, tensors, batching): one builder, so the two agree."""
     pb2 = _model_config_pb2()
     config = pb2.ModelConfig(name=model_name, max_batch_size=serving.max_batch_size)
