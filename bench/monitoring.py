@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.serving.run import body, free_ports, post, stats, train, wrk  # noqa: E402
 from mlops.monitoring import TrafficProfiler, WhylogsProfiler, make_profiler, windows  # noqa: E402
-from mlops.serving import _server, ensure_triton, publish, serve_version, stop_triton  # noqa: E402
+from mlops.serving import _repository, _server, ensure_triton, publish, serve_version, stop_triton  # noqa: E402
 
 GOAL = 0.97
 # label -> (model name, monitoring update)
@@ -92,8 +92,9 @@ def serving_bench(args, tmp: Path) -> dict:
         for k, c in cfgs.items():
             publish(c, state, 1, onnx, signature)
             serve_version(c, state, 1)
-            params = [ln.strip() for ln in (state / "triton" / "models" / c.serving.model_name / "config.pbtxt")
-                      .read_text().splitlines() if "mlops." in ln]
+            config = _repository.parse_config(
+                (state / "triton" / "models" / c.serving.model_name / "config.pbtxt").read_text())
+            params = [f"{k}: {v.string_value}" for k, v in sorted(config.parameters.items()) if k.startswith("mlops.")]
             print(f"  {c.serving.model_name:<11} ({DESCR[k]}): {len(params)} mlops.* parameters"
                   + "".join(f"\n      {p}" for p in params), flush=True)
 

@@ -184,14 +184,13 @@ def write_identity(repo: Path, serving, width: int) -> None:
     d = repo / "identity"
     (d / "1").mkdir(parents=True, exist_ok=True)
     (d / "1" / "model.py").write_text(IDENTITY)
-    preferred = ", ".join(map(str, serving.preferred_batch_sizes))
-    (d / "config.pbtxt").write_text(
-        f'name: "identity"\nbackend: "python"\nmax_batch_size: {serving.max_batch_size}\n'
-        f'input [ {{ name: "numeric" data_type: TYPE_FP32 dims: [ {width} ] }} ]\n'
-        f'output [ {{ name: "output" data_type: TYPE_FP32 dims: [ {width} ] }} ]\n'
-        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
-        f"max_queue_delay_microseconds: {serving.max_queue_delay_us} }}\n"
-        f"instance_group [ {{ count: {serving.instance_count} kind: KIND_CPU }} ]\n")
+    # The builder of our own config, so the floor batches exactly as the model it is compared with.
+    signature = {"inputs": [{"name": "numeric", "datatype": "FP32", "columns": list(range(width))}],
+                 "outputs": [{"name": "output", "datatype": "FP32", "dims": [width]}]}
+    config = _repository._model_config("identity", signature, serving)
+    config.backend = "python"
+    config.instance_group.add(count=serving.instance_count, kind="KIND_CPU")
+    (d / "config.pbtxt").write_text(_repository.render_config(config))
 
 
 def main() -> None:

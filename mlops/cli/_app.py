@@ -285,7 +285,7 @@ def schema(
 
     text = recipe_markdown() if markdown else json.dumps(recipe_json_schema(), indent=2) + "\n"
     if output:
-        from mlops.registry import write_atomic
+        from mlops._atomic import write_atomic
 
         write_atomic(output, text)
         err.print(f"wrote {output}")

@@ -79,7 +79,7 @@ def report(
     if html is not None:
         stored = windows(window_dir)
         latest = profiler.read(stored[-1][1]) if stored else None
-        from mlops.registry import write_atomic
+        from mlops._atomic import write_atomic
 
         write_atomic(html, render_html(f"{cfg.name}@{version}: drift", profiler, reference, latest, history,
                                        cfg.data.features, cfg.monitoring.drift))

@@ -103,13 +103,10 @@ def _sklearn_frame(name: str, cache_dir: Path | None, write_cache: bool) -> pd.D
 
     frame = getattr(datasets, f"load_{name}")(as_frame=True).frame
     if cached is not None and write_cache:
-        import io
+        from mlops._atomic import atomic_path
 
-        from mlops.registry import write_atomic
-
-        buf = io.BytesIO()
-        frame.to_parquet(buf, index=False)
-        write_atomic(cached, buf.getvalue())
+        with atomic_path(cached) as tmp:
+            frame.to_parquet(tmp, index=False)
     return frame
 
 

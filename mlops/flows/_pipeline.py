@@ -155,9 +155,10 @@ def _reference_profile(cfg: Config, dataset: dict[str, Any], train_dir: Path) ->
         os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
         import whylogs as why
 
-        tmp = train_dir / ".reference_profile.bin.tmp"
-        why.log(_split(cfg, dataset).train).view().write(str(tmp))
-        tmp.replace(path)
+        from mlops._atomic import atomic_path
+
+        with atomic_path(path) as tmp:
+            why.log(_split(cfg, dataset).train).view().write(str(tmp))
     return path
 
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlops._atomic import write_atomic
 from mlops.plan import Plan, compile_plan
 from mlops.recipe.schema import Config
 
@@ -141,9 +142,7 @@ async def _serve(spec_file: Path) -> None:
     runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments))
     for d in deployments:
         await runner.aadd_deployment(d)
-    tmp = spec_file.with_suffix(".ready.tmp")
-    tmp.write_text(plan.digest())
-    tmp.replace(spec_file.with_suffix(".ready"))
+    write_atomic(spec_file.with_suffix(".ready"), plan.digest())
     await runner.start()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlops._atomic import fsync_path, fsync_tree
 from mlops.monitoring._profiler import BatchReport, make_profiler
 from mlops.recipe.schema import Config
 from mlops.registry import Registry
@@ -71,8 +72,10 @@ def quarantine(state_dir: Path, model: str, key: str, payload: Path, problems: l
         "failures": [{"column": f.column, "constraint": f.constraint, "details": f.details}
                      for f in (report.failures if report else [])],
     }, indent=2, default=str))
+    fsync_tree(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     tmp.replace(dest)
+    fsync_path(dest.parent)
     return dest
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlops._atomic import atomic_path
 from mlops.recipe.schema import DataConfig, DriftConfig, MonitoringConfig
 
 
@@ -119,13 +120,10 @@ class WhylogsProfiler(Profiler):
         return int(first.get_metric("counts").n.value)
 
     def write(self, profile: Any, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with warnings.catch_warnings():
+        with atomic_path(path) as tmp, warnings.catch_warnings():
             # whylogs asks for its Writer API, which picks its own file names; we need this exact path.
             warnings.filterwarnings("ignore", message="please use a Writer", category=DeprecationWarning)
             profile.write(str(tmp))
-        tmp.replace(path)
 
     def read(self, path: Path) -> Any:
         from whylogs.core import DatasetProfileView

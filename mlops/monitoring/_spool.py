@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlops._atomic import atomic_path
+
 TIME_COLUMN = "__served_at__"
 
 
@@ -32,10 +34,9 @@ def write_chunk(spool: Path, columns: dict[str, np.ndarray], served_at: np.ndarr
     """One spool file, atomically: the worker never reads half of one."""
     spool.mkdir(parents=True, exist_ok=True)
     name = f"{time.time():.3f}-{os.getpid()}-{seq}.npz"
-    tmp = spool / f".{name}.tmp"
-    with open(tmp, "wb") as fh:
+    # The temporary name ends in .tmp, so drain's "*.npz" never picks up a file still being written.
+    with atomic_path(spool / name) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **columns, **{TIME_COLUMN: served_at})
-    tmp.replace(spool / name)
     return spool / name
 
 

@@ -1,5 +1,7 @@
 """Immutable model versions and aliases; see README.md in this folder."""
 
-from mlops.registry._registry import ModelVersion, Registry, RunLog, sha256_file, write_atomic
+# write_atomic and sha256_file live in mlops._atomic (their one owner); re-exported here for existing callers.
+from mlops._atomic import sha256_file, write_atomic
+from mlops.registry._registry import ModelVersion, Registry, RunLog
 
 __all__ = sorted(["ModelVersion", "Registry", "RunLog", "sha256_file", "write_atomic"])

@@ -17,7 +17,6 @@ so a reader never sees half a version; numbers are allocated under a lock.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -30,31 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlops._atomic import fsync_path, fsync_tree, sha256_file, write_atomic
 from mlops.errors import RegistryError
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see the old content or the new, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -146,7 +122,9 @@ class Registry:
                 (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
                 for p in tmp.iterdir():
                     p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                fsync_tree(tmp)  # the files are on disk before the rename publishes them
                 os.rename(tmp, vdir / str(number))
+                fsync_path(vdir)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise

@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from mlops._atomic import fsync_path, fsync_tree, write_atomic
 from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
 from mlops.registry import Registry, write_atomic
@@ -45,7 +46,9 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
             # The same model.onnx, laid out for a stock Triton container's onnxruntime backend.
             _repository.write_stock_repository(tmp / "triton-onnxruntime", cfg.serving.model_name, mv.version,
                                                tmp / "model.onnx", signature, cfg.serving)
+            fsync_tree(tmp)
             tmp.rename(out)
+            fsync_path(out.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -11,8 +11,6 @@ clients that only build inputs stay light.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from mlops._atomic import write_atomic
 from mlops.errors import PredictError
 from mlops.features import categorical_strings, numeric_array
 
@@ -211,13 +210,5 @@ def export_onnx(module: TabularMLP, path: Path) -> Signature:
     onnx.helper.set_model_props(model, {SIGNATURE_KEY: signature.to_json()})
     onnx.checker.check_model(model)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, model.SerializeToString())
     return signature

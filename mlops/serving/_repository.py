@@ -31,12 +31,17 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from mlops._atomic import fsync_path, fsync_tree, sha256_file, write_atomic
 from mlops.errors import RegistryError
-from mlops.registry import sha256_file
 from mlops.recipe.schema import ServingConfig
 
+if TYPE_CHECKING:
+    from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 BACKEND_MODEL = Path(__file__).with_name("_backend_model.py")
+# Signature dtypes as model_config_pb2.DataType names (the enum is imported lazily, see _model_config_pb2).
 _TRITON_TYPE = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
 
 
@@ -86,14 +91,14 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
             _copy(onnx_path, tmp / "model.onnx")
             _copy(BACKEND_MODEL, tmp / "model.py")
             _compile(tmp / "model.py")
-            _write(tmp / "signature.json", _canonical(signature))
+            (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
             manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
-            _write(tmp / MANIFEST, manifest_text + "\n")
-            _write(tmp / COMMITTED, _sha256_text(manifest_text + "\n") + "\n")
-            _fsync_dir(tmp)
+            (tmp / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
+            (tmp / COMMITTED).write_text(_sha256_text(manifest_text + "\n") + "\n", encoding="utf-8")
+            fsync_tree(tmp)  # on disk before the rename gives the version its number
             verify(tmp)  # a copy corrupted on the way is caught here, before it has a version number
             os.rename(tmp, version_dir)
-            _fsync_dir(model_dir)
+            fsync_path(model_dir)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     verify(version_dir)
@@ -186,42 +191,43 @@ def local_config(model_name: str, versions: int | Sequence[int], signature: dict
     Triton answers a request that names no version with the highest loaded one,
     so the first of ``versions`` (the champion) must be the highest.
     """
+    pb2 = _model_config_pb2()
     versions = [versions] if isinstance(versions, int) else list(versions)
-    return "\n".join(
-        [
-            f'name: "{model_name}"',
-            'backend: "python"',
-            f"max_batch_size: {serving.max_batch_size}",
-            f"version_policy: {{ specific: {{ versions: [ {', '.join(map(str, versions))} ] }} }}",
-            *_tensors(signature),
-            _dynamic_batching(serving),
-            f"instance_group [ {{ count: {serving.instance_count} kind: KIND_CPU }} ]",
-            f'parameters: {{ key: "intra_op_threads" value: {{ string_value: "{serving.intra_op_threads}" }} }}',
-            *(f'parameters: {{ key: "mlops.{k}" value: {{ string_value: "{v}" }} }}'
-              for k, v in sorted((monitoring or {}).items())),
-            "",
-        ]
-    )
+    config = _model_config(model_name, signature, serving)
+    config.backend = "python"
+    config.version_policy.specific.versions.extend(versions)
+    config.instance_group.add(count=serving.instance_count, kind=pb2.ModelInstanceGroup.KIND_CPU)
+    config.parameters["intra_op_threads"].string_value = str(serving.intra_op_threads)
+    for key, value in (monitoring or {}).items():
+        config.parameters[f"mlops.{key}"].string_value = str(value)
+    return render_config(config)
 
 
 def stock_config(model_name: str, signature: dict, serving: ServingConfig) -> str:
     """config.pbtxt for a stock Triton container: its onnxruntime backend reads model.onnx directly."""
-    return "\n".join(
-        [
-            f'name: "{model_name}"',
-            'platform: "onnxruntime_onnx"',
-            'default_model_filename: "model.onnx"',
-            f"max_batch_size: {serving.max_batch_size}",
-            *_tensors(signature),
-            _dynamic_batching(serving),
-            # No `kind`: KIND_AUTO puts the instances on a GPU when the
-            # container has one, which is why one would run a stock Triton.
-            f"instance_group [ {{ count: {serving.instance_count} }} ]",
-            f'parameters: {{ key: "intra_op_thread_count" value: {{ string_value: "{serving.intra_op_threads}" }} }}',
-            'parameters: { key: "inter_op_thread_count" value: { string_value: "1" } }',
-            "",
-        ]
-    )
+    config = _model_config(model_name, signature, serving)
+    config.platform = "onnxruntime_onnx"
+    config.default_model_filename = "model.onnx"
+    # No `kind`: KIND_AUTO puts the instances on a GPU when the
+    # container has one, which is why one would run a stock Triton.
+    config.instance_group.add(count=serving.instance_count)
+    config.parameters["intra_op_thread_count"].string_value = str(serving.intra_op_threads)
+    config.parameters["inter_op_thread_count"].string_value = "1"
+    return render_config(config)
+
+
+def render_config(config: ModelConfig) -> str:
+    """A ``ModelConfig`` message as config.pbtxt text (protobuf text format, as Triton parses it)."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(config)
+
+
+def parse_config(text: str) -> ModelConfig:
+    """config.pbtxt text as a ``tritonclient.grpc.model_config_pb2.ModelConfig`` message."""
+    from google.protobuf import text_format
+
+    return text_format.Parse(text, _model_config_pb2().ModelConfig())
 
 
 def write_stock_repository(
@@ -236,30 +242,27 @@ def write_stock_repository(
     return model_dir
 
 
-def _tensors(signature: dict) -> list[str]:
+def _model_config(model_name: str, signature: dict, serving: ServingConfig) -> ModelConfig:
+    """What the local and the stock config share (name, tensors, batching): one builder, so the two agree."""
+    pb2 = _model_config_pb2()
+    config = pb2.ModelConfig(name=model_name, max_batch_size=serving.max_batch_size)
     # The batch dimension is implied by max_batch_size > 0, so dims list the
     # columns only: a request of shape [n, len(columns)] is accepted.
-    inputs = [
-        f'  {{ name: "{i["name"]}" data_type: {_TRITON_TYPE[i["datatype"]]} dims: [ {len(i["columns"])} ] }}'
-        for i in signature["inputs"]
-    ]
-    outputs = [
-        f'  {{ name: "{o["name"]}" data_type: {_TRITON_TYPE[o["datatype"]]} dims: [ {_dims(o)} ] }}'
-        for o in signature["outputs"]
-    ]
-    return ["input [", ",\n".join(inputs), "]", "output [", ",\n".join(outputs), "]"]
+    for i in signature["inputs"]:
+        config.input.add(name=i["name"], data_type=_TRITON_TYPE[i["datatype"]], dims=[len(i["columns"])])
+    for o in signature["outputs"]:
+        config.output.add(name=o["name"], data_type=_TRITON_TYPE[o["datatype"]], dims=list(o["dims"]))
+    config.dynamic_batching.SetInParent()  # present even when empty: its presence turns dynamic batching on
+    config.dynamic_batching.preferred_batch_size.extend(serving.preferred_batch_sizes)
+    config.dynamic_batching.max_queue_delay_microseconds = serving.max_queue_delay_us
+    return config
 
 
-def _dims(output: dict) -> str:
-    return ", ".join(map(str, output["dims"]))
+def _model_config_pb2():
+    # Imported when a config is built, not with the module: tritonclient.grpc brings grpc (~0.13 s).
+    from tritonclient.grpc import model_config_pb2
 
-
-def _dynamic_batching(serving: ServingConfig) -> str:
-    preferred = ", ".join(map(str, serving.preferred_batch_sizes))
-    return (
-        f"dynamic_batching {{ preferred_batch_size: [ {preferred} ] "
-        f"max_queue_delay_microseconds: {serving.max_queue_delay_us} }}"
-    )
+    return model_config_pb2
 
 
 def _check_version(version: int) -> None:
@@ -327,35 +330,11 @@ def _locked(model_dir: Path) -> Iterator[None]:
 
 
 def _copy(src: Path, dst: Path) -> None:
+    # One function for publish's copies (fsynced with the folder by fsync_tree), so tests can break a copy.
     shutil.copyfile(src, dst)
-    with open(dst, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _write(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _replace_text(path: Path, text: str) -> None:
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)

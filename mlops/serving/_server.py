@@ -27,8 +27,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlops._atomic import write_atomic
 from mlops.errors import ServiceError
 from mlops.recipe.schema import ServingConfig
+from mlops.serving import _repository
 
 EXIT_TIMEOUT_S = 5
 DRAIN_TIMEOUT_S = 10.0
@@ -127,8 +129,8 @@ class TritonServer:
                 cwd=runtime,
                 start_new_session=True,
             )
-        _write_atomic(self.pid_path, f"{proc.pid}\n")
-        _write_atomic(self.info_path, json.dumps({"pid": proc.pid, **info}, indent=2) + "\n")
+        write_atomic(self.pid_path, f"{proc.pid}\n")
+        write_atomic(self.info_path, json.dumps({"pid": proc.pid, **info}, indent=2) + "\n")
 
         base = f"http://{serving.host}:{serving.http_port}"
         checks = [("/v2/health/live", "live")] + ([("/v2/health/ready", "ready")] if models else [])
@@ -257,7 +259,7 @@ class TritonServer:
                 os.rename(tmp / name, old)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        _write_atomic(stamp_path, stamp)
+        write_atomic(stamp_path, stamp)
         return self.runtime_dir
 
 
@@ -298,7 +300,8 @@ def drain(repo: Path, url: str, timeout: float = DRAIN_TIMEOUT_S, quiet_s: float
     model_dir = Path(repo) / DRAIN_MODEL
     (model_dir / "1").mkdir(parents=True, exist_ok=True)
     # No such backend: the load fails at once, without starting a python stub.
-    _write_atomic(model_dir / "config.pbtxt", f'name: "{DRAIN_MODEL}"\nbackend: "mlops_draining"\nmax_batch_size: 0\n')
+    config = _repository._model_config_pb2().ModelConfig(name=DRAIN_MODEL, backend="mlops_draining", max_batch_size=0)
+    write_atomic(model_dir / "config.pbtxt", _repository.render_config(config))
     t0 = time.monotonic()
     try:
         _query(url, lambda c: c.load_model(DRAIN_MODEL))
@@ -474,8 +477,3 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+from mlops._atomic import write_atomic
 from mlops.recipe.schema import Config
 from mlops.training._module import TabularDataModule, TabularMLP
 from mlops.training._split import Split
@@ -62,16 +62,6 @@ def _tabular_run() -> Iterator[None]:
     finally:
         torch.set_num_threads(threads)
 
-
-def _write_atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fit(
@@ -128,7 +118,7 @@ def fit(
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             os.replace(best.best_model_path, checkpoint)
-            _write_atomic(out_dir / HISTORY, lambda f: json.dump(history.rows, f, indent=2))
+            write_atomic(out_dir / HISTORY, json.dumps(history.rows, indent=2))
     finally:
         if trainer.is_global_zero:
             shutil.rmtree(work, ignore_errors=True)
