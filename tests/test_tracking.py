@@ -307,7 +307,8 @@ def test_neptune_offline_resume_run_is_synced_as_the_same_run(tmp_path, monkeypa
     (container,) = collect_offline_containers(path=tmp_path / "state" / "neptune" / ".neptune")
     assert container.container_id == run_id and len(container.execution_dirs) == 2
     def ops(folder: Path) -> list[dict]:
-        return [json.loads(line)["obj"] for log in sorted(folder.glob("data-*.log")) for line in log.read_text().splitlines()]
+        return [json.loads(line)["obj"] for log in sorted(folder.glob("data-*.log"))
+                for line in log.read_text().splitlines()]
 
     by_folder = {d.path: ops(d.path) for d in container.execution_dirs}
     (second,) = [f for f, o in by_folder.items() if ["metrics", "test_acc"] in [op["path"] for op in o]]
