@@ -260,3 +260,66 @@ def test_neptune_async_without_a_usable_server_fails_before_connecting(tmp_path,
         tracker.start_run("x", {})
     assert str(err.value) == message
     assert not (tmp_path / "state").exists()
+
+
+# ---------------------------------------------------------------- a run reopened by another tracker (level 0)
+def test_mlflow_resume_run_logs_into_the_run_and_ends_it(mlflow_state):
+    trainer = _mlflow(mlflow_state, "resume")
+    run_id = trainer.start_run("train", {})
+    trainer.log_metrics({"val_loss": 0.5}, step=1)
+    trainer.leave_run()
+    client = trainer.client
+    assert client.get_run(run_id).info.status == "RUNNING"
+    with pytest.raises(RuntimeError, match=r"call start_run\(\) first"):
+        trainer.log_metrics({"x": 1.0})  # left: this tracker no longer writes to it
+
+    later = _mlflow(mlflow_state, "resume")  # as `mlops run evaluate` would, in a process of its own
+    later.resume_run(run_id)
+    later.log_metrics({"test_acc": 0.9})
+    later.log_dict({"key": "k"}, "lineage.json")
+    later.end_run("FINISHED")
+    run = client.get_run(run_id)
+    assert (run.info.status, run.data.metrics) == ("FINISHED", {"val_loss": 0.5, "test_acc": 0.9})
+    assert json.loads((mlflow_state.resolve() / "mlartifacts" / run_id / "artifacts" / "lineage.json").read_text()) \
+        == {"key": "k"}
+    assert len(client.search_runs([client.get_experiment_by_name("resume").experiment_id])) == 1
+    with pytest.raises(LookupError, match="no MLflow run 0123456789abcdef"):
+        _mlflow(mlflow_state, "resume").resume_run("0123456789abcdef")
+
+
+def test_neptune_offline_resume_run_is_synced_as_the_same_run(tmp_path, monkeypatch):
+    from neptune.cli.collect import collect_offline_containers
+
+    monkeypatch.chdir(tmp_path)
+    trainer = _neptune(tmp_path)
+    run_id = trainer.start_run("churn-train", {"maturity": "0"})
+    trainer.log_metrics({"val_loss": 0.5}, step=1)
+    trainer.leave_run()
+
+    later = _neptune(tmp_path)
+    later.resume_run(run_id)
+    assert later.run_id == run_id
+    later.log_metrics({"test_acc": 0.9})
+    later.log_dict({"key": "k"}, "lineage.json")
+    later.end_run("FINISHED")
+
+    # `neptune sync` groups the offline folders by run id: one run, both folders replayed into it.
+    (container,) = collect_offline_containers(path=tmp_path / "state" / "neptune" / ".neptune")
+    assert container.container_id == run_id and len(container.execution_dirs) == 2
+    def ops(folder: Path) -> list[dict]:
+        return [json.loads(line)["obj"] for log in sorted(folder.glob("data-*.log"))
+                for line in log.read_text().splitlines()]
+
+    by_folder = {d.path: ops(d.path) for d in container.execution_dirs}
+    (second,) = [f for f, o in by_folder.items() if ["metrics", "test_acc"] in [op["path"] for op in o]]
+    (first,) = set(by_folder) - {second}
+    # The reopened part writes only its own keys: nothing replayed from it overwrites train's name or sys/failed.
+    assert [op["path"] for op in by_folder[second]] == [["metrics", "test_acc"], ["artifacts", "lineage.json"]]
+    assert {"type": "AssignString", "path": ["sys", "name"], "value": "churn-train"} in by_folder[first]
+    assert ["metrics", "val_loss"] in [op["path"] for op in by_folder[first]]
+    ops = by_folder[second]
+    (upload,) = [op for op in ops if op["path"] == ["artifacts", "lineage.json"]]
+    assert json.loads((second / "upload_path" / upload["tmp_file_name"]).read_text()) == {"key": "k"}
+    assert not (tmp_path / ".neptune").exists()
+    with pytest.raises(LookupError, match="no offline Neptune run 0000"):
+        _neptune(tmp_path).resume_run("0000")

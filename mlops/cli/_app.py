@@ -324,6 +324,15 @@ def predict(
 def main() -> None:
     import click
 
+    try:  # typer 0.2x runs a copy of click of its own (typer._click): its errors are not click's classes
+        from typer._click.exceptions import ClickException, UsageError
+    except ImportError:  # older typer runs click itself
+        from click import ClickException, UsageError
+    exits = (click.exceptions.Exit, typer.Exit)
+    usage = (click.UsageError, UsageError)
+    click_errors = (click.ClickException, ClickException)
+    aborts = (click.Abort, typer.Abort, KeyboardInterrupt)
+
     # jsonschema (imported by Prefect) loads rfc3987_syntax if present, which compiles a lark grammar
     # at import: 2-4 s on every command, for IRI format checks we never use. Mark it absent.
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
@@ -337,11 +346,11 @@ def main() -> None:
         err.print(f"[bold red]mlops: {exc.title}[/]")
         err.print(str(exc), markup=False)
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except exits as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except click_errors as exc:
         exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+        sys.exit(2 if isinstance(exc, usage) else exc.exit_code)
+    except aborts:
         err.print("aborted")
         sys.exit(130)

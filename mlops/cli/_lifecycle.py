@@ -133,6 +133,15 @@ def run(step: Annotated[str, typer.Argument(help="ingest | validate | train | ev
     from mlops.targets import _prefect, get_target
 
     cfg = _load(overrides)
+    if cfg.target.kind != "local":
+        # target=aws provisions the stack with Pulumi (`mlops up`); nothing in it runs a single step remotely.
+        given = [o for o in overrides or [] if o.split("=")[0] == "target"]
+        again = " ".join(["mlops run", step, *(o for o in overrides or [] if o not in given), "target=local"])
+        raise ConfigError([Problem(
+            "target", f"is {cfg.target.kind}, and `mlops run {step}` runs a step on this machine only: "
+            f"target={cfg.target.kind} provisions the stack's infrastructure with Pulumi (`mlops up target="
+            f"{cfg.target.kind}`, offline with `mlops plan target={cfg.target.kind}`) and runs no pipeline step",
+            f"override '{given[-1]}'" if given else "command line", f"run the step here: `{again}`")])
     target = get_target(cfg, _project())
     target._ensure_prefect()
     os.environ.update(_prefect.prefect_env(cfg, target.state_dir))

@@ -74,9 +74,11 @@ def show(
     cfg = _load([f"stack={name}", *(overrides or [])], check_data=False)
     if pulumi_config:
         from mlops.infra import InfraSpec
+        from mlops.infra.programs import program_for
 
-        out.print(yaml.safe_dump({"config": {"mlops:spec": InfraSpec.from_config(cfg).to_json()}}, sort_keys=False),
-                  markup=False)
+        spec = InfraSpec.from_config(cfg)
+        program_for(spec.program)  # a spec naming no program would only fail later, in `pulumi up`
+        out.print(yaml.safe_dump({"config": {"mlops:spec": spec.to_json()}}, sort_keys=False), markup=False)
         return
     levels = _levels(name, overrides or [])
     data = {"name": cfg.stack.name, "description": cfg.stack.description, "pulumi_project": cfg.stack.pulumi_project,

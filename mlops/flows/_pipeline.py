@@ -26,6 +26,7 @@ from rich.console import Console
 
 from mlops.recipe.keys import config_hash, training_key
 from mlops.recipe.schema import Config
+from mlops.tracking import RunStatus, make_tracker
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -458,6 +459,24 @@ def _work(state_dir: str, name: str) -> Path:
     return Path(state_dir) / "work" / f"{name}.json"
 
 
+def _end_open_runs(status: RunStatus) -> None:
+    while _open_runs:
+        _open_runs.popitem()[1].end_run(status)
+
+
+def _reopen_run(cfg: Config, state_dir: str, trained: dict[str, Any]) -> None:
+    """Level 0: each step is a process of its own, so evaluate and register reopen the run train left open."""
+    run_id = trained["tracking_run_id"]
+    tracker = make_tracker(cfg.tracking, Path(state_dir))
+    try:
+        tracker.resume_run(run_id)
+    except LookupError as exc:  # e.g. tracking.* changed since train: the registry still keeps the metrics
+        console.print(f"  ! tracking run {run_id} of `mlops run train` not found <tracking.flavor="
+                      f"{cfg.tracking.flavor}>, so nothing is logged to it: {exc}", markup=False)
+        return
+    _open_runs[run_id] = tracker
+
+
 @flow(name="mlops-step", log_prints=False, validate_parameters=False)
 def step_flow(config: dict[str, Any] | Config, project: str, state_dir: str, step: str) -> dict[str, Any]:
     """Level 0: one step by hand (`mlops run <step>`); each step reads what the previous one left."""
@@ -485,14 +504,27 @@ def step_flow(config: dict[str, Any] | Config, project: str, state_dir: str, ste
     elif step == "train":
         try:
             work["trained"] = result = _run("train", train, cfg, work["dataset"], state_dir, False)
-        finally:
-            while _open_runs:
-                _open_runs.popitem()[1].end_run("FINISHED")
+        except BaseException:
+            _end_open_runs("FAILED")
+            raise
+        while _open_runs:  # left open: `mlops run evaluate` and `register` log into it, and register ends it
+            _open_runs.popitem()[1].leave_run()
         work.pop("metrics", None)
     elif step == "evaluate":
-        work["metrics"] = result = _run("evaluate", evaluate, cfg, work["dataset"], work["trained"])
+        _reopen_run(cfg, state_dir, work["trained"])
+        try:
+            work["metrics"] = result = _run("evaluate", evaluate, cfg, work["dataset"], work["trained"])
+        except BaseException:
+            _end_open_runs("FAILED")
+            raise
+        while _open_runs:
+            _open_runs.popitem()[1].leave_run()
     else:
-        result = _run("register", register, cfg, work["dataset"], work["trained"], work["metrics"], state_dir)
+        _reopen_run(cfg, state_dir, work["trained"])
+        try:  # register logs lineage.json into the run and ends it FINISHED
+            result = _run("register", register, cfg, work["dataset"], work["trained"], work["metrics"], state_dir)
+        finally:
+            _end_open_runs("FAILED")
         if result["new"]:
             Registry(Path(state_dir) / "registry").set_status(cfg.name, result["version"], "registered")
     write_atomic(wp, json.dumps(work, indent=2, default=str))

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mlops.errors import ConfigError, Problem
 from mlops.recipe.schema import Config, StackParameters
 
 COMPONENTS = ("store", "tracking", "data_schedule", "training", "orchestration", "serving", "monitoring")
@@ -66,7 +67,11 @@ class InfraSpec:
     @classmethod
     def from_config(cls, cfg: Config, level: int | None = None) -> InfraSpec:
         if cfg.stack.pulumi_project is None:
-            raise ValueError(f"stack {cfg.stack.name!r} names no Pulumi project (stack.pulumi_project)")
+            raise ConfigError([Problem(
+                "stack.pulumi_project", f"is null in stack {cfg.stack.name!r}: it provisions nothing, so there is no "
+                "Pulumi program, spec or `mlops:spec` config for it",
+                f"stack={cfg.stack.name}", "`mlops stack list` shows the stacks with a Pulumi project, e.g. "
+                "stack=reasonable-scale")])
         lv = cfg.maturity.level if level is None else level
         p = cfg.stack.parameters
         return cls(

@@ -14,6 +14,7 @@ from importlib import metadata
 import pulumi
 import pulumi_aws as aws
 
+from mlops.errors import ConfigError, Problem
 from mlops.infra._spec import InfraSpec
 from mlops.infra.aws import (
     Account, ArtifactStore, DataSchedule, Monitoring, Network, Orchestration, RuntimeImage, TrainingCompute,
@@ -107,7 +108,9 @@ def program_for(name: str) -> Callable[[InfraSpec], None]:
         if ep.name == name:
             return ep.load()
     known = sorted({*PROGRAMS, *(ep.name for ep in metadata.entry_points(group=ENTRY_POINTS))})
-    raise KeyError(f"no Pulumi program {name!r}; registered: {', '.join(known)}")
+    raise ConfigError([Problem("stack.pulumi_project", f"names no registered Pulumi program; got {name!r}, "
+                               f"registered: {', '.join(known)}", "",
+                               f"register one under the `{ENTRY_POINTS}` entry point, or pick a listed one")])
 
 
 def run_from_pulumi_config() -> None:

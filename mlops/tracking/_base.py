@@ -23,6 +23,10 @@ Python::
         tracker.end_run("FAILED")
         raise
     tracker.end_run("FINISHED")
+
+A run can outlive its process: ``leave_run()`` lets go of it still open, and a
+later process logs into it after ``resume_run(run_id)`` (``mlops run train``,
+then ``mlops run evaluate``, then ``mlops run register``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,16 @@ class Tracker(ABC):
     @abstractmethod
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
         """Open a new run and return its id."""
+
+    @abstractmethod
+    def resume_run(self, run_id: str) -> None:
+        """Reopen the run ``run_id`` (from ``start_run``, maybe in another process): what is logged next
+        lands in it, and ``end_run`` ends it. Level 0 trains, evaluates and registers in three processes.
+        Raises LookupError if the backend has no such run."""
+
+    @abstractmethod
+    def leave_run(self) -> None:
+        """Stop writing to the run without ending it; it stays open for a later ``resume_run``."""
 
     @abstractmethod
     def log_params(self, params: Mapping[str, Any]) -> None:

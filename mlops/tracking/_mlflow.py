@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 
 from mlops.tracking._base import RunStatus, Tracker, flatten_params, json_text
 
@@ -61,6 +62,16 @@ class MlflowTracker(Tracker):
         run = self.client.create_run(self._experiment_id(), run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         return self.run_id
+
+    def resume_run(self, run_id: str) -> None:
+        # The client logs to any run by id, whichever process created it; get_run checks that it exists.
+        try:
+            self.run_id = self.client.get_run(run_id).info.run_id
+        except MlflowException as exc:
+            raise LookupError(f"no MLflow run {run_id} in {self.uri}: {exc.message}") from exc
+
+    def leave_run(self) -> None:
+        self.run_id = None
 
     def _experiment_id(self) -> str:
         exp = self.client.get_experiment_by_name(self.cfg.experiment)

@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 
 import neptune
 from neptune.common.warnings import NeptuneWarning
+from neptune.exceptions import NeptuneException
 from neptune.types import File
 
 from mlops.errors import TargetUnavailable
@@ -71,6 +72,55 @@ class NeptuneTracker(Tracker):
         # Offline runs get no sys/id; their UUID is what names their folder on disk.
         self.run_id = run["sys/id"].fetch() if self.cfg.mode in ("async", "sync") else str(run._id)
         return self.run_id
+
+    def resume_run(self, run_id: str) -> None:
+        if self.cfg.mode == "offline":
+            run = self._reopen_offline(run_id)
+        elif self.cfg.mode == "debug":
+            # debug keeps nothing once its process ends: train's run is gone, so this is a new (also kept-nothing) run.
+            with _env(_DATA_DIR_ENV, str(self.data_dir)):
+                run = neptune.init_run(project=self.cfg.project, mode="debug", source_files=[])
+        else:
+            token = self._check_server()
+            try:
+                run = neptune.init_run(project=self.cfg.project, mode=self.cfg.mode, api_token=token,
+                                       with_id=run_id)
+            except NeptuneException as exc:
+                raise LookupError(f"no Neptune run {run_id} in project {self.cfg.project}: {exc}") from exc
+        self.run, self.run_id = run, run_id
+
+    def _reopen_offline(self, run_id: str) -> neptune.Run:
+        """Another part of the offline run ``run_id``, which `neptune sync` uploads as that same run.
+
+        neptune cannot resume an offline run (its offline backend answers ``with_id`` with RunNotFound),
+        but sync groups the folders under ``offline/`` by the run UUID in their names
+        (``run__<uuid>__<pid>__<random>``; neptune/cli/collect.py) and replays each into one run. So
+        this opens a run under train's UUID in a folder of its own. It writes no initial attributes
+        (name, tags, sys/failed=False): sync replays the folders in directory order, and these must not
+        overwrite train's. Needs neptune 1.x internals (pinned; the 1.x client is in maintenance).
+        """
+        if not list((self.data_dir / "offline").glob(f"run__{run_id}__*")):
+            raise LookupError(f"no offline Neptune run {run_id} under {self.data_dir / 'offline'}")
+        from neptune.internal.backends.api_model import ApiExperiment
+        from neptune.internal.container_type import ContainerType
+        from neptune.internal.id_formats import SysId, UniqueId
+
+        class Reopened(neptune.Run):
+            def _get_or_create_api_object(self) -> ApiExperiment:
+                project = self._project_api_object
+                return ApiExperiment(id=UniqueId(run_id), type=ContainerType.RUN, sys_id=SysId(f"OFFLINE-{run_id}"),
+                                     workspace=project.workspace, project_name=project.name)
+
+            def _write_initial_attributes(self) -> None:
+                pass
+
+        with _env(_DATA_DIR_ENV, str(self.data_dir)):
+            return Reopened(project=self.cfg.project, mode="offline", source_files=[], capture_stdout=False,
+                            capture_stderr=False, capture_hardware_metrics=False, capture_traceback=False)
+
+    def leave_run(self) -> None:
+        self._run().stop()  # flushes what was logged; a neptune run has no status to leave open
+        self.run = self.run_id = None
 
     def _check_server(self) -> str:
         """The token, once it is known to point at the server named by ``server_url_env``.
