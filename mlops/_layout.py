@@ -1,0 +1,118 @@
+"""The state directory's layout: the one place that spells out where each piece of a project's state lives.
+
+Every module asks this for a path instead of joining strings onto ``state_dir``, so a move is one edit here::
+
+    layout = Layout(state_dir)
+    layout.registry                       # immutable model versions and aliases
+    layout.snapshot(name, fingerprint)    # one validated dataset snapshot
+
+    <state_dir>/
+      registry/            model versions (mlops.registry)
+      datasets/<model>/    snapshots (<fingerprint>.parquet) and their index.json
+      training/<model>/<key>/   checkpoints and history of one training key
+      exports/<model>/<version>/  model.onnx, signature, the stock server repository
+      work/<model>.json    level 0: what `mlops run <step>` left for the next step
+      runs/                the run history (`mlops runs`)
+      monitoring/<model>/<version>/  traffic windows, spool, judged.json
+      quarantine/<model>/  batches and windows that failed validation, with reports
+      cache/               local copies of slow sources (bundled datasets)
+      pids/ logs/          background services (one .pid and one .log each)
+      runner/<model>.json  the Prefect runner's spec (+ .ready with the Plan digest)
+      prefect/ triton/ pulumi/ neptune/ mlflow.db mlartifacts/   each tool's own files
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    def __init__(self, root: Path | str):
+        object.__setattr__(self, "root", Path(root))
+
+    # ---------------------------------------------------------------- models and data
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    def datasets(self, model: str) -> Path:
+        return self.root / "datasets" / model
+
+    def snapshot(self, model: str, fingerprint: str) -> Path:
+        return self.datasets(model) / f"{fingerprint.removeprefix('sha256:')[:20]}.parquet"
+
+    def snapshot_index(self, model: str) -> Path:
+        return self.datasets(model) / "index.json"
+
+    def training(self, model: str, key: str) -> Path:
+        return self.root / "training" / model / key
+
+    def export(self, model: str, version: int | str) -> Path:
+        return self.root / "exports" / model / str(version)
+
+    def work(self, model: str) -> Path:
+        return self.root / "work" / f"{model}.json"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    # ---------------------------------------------------------------- monitoring
+    def monitoring(self, model: str, version: int | str) -> Path:
+        return self.root / "monitoring" / model / str(version)
+
+    def windows(self, model: str, version: int | str) -> Path:
+        return self.monitoring(model, version) / "windows"
+
+    def judged(self, model: str, version: int | str) -> Path:
+        return self.monitoring(model, version) / "judged.json"
+
+    def quarantine(self, model: str) -> Path:
+        return self.root / "quarantine" / model
+
+    # ---------------------------------------------------------------- services
+    def pid(self, service: str) -> Path:
+        return self.root / "pids" / f"{service}.pid"
+
+    def log(self, service: str) -> Path:
+        return self.root / "logs" / f"{service}.log"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    def runner_spec(self, model: str) -> Path:
+        return self.root / "runner" / f"{model}.json"
+
+    # ---------------------------------------------------------------- each tool's own files
+    @property
+    def prefect(self) -> Path:
+        return self.root / "prefect"
+
+    @property
+    def triton(self) -> Path:
+        return self.root / "triton"
+
+    @property
+    def pulumi(self) -> Path:
+        return self.root / "pulumi"
+
+    @property
+    def neptune(self) -> Path:
+        return self.root / "neptune"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def mlartifacts(self) -> Path:
+        return self.root / "mlartifacts"
