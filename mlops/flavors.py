@@ -50,12 +50,12 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "data_source": Kind("data", "data", "source", "mlops.data._source:DataSource"),
-    "model": Kind("model", "model", "flavor", "mlops.training._family:ModelFamily"),
+    "model": Kind("model", "model", "flavor", "mlops.training._module:TabularMLP"),
     "server": Kind("serving", "serving", "flavor", "mlops.serving._server_api:ModelServer"),
     "tracker": Kind("tracking", "tracking", "flavor", "mlops.tracking._base:Tracker"),
     "monitor": Kind("monitoring", "monitoring", "flavor", "mlops.monitoring._profiler:Profiler"),
-    "model_store": Kind("registry", "registry", "flavor", "mlops.registry._registry:ModelStore"),
-    "target": Kind("target", "target", "kind", "mlops.targets._base:Target"),
+    "model_store": Kind("registry", "registry", "flavor", "mlops.registry._registry:Registry"),
+    "target": Kind("target", "target", "kind", "mlops.targets._local:LocalTarget"),
 }
 
 

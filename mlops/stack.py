@@ -7,6 +7,7 @@ never for a tool by name::
     frame = stack.data_source.read(project)
     tracker = stack.tracker()                 # one per run
     store = stack.model_store                 # versions and aliases
+    server = stack.server                     # start, export, deploy, predict (mlops/serving/_server_api.py)
     stack.components                          # {"data_source": "file", "tracker": "mlflow", ...}
 
 Each component's implementation is imported on first use (mlops.flavors), so building a Stack is cheap.
@@ -18,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops._layout import Layout
 from mlops.flavors import get
 from mlops.recipe.schema import Config
 
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from mlops.data import DataSource
     from mlops.monitoring import Profiler
     from mlops.registry import Registry
+    from mlops.serving._server_api import ModelServer
     from mlops.tracking import Tracker
 
 
@@ -59,6 +62,14 @@ class Stack:
     @cached_property
     def model_store(self) -> Registry:
         return self.flavor("model_store").load()(self.state_dir / "registry")
+
+    @cached_property
+    def server(self) -> ModelServer:
+        return self.flavor("server").load()(self.cfg, self.state_dir)
+
+    @cached_property
+    def layout(self) -> Layout:
+        return Layout(self.state_dir)
 
     @cached_property
     def target(self) -> Any:

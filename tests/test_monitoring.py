@@ -166,10 +166,11 @@ def _bad_batch(kind: str, churn: pd.DataFrame) -> pd.DataFrame:
 def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, churn, profiler, kind, column):
     import json
 
+    from mlops import steps
     from mlops.errors import DataError
-    from mlops.flows._pipeline import ingest, validate, validated_snapshots
     from mlops.recipe import load
     from mlops.registry import Registry
+    from mlops.stack import Stack
 
     (tmp_path / "data").mkdir()
     state = tmp_path / ".mlops"
@@ -183,28 +184,30 @@ def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, 
     cfg = load(["recipe=churn", "data.path=data/churn.csv"], ROOT, check_data=False)
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(tmp_path / "data/churn.csv")})})
 
-    dataset = ingest.fn(cfg, str(tmp_path), str(state))
+    stack = Stack(cfg, tmp_path, state)
+    dataset = steps.ingest(stack)
     with pytest.raises(DataError) as err:
-        validate.fn(cfg, dataset, str(state))
+        steps.validate(stack, dataset)
     message = str(err.value)
     assert "failed validation and was quarantined" in message and f"column {column!r}" in message
     (folder,) = (state / "quarantine" / "churn").iterdir()
     report = json.loads((folder / "report.json").read_text())
     assert [f["column"] for f in report["failures"]] == [column]
-    assert (folder / Path(dataset["path"]).name).is_file() and not Path(dataset["path"]).exists()
-    assert validated_snapshots(str(state), "churn") == {}  # nothing for training to pick up
+    assert (folder / Path(dataset.path).name).is_file() and not Path(dataset.path).exists()
+    assert steps.validated_snapshots(stack) == {}  # nothing for training to pick up
 
     # The clean data passes the same gate.
     churn.iloc[600:].to_csv(tmp_path / "data/churn.csv", index=False)
-    clean = ingest.fn(cfg, str(tmp_path), str(state))
-    assert validate.fn(cfg, clean, str(state))["rows"] == 600
+    clean = steps.ingest(stack)
+    assert steps.validate(stack, clean).rows == 600
 
 
 def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_path, churn, profiler, monkeypatch):
-    from mlops.flows import _pipeline
+    from mlops import steps
     from mlops.plan._levels import DRIFT_DETECTED
     from mlops.recipe import load
     from mlops.registry import Registry
+    from mlops.stack import Stack
 
     state = tmp_path / ".mlops"
     profiler.write(profiler.profile(churn), tmp_path / "reference_profile.bin")
@@ -216,18 +219,21 @@ def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_
     # Five closed one-minute windows of shifted traffic for the champion (windows start at 0, 60, ... 240).
     _replay(profiler, state / "monitoring" / "churn" / str(version) / "windows", churn, scale=3.0, windows_n=5)
     events = []
-    monkeypatch.setattr(_pipeline, "_emit", lambda event, resource, payload: events.append((event, payload)))
     cfg = load(["recipe=churn", "monitoring.window_s=60", "monitoring.drift.repeat_after_windows=3"], ROOT,
                check_data=False)
+    stack = Stack(cfg, tmp_path, state)
 
-    judged = _pipeline.monitor.fn(cfg, str(state), "test")["judged"]
+    def emit(event, payload):
+        events.append((event, payload))
+
+    judged = steps.monitor(stack, "test", emit=emit)["judged"]
     assert [(j["window"], j["outcome"]) for j in judged] == [(w, "drift") for w in (0, 60, 120, 180, 240)]
     # Drift lasts all five windows; it is announced at the first, then again 3 windows later, not in between.
     assert [(e, p["window"], p["drifted"]) for e, p in events] == [(DRIFT_DETECTED, 0, ["monthly_charges"]),
                                                                    (DRIFT_DETECTED, 180, ["monthly_charges"])]
     assert {e[1]["version"] for e in events} == {version}
     # Each window is judged once: a second pass finds nothing new and stays quiet.
-    assert _pipeline.monitor.fn(cfg, str(state), "test")["judged"] == [] and len(events) == 2
+    assert steps.monitor(stack, "test", emit=emit)["judged"] == [] and len(events) == 2
 
 
 def test_the_worker_profiles_a_poll_of_spool_in_one_call_per_window(tmp_path):

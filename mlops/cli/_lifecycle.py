@@ -9,8 +9,8 @@ from typing import Annotated, Any
 
 import typer
 
-from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, err, out
-from mlops.errors import ConfigError, Problem, RegistryError
+from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, out
+from mlops.errors import ConfigError, Problem
 
 Force = Annotated[bool, typer.Option("--force", help="Also promote a version the gate rejected.")]
 
@@ -40,24 +40,16 @@ def _state_dir(cfg) -> Path:
 
 
 def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str, Any]:
-    """Export (once), publish and load `version` on Triton, then make it the champion."""
-    from mlops.registry import Registry, RunLog
-    from mlops.serving import deploy_version, ensure_triton, export_version
+    """Export (once), serve `version`, then make it the champion (mlops.steps.promote)."""
+    from mlops import steps
+    from mlops.registry import RunLog
+    from mlops.stack import Stack
 
-    state = _state_dir(cfg)
-    registry = Registry(state / "registry")
-    mv = registry.get(cfg.name, version)
-    status = registry.statuses(cfg.name)[version]
-    if status["status"] == "rejected" and not force:
-        raise RegistryError(f"{mv.ref} was rejected by the gate: {'; '.join(status['reasons'])}. "
-                            "Promote it anyway with --force.")
-    registry.verify(mv)
-    ensure_triton(cfg, state)
-    served = deploy_version(cfg, export_version(cfg, {"version": version}, state), state)
-    registry.promote(cfg.name, version, by=by)
-    RunLog(state / "runs").record(cfg.name, {"flow": by, "trigger": "manual", "steps": ["export", "deploy"],
-                                             "version": version, "outcome": "deployed"})
-    return {"model": cfg.name, "version": version, **served}
+    stack = Stack(cfg, _project())
+    served = steps.promote(stack, version, by=by, force=force)
+    RunLog(stack.layout.runs).record(cfg.name, {"flow": by, "trigger": "manual", "steps": ["export", "deploy"],
+                                                "version": version, "outcome": "deployed"})
+    return {"model": cfg.name, "version": version, "endpoint": served.endpoint, "url": served.url}
 
 
 def _make_champion(ref: str, overrides: list[str] | None, force: bool, json_: bool, by: str) -> None:
@@ -94,26 +86,19 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
 
     Example: mlops rollback breast_cancer
     """
-    from mlops.registry import Registry, RunLog
-    from mlops.serving import deploy_version, ensure_triton, export_version
+    from mlops import steps
+    from mlops.registry import RunLog
+    from mlops.stack import Stack
 
     cfg = _cfg_for(model, overrides)
-    state = _state_dir(cfg)
-    registry = Registry(state / "registry")
-    stack = registry.champions(model)
-    if len(stack) < 2:
-        raise RegistryError(f"model {model!r} has no previous champion to roll back to "
-                            f"(champion history: {[e['version'] for e in stack] or 'empty'}).")
-    previous = stack[-2]["version"]
-    ensure_triton(cfg, state)
-    served = deploy_version(cfg, export_version(cfg, {"version": previous}, state), state)
-    frm, to = registry.rollback(model)
-    RunLog(state / "runs").record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
-                                          "version": to, "outcome": f"rolled back from {frm}"})
+    stack = Stack(cfg, _project())
+    frm, to, served = steps.rollback(stack)
+    RunLog(stack.layout.runs).record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
+                                             "version": to, "outcome": f"rolled back from {frm}"})
     if json_:
-        _print_json({"model": model, "from": frm, "to": to, **served})
+        _print_json({"model": model, "from": frm, "to": to, "endpoint": served.endpoint, "url": served.url})
     else:
-        out.print(f"{model}: rolled back from version {frm} to {to}, served at {served['endpoint']}")
+        out.print(f"{model}: rolled back from version {frm} to {to}, served at {served.endpoint}")
 
 
 @app.command()

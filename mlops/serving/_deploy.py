@@ -253,9 +253,9 @@ def read_rows(path: Path) -> pd.DataFrame:
         raise PredictError(f"--input {path}: cannot be read: {exc}.") from None
 
 
-def predict_rows(cfg: Config, project: Path, frame: pd.DataFrame) -> dict[str, Any]:
+def predict_rows(cfg: Config, project: Path, frame: pd.DataFrame, state_dir: Path | None = None) -> dict[str, Any]:
     """Score raw rows on the served version, after checking them against its signature."""
-    state_dir = (project / cfg.target.state_dir).resolve()
+    state_dir = state_dir or (project / cfg.target.state_dir).resolve()
     name, url = cfg.serving.model_name, _url(cfg)
     if not triton_live(url):
         raise ServiceError(f"Triton is not running at {url}; start it with `mlops up recipe={cfg.name}`.")

@@ -52,13 +52,13 @@ class Tracker(ABC):
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
         """Open a new run and return its id."""
 
-    @abstractmethod
     def resume_run(self, run_id: str) -> None:
         """Reopen the run ``run_id`` (from ``start_run``, maybe in another process): what is logged next
         lands in it, and ``end_run`` ends it. Level 0 trains, evaluates and registers in three processes.
-        Raises LookupError if the backend has no such run."""
+        Raises LookupError if the backend has no such run. The default: a tracker that cannot reopen runs
+        (level 0's evaluate and register then log nothing to it, and say so)."""
+        raise LookupError(f"the {type(self).__name__} tracker cannot reopen a run from another process")
 
-    @abstractmethod
     def leave_run(self) -> None:
         """Stop writing to the run without ending it; it stays open for a later ``resume_run``."""
 

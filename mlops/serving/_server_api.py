@@ -1,0 +1,92 @@
+"""The model-server interface: what flows, targets and the CLI ask of "the server", whatever runs it.
+
+A server flavor is constructed as ``Impl(cfg, state_dir)`` with the whole validated Config (serving a
+model needs its serving section, its monitoring sample and its name) and the project's state directory.
+
+Python::
+
+    server = stack.server                     # mlops.stack.Stack: the flavor the recipe's `serving:` names
+    server.start()                            # local targets: make sure it runs
+    exported = server.export(registered)      # RegisteredVersion -> ExportedModel (model.onnx + signature)
+    served = server.deploy(exported)          # ExportedModel -> ServedModel, no failed request on the way
+    server.predict(rows)                      # rows checked against the served version's signature
+
+YAML::
+
+    serving:
+      flavor: triton        # conf/serving/triton.yaml; a plugin's flavor: conf/serving/<name>.yaml
+      model_name: churn
+
+The built-in flavor is `triton` (mlops/serving/_triton.py). A second, in-process flavor lives in the tests
+(tests/plugins/inprocess_server) and runs the gate, promote and rollback steps in milliseconds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlops.artifacts import ExportedModel, RegisteredVersion, ServedModel
+    from mlops.recipe.schema import Config
+
+
+class ModelServer(ABC):
+    def __init__(self, cfg: Config, state_dir: Path):
+        self.cfg = cfg
+        self.state_dir = Path(state_dir)
+
+    @property
+    @abstractmethod
+    def url(self) -> str:
+        """Where clients reach it (shown by `mlops status` and `up`)."""
+
+    @abstractmethod
+    def start(self) -> None:
+        """Make sure it runs (a no-op when it does); raises ServiceError if it cannot start."""
+
+    @abstractmethod
+    def stop(self) -> bool:
+        """Stop it (draining first); False if it was not running."""
+
+    @abstractmethod
+    def live(self) -> bool:
+        """It answers."""
+
+    @abstractmethod
+    def export(self, version: RegisteredVersion) -> ExportedModel:
+        """Write what serving the version needs, once per version (a second call reuses it)."""
+
+    @abstractmethod
+    def deploy(self, exported: ExportedModel) -> ServedModel:
+        """Make the exported version the one that answers. The model store's champion alias is the caller's."""
+
+    @abstractmethod
+    def served(self) -> list[dict[str, Any]]:
+        """The loaded versions: ``[{"name", "version", "state"}]`` (state READY when it answers)."""
+
+    @abstractmethod
+    def predict(self, rows: pd.DataFrame) -> dict[str, Any]:
+        """Score raw rows on the champion: ``{"model", "version", "labels", "classes", "probabilities"}``
+        for classifiers, ``{"model", "version", "predictions"}`` for regressors."""
+
+    def statistics(self) -> list[dict[str, Any]]:
+        """Per loaded version: requests, failures, latencies (empty when the server keeps none)."""
+        return []
+
+    def endpoint(self, version: int) -> str:
+        return f"{self.url}/v2/models/{self.cfg.serving.model_name}/versions/{version}/infer"
+
+    def champion_served(self, version: int) -> bool:
+        """Whether `version` of this recipe's model answers now."""
+        return any(m["name"] == self.cfg.serving.model_name and m["state"] == "READY"
+                   and str(m["version"]) == str(version) for m in self.served())
+
+    def answering_version(self) -> int | None:
+        """The version a request that names none gets: the highest READY one."""
+        ready = [int(m["version"]) for m in self.served() if m["name"] == self.cfg.serving.model_name
+                 and m["state"] == "READY"]
+        return max(ready) if ready else None

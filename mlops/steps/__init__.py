@@ -1,0 +1,31 @@
+"""The steps: plain functions over a Stack and typed artifacts (mlops.artifacts); the flows wrap them."""
+
+from mlops.steps._steps import (
+    deploy,
+    end_open_runs,
+    evaluate,
+    export,
+    gate,
+    ingest,
+    judge,
+    latest_snapshot,
+    leave_open_runs,
+    log_run,
+    monitor,
+    open_runs,
+    promote,
+    record_snapshot,
+    register,
+    reopen_run,
+    require,
+    rollback,
+    train,
+    validate,
+    validated_snapshots,
+)
+
+__all__ = sorted([
+    "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
+    "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "register", "reopen_run",
+    "require", "rollback", "train", "validate", "validated_snapshots",
+])

@@ -1,0 +1,379 @@
+"""The pipeline's steps as plain functions over a Stack and typed artifacts: runnable without Prefect.
+
+The Prefect flows (mlops/flows) wrap these in tasks for caching, retries and the UI; a benchmark or a test
+calls them directly::
+
+    stack = Stack(cfg, project)
+    snapshot = ingest(stack)
+    validate(stack, snapshot)
+    trained = train(stack, snapshot)
+    metrics = evaluate(stack, snapshot, trained)
+    version = register(stack, snapshot, trained, metrics)
+    served = deploy(stack, export(stack, version), by="a script")
+
+Tracking: `train` opens a run in the stack's tracker and leaves it open in this process (`open_runs`);
+`evaluate` logs the test metrics into it and `register` the lineage, then ends it. `end_open_runs` closes
+whatever a failure left open.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mlops._atomic import write_atomic
+from mlops.artifacts import (
+    DatasetSnapshot,
+    ExportedModel,
+    GateVerdict,
+    RegisteredVersion,
+    ServedModel,
+    TestMetrics,
+    TrainedModel,
+    ValidatedData,
+)
+from mlops.errors import DataError, MlopsError
+from mlops.plan import Gate
+from mlops.recipe.keys import config_hash, training_key
+from mlops.stack import Stack
+
+Emit = Callable[[str, dict[str, Any]], None]
+
+# Tracking runs opened by `train` in this process, by run id, until `register` (or a failure) ends them.
+open_runs: dict[str, Any] = {}
+
+
+def end_open_runs(status: str) -> None:
+    while open_runs:
+        open_runs.popitem()[1].end_run(status)
+
+
+def leave_open_runs() -> None:
+    """Level 0: this process ends, the run goes on (`mlops run evaluate` reopens it)."""
+    while open_runs:
+        open_runs.popitem()[1].leave_run()
+
+
+def reopen_run(stack: Stack, run_id: str) -> bool:
+    """Reopen a run a previous process left open; False (nothing logged to it) if the tracker lost it."""
+    tracker = stack.tracker()
+    try:
+        tracker.resume_run(run_id)
+    except LookupError:
+        return False
+    open_runs[run_id] = tracker
+    return True
+
+
+# ---------------------------------------------------------------- data
+def ingest(stack: Stack) -> DatasetSnapshot:
+    """Read the data source, keep the columns the recipe uses, and snapshot them (once per content)."""
+    from mlops.data import fingerprint, read_frame
+
+    cfg = stack.cfg
+    frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
+    frame = frame[[*cfg.data.features, cfg.data.target]]
+    fp = fingerprint(frame)
+    path = stack.layout.snapshot(cfg.name, fp)
+    if not path.exists():
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        write_atomic(path, buf.getvalue())
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp))
+
+
+def _frame(snapshot: DatasetSnapshot) -> Any:
+    import pandas as pd
+
+    return pd.read_parquet(snapshot.path)
+
+
+def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
+    """The data-validation gate: the recipe's checks, then the monitor's constraints against the champion's
+    reference profile. A failing batch is quarantined (moved out of the datasets, with a report) and never
+    trained on: raises DataError."""
+    from mlops.data import validate_frame
+    from mlops.monitoring._batch import check_batch, quarantine, render_failures
+
+    cfg = stack.cfg
+    frame = _frame(snapshot)
+    report = validate_frame(frame, cfg.data, cfg.model.task)
+    problems = list(report.problems)
+    batch = None
+    if stack.monitor is not None:
+        batch = check_batch(cfg, stack.state_dir, frame)
+        if not batch.ok:
+            problems.append(render_failures(batch, f"the batch {snapshot.path}"))
+    if problems:
+        where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
+                           source=cfg.data.describe())
+        raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
+                        f"(report.json there); training will not use it. Fix the source and let it be ingested "
+                        f"again.\n" + "\n".join(problems))
+    return ValidatedData(snapshot=snapshot, rows=report.rows, null_fractions=report.null_fractions)
+
+
+def validated_snapshots(stack: Stack) -> dict[str, dict[str, Any]]:
+    """Validated dataset snapshots by fingerprint, in the order they were recorded."""
+    p = stack.layout.snapshot_index(stack.cfg.name)
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+def record_snapshot(stack: Stack, snapshot: DatasetSnapshot, trigger: str) -> bool:
+    """Record a validated snapshot; False if it was already recorded (nothing new)."""
+    index = validated_snapshots(stack)
+    if snapshot.fingerprint in index:
+        return False
+    index[snapshot.fingerprint] = {**snapshot.model_dump(), "validated_at": time.time(), "trigger": trigger}
+    write_atomic(stack.layout.snapshot_index(stack.cfg.name), json.dumps(index, indent=2))
+    return True
+
+
+def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
+    """The validated snapshot at `path`, or the latest one."""
+    index = validated_snapshots(stack)
+    found = [d for d in index.values() if d["path"] == path] if path and "{{" not in path else []
+    if not found and not index:
+        raise DataError(f"recipe {stack.cfg.name!r} has no validated dataset snapshot yet: run `mlops run ingest "
+                        f"recipe={stack.cfg.name}` and `mlops run validate recipe={stack.cfg.name}` first.")
+    d = found[0] if found else list(index.values())[-1]
+    return DatasetSnapshot(**{k: d[k] for k in ("fingerprint", "path", "rows", "key")})
+
+
+# ---------------------------------------------------------------- model
+def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
+    from mlops.training import split_frame
+
+    return split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task)
+
+
+def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> TrainedModel:
+    """Fit the model on the snapshot's train split; the run stays open in `open_runs` for evaluate/register."""
+    from mlops.training import fit
+
+    cfg = stack.cfg
+    out = stack.layout.training(cfg.name, snapshot.key)
+    tracker = stack.tracker()
+    run_id = tracker.start_run(f"{cfg.name}-{snapshot.key[:8]}", tags={"mlops.model": cfg.name,
+                                                                       "mlops.key": snapshot.key})
+    open_runs[run_id] = tracker
+    tracker.log_params(cfg.model_dump(mode="json", include={"data", "model", "compute", "seed"}))
+    result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress)
+    return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
+                        epochs=result.epochs, tracking_run_id=run_id)
+
+
+def evaluate(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel) -> TestMetrics:
+    """The test split's metrics of the trained checkpoint, logged into its tracking run when it is open."""
+    from mlops.training import evaluate as test_metrics
+    from mlops.training import load_module
+
+    metrics = test_metrics(stack.cfg, load_module(Path(trained.checkpoint)), _split(stack, snapshot))
+    if (tracker := open_runs.get(trained.tracking_run_id)) is not None:
+        tracker.log_metrics(metrics)
+    return TestMetrics(values=metrics)
+
+
+def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, metrics: TestMetrics,
+             run_id: str = "") -> RegisteredVersion:
+    """An immutable version in the model store, with its lineage; ends the tracking run (FINISHED).
+
+    The same training key registered before gives that version back (`new=False`). `run_id` names the run that
+    registers (the Prefect flow run); without one a fresh id is used."""
+    cfg = stack.cfg
+    run_id = run_id or f"local-{uuid.uuid4().hex}"
+    train_dir = Path(trained.dir)
+    files = {"model.ckpt": Path(trained.checkpoint), "history.json": train_dir / "history.json"}
+    if stack.monitor is not None:
+        files["reference_profile.bin"] = _reference_profile(stack, snapshot, train_dir)
+    lineage = {
+        "key": snapshot.key,
+        "config_hash": config_hash(cfg),
+        "data_fingerprint": snapshot.fingerprint,
+        "data_snapshot": snapshot.path,
+        "metrics": {**trained.val_metrics, **metrics.values},
+        "epochs": trained.epochs,
+        "tracking": {"flavor": cfg.tracking.flavor, "run_id": trained.tracking_run_id},
+        "components": cfg.components,
+        "flow_run_id": run_id,
+    }
+    mv = stack.model_store.register(cfg.name, files, lineage)
+    if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
+        tracker.log_dict(mv.lineage, "lineage.json")
+        tracker.end_run("FINISHED")
+    return RegisteredVersion(model=mv.model, version=mv.version, path=str(mv.path),
+                             new=mv.lineage["flow_run_id"] == run_id)
+
+
+def _reference_profile(stack: Stack, snapshot: DatasetSnapshot, train_dir: Path) -> Path:
+    """The training split's profile: the reference that drift is measured against."""
+    path = train_dir / "reference_profile.bin"
+    if not path.exists():
+        monitor = stack.monitor
+        assert monitor is not None
+        monitor.write(monitor.profile(_split(stack, snapshot).train), path)  # atomic: see Profiler.write
+    return path
+
+
+# ---------------------------------------------------------------- release
+def judge(spec: Gate, candidate: dict[str, float], champion: dict[str, float] | None,
+          champion_version: int | None = None) -> GateVerdict:
+    """The level-3 gate as a pure function: every failed condition is a reason. With no champion yet only the
+    absolute floors and ceilings apply."""
+    reasons = []
+    for name, floor in sorted(spec.floors.items()):
+        if candidate[name] < floor:
+            reasons.append(f"{name}={candidate[name]:.4f} is below the floor {floor:g} <maturity.gate.floors.{name}>")
+    for name, ceiling in sorted(spec.ceilings.items()):
+        if candidate[name] > ceiling:
+            reasons.append(f"{name}={candidate[name]:.4f} is above the ceiling {ceiling:g} "
+                           f"<maturity.gate.ceilings.{name}>")
+    m = spec.metric
+    best = champion.get(m) if champion else None
+    if best is not None:
+        gain = candidate[m] - best if spec.direction == "maximize" else best - candidate[m]
+        if gain < spec.min_improvement:
+            reasons.append(f"{m}={candidate[m]:.4f} does not beat the champion's {best:.4f} by at least "
+                           f"{spec.min_improvement:g} ({spec.direction}) <maturity.gate.min_improvement>")
+    return GateVerdict(passed=not reasons, reasons=reasons, metric=m, candidate=candidate[m], champion=best,
+                       champion_version=champion_version)
+
+
+def gate(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
+    """Judge a candidate against the champion in the model store, and record the verdict as its status."""
+    store = stack.model_store
+    champion = store.aliases(stack.cfg.name).get("champion")
+    champion_metrics = store.get(stack.cfg.name, champion).lineage["metrics"] if champion else None
+    verdict = judge(spec, metrics.values, champion_metrics, champion)
+    if verdict.passed:
+        store.set_status(stack.cfg.name, version.version, "registered")
+    else:
+        store.set_status(stack.cfg.name, version.version, "rejected", verdict.reasons)
+    return verdict
+
+
+def export(stack: Stack, version: RegisteredVersion) -> ExportedModel:
+    """What serving the version needs (model.onnx + signature and the server's package), once per version."""
+    return stack.server.export(version)
+
+
+def deploy(stack: Stack, exported: ExportedModel, by: str) -> ServedModel:
+    """Serve the exported version (no failed request on the way), then move the champion alias to it."""
+    served = stack.server.deploy(exported)
+    stack.model_store.promote(stack.cfg.name, exported.version, by=by)
+    return served
+
+
+def promote(stack: Stack, version: int, by: str, force: bool = False) -> ServedModel:
+    """A person's deploy (level 0) or promotion (level 2): export once, serve, make it the champion."""
+    from mlops.errors import RegistryError
+
+    store = stack.model_store
+    mv = store.get(stack.cfg.name, version)
+    status = store.statuses(stack.cfg.name)[version]
+    if status["status"] == "rejected" and not force:
+        raise RegistryError(f"{mv.ref} was rejected by the gate: {'; '.join(status['reasons'])}. "
+                            "Promote it anyway with --force.")
+    store.verify(mv)
+    stack.server.start()
+    ref = RegisteredVersion(model=mv.model, version=mv.version, path=str(mv.path), new=False)
+    return deploy(stack, export(stack, ref), by=by)
+
+
+def rollback(stack: Stack) -> tuple[int, int, ServedModel]:
+    """Serve the previous champion again and point the champion alias back to it: (from, to, served)."""
+    from mlops.errors import RegistryError
+
+    store, name = stack.model_store, stack.cfg.name
+    history = store.champions(name)
+    if len(history) < 2:
+        raise RegistryError(f"model {name!r} has no previous champion to roll back to "
+                            f"(champion history: {[e['version'] for e in history] or 'empty'}).")
+    previous = store.get(name, history[-2]["version"])
+    stack.server.start()
+    ref = RegisteredVersion(model=previous.model, version=previous.version, path=str(previous.path), new=False)
+    served = stack.server.deploy(export(stack, ref))
+    frm, to = store.rollback(name)
+    return frm, to, served
+
+
+# ---------------------------------------------------------------- monitoring
+def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None,
+            log: Callable[..., None] = lambda **entry: None) -> dict[str, Any]:
+    """Judge each closed window of the champion's served traffic, once.
+
+    A window that breaks the data constraints (garbage: bad types, nulls, out of bounds, unseen categories)
+    is quarantined and raises no drift. Otherwise drift is scored per column against the champion's reference
+    profile; a DRIFT column emits mlops.drift.detected (again only after `monitoring.drift.repeat_after_windows`
+    windows of this version), which the retraining automation acts on.
+    """
+    from mlops.monitoring import windows
+    from mlops.monitoring._batch import quarantine, render_failures
+    from mlops.plan._levels import DRIFT_DETECTED, TRAFFIC_QUARANTINED
+
+    cfg, layout = stack.cfg, stack.layout
+    version = stack.model_store.aliases(cfg.name).get("champion")
+    if version is None or stack.monitor is None:
+        return {"judged": []}
+    ref_path = stack.model_store.get(cfg.name, version).file("reference_profile.bin")
+    ledger_path = layout.judged(cfg.name, version)
+    ledger = json.loads(ledger_path.read_text()) if ledger_path.is_file() else {"windows": {}, "drift_event": None}
+    # Closed windows not judged yet; most polls find none and stop here, before the profiler reads anything.
+    pending = [(start, path) for start, path in windows(layout.windows(cfg.name, version))
+               if str(start) not in ledger["windows"] and start + cfg.monitoring.window_s <= time.time()]
+    if not pending or not ref_path.is_file():
+        return {"judged": [], "version": version}
+    profiler = stack.monitor
+    reference = profiler.read(ref_path)
+    judged = []
+    for start, path in pending:
+        view = profiler.read(path)
+        report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring, required=cfg.data.features)
+        verdict: dict[str, Any] = {"rows": profiler.rows(view)}
+        if not report.ok:
+            problems = [render_failures(report, f"served traffic of {cfg.name}@{version}, window {start}")]
+            where = quarantine(stack.state_dir, cfg.name, f"window-{version}-{start}", path, problems, report,
+                               version=version, window=start)
+            verdict.update(outcome="quarantined", quarantine=str(where))
+            emit(TRAFFIC_QUARANTINED, {"version": version, "window": start, "quarantine": str(where),
+                                       "problems": problems})
+            log(outcome="quarantined traffic", version=version, window=start, reasons=problems)
+        else:
+            scores = profiler.drift(reference, view, cfg.data.features, cfg.monitoring.drift)
+            drifted = sorted(c for c, d in scores.items() if d.category == "DRIFT")
+            verdict.update(outcome="drift" if drifted else "ok", drifted=drifted,
+                           scores={c: d.score for c, d in scores.items()})
+            last = ledger["drift_event"]
+            if drifted and (last is None or start - last >= cfg.monitoring.drift.repeat_after_windows
+                            * cfg.monitoring.window_s):
+                ledger["drift_event"] = start
+                emit(DRIFT_DETECTED, {"model": cfg.name, "version": version, "window": start, "drifted": drifted,
+                                      "scores": verdict["scores"]})
+                log(outcome="drift detected", version=version, window=start, drifted=drifted,
+                    scores={c: round(v, 3) for c in drifted if (v := verdict["scores"][c]) is not None})
+        ledger["windows"][str(start)] = verdict
+        judged.append({"window": start, **verdict})
+        write_atomic(ledger_path, json.dumps(ledger, indent=2))
+    return {"version": version, "judged": judged}
+
+
+# ---------------------------------------------------------------- run history
+def log_run(stack: Stack, flow: str, trigger: str, run_id: str = "", **entry: Any) -> None:
+    from mlops.registry import RunLog
+
+    RunLog(stack.layout.runs).record(stack.cfg.name, {"flow": flow, "trigger": trigger, "flow_run_id": run_id,
+                                                      **entry})
+
+
+def require(step: str, work: dict[str, Any], recipe: str) -> None:
+    """Level 0: `mlops run <step>` needs what the step before it left in the work file."""
+    needs = {"validate": "dataset", "train": "validated", "evaluate": "trained", "register": "metrics"}
+    before = {"dataset": "ingest", "validated": "validate", "trained": "train", "metrics": "evaluate"}
+    if step in needs and needs[step] not in work:
+        raise MlopsError(f"`mlops run {step}` needs the output of `{before[needs[step]]}`: run `mlops run "
+                         f"{before[needs[step]]} recipe={recipe}` first.")
