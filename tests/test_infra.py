@@ -21,7 +21,7 @@ from mlops.recipe import load
 pulumi.runtime.set_mocks(RecordingMocks(), project="mlops-test", stack="test", preview=False)
 
 from mlops.infra.aws import UNSCOPABLE_ACTIONS, MANAGED_POLICIES, PUBLIC_PATHS, ArtifactStore  # noqa: E402
-from mlops.targets._aws import AwsTarget, planned_resources, resource_diff  # noqa: E402
+from mlops.targets._aws import AwsTarget, infra_spec, planned_resources, resource_diff  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ("reasonable-scale", "k8s")
@@ -322,11 +322,9 @@ def test_missing_cli_or_credentials_stop_before_any_side_effect(tmp_path, monkey
 @pytest.mark.skipif(not __import__("shutil").which("pulumi"), reason="needs the pulumi CLI (not installable here)")
 def test_preview_on_a_file_backend(tmp_path, monkeypatch):  # pragma: no cover - runs where the CLI exists
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
-    from mlops.infra import InfraSpec
-
     cfg = _cfg("reasonable-scale", "maturity=0")
     target = AwsTarget(cfg, tmp_path)
-    stack = target._stack(InfraSpec.from_config(cfg), "preview", "reasonable_scale", (tmp_path / "state").as_uri())
+    stack = target._stack(infra_spec(cfg), "preview", "reasonable_scale", (tmp_path / "state").as_uri())
     stack.set_config("aws:region", __import__("pulumi.automation", fromlist=["ConfigValue"]).ConfigValue("us-east-1"))
     stack.set_config("aws:skipCredentialsValidation", __import__("pulumi.automation", fromlist=["x"]).ConfigValue("true"))
     assert stack.preview().change_summary
