@@ -21,7 +21,7 @@ from mlops.recipe import load
 pulumi.runtime.set_mocks(RecordingMocks(), project="mlops-test", stack="test", preview=False)
 
 from mlops.infra.aws import UNSCOPABLE_ACTIONS, MANAGED_POLICIES, PUBLIC_PATHS, ArtifactStore  # noqa: E402
-from mlops.targets._aws import AwsTarget, planned_resources, resource_diff  # noqa: E402
+from mlops.targets._aws import AwsTarget, infra_spec, planned_resources, resource_diff  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STACKS = ("reasonable-scale", "k8s")
@@ -123,6 +123,76 @@ def test_level_diff_lists_the_added_resources():
 def test_the_local_stack_provisions_nothing():
     with pytest.raises(TargetUnavailable, match="provisions nothing"):
         planned_resources(_cfg("local"), 0)
+
+
+# ---------------------------------------------------------------- the programs follow the Plan
+def _plan_of(stack: str, level: int):
+    from mlops.targets._aws import plan_at
+
+    return plan_at(_cfg(stack), level)
+
+
+@pytest.mark.parametrize("level", range(5))
+def test_every_cronjob_runs_one_of_the_plans_deployments(level):
+    plan = _plan_of("k8s", level)
+    # `prefect deployment run` names a deployment `<flow name>/<deployment name>`.
+    scheduled = [f"{d.flow}/{d.name}" for d in plan.deployments if d.interval_s is not None]
+    run = []
+    for cj in _of(_plan("k8s", level), ":CronJob"):
+        [container] = cj["inputs"]["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        assert container["command"][:3] == ["prefect", "deployment", "run"], cj["name"]
+        run.append(container["command"][3])
+    assert sorted(run) == sorted(scheduled)
+
+
+@pytest.mark.parametrize("level", range(5))
+def test_every_aws_event_name_is_one_the_plans_deployments_emit(level):
+    from mlops._names import EVENT_SOURCE, RUN_REQUESTED, model_resource
+
+    plan = _plan_of("reasonable-scale", level)
+    emitted = {e for d in plan.deployments for e in d.emits}
+    refs = {f"{d.flow}/{d.name}" for d in plan.deployments}
+    res = _plan("reasonable-scale", level)
+    for rule in _of(res, ":EventRule"):
+        pattern = json.loads(rule["inputs"]["eventPattern"])
+        assert pattern["source"] == [EVENT_SOURCE]
+        assert pattern["detail-type"] and set(pattern["detail-type"]) <= emitted, (pattern, emitted)
+        assert pattern["resources"] == [model_resource(plan.recipe)]
+    for sched in _of(res, ":Schedule"):
+        target = sched["inputs"]["target"]
+        assert target["eventbridgeParameters"] == {"detailType": RUN_REQUESTED, "source": EVENT_SOURCE}
+        assert json.loads(target["input"])["deployment"] in refs
+    assert len(_of(res, ":Schedule")) == sum(d.interval_s is not None for d in plan.deployments)
+    assert bool(_of(res, ":EventRule")) == (level == 4)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_programs_build_the_components_of_plan_infrastructure(stack):
+    cfg = _cfg(stack, "maturity=4")
+    full = _plan_of(stack, 4)
+    # What each Plan component is built as, per program (a component resource type).
+    built_as = {"reasonable-scale": {"data_schedule": "DataSchedule", "training": "TrainingCompute",
+                                     "orchestration": "Orchestration", "serving": "TritonServing",
+                                     "monitoring": "Monitoring"},
+                "k8s": {"data_schedule": "DataSchedule", "training": "TrainingJobs", "orchestration": "PrefectWorker",
+                        "serving": "TritonDeployment", "monitoring": "DriftCheck"}}[stack]
+    for name, component in built_as.items():
+        plan = full.model_copy(update={"infrastructure": tuple(c for c in full.infrastructure if c.name != name)})
+        components = {r["type"].rsplit(":", 1)[-1] for r in planned_resources(cfg, plan=plan) if not r["custom"]}
+        assert components == EXPECTED_COMPONENTS[stack][4] - {component}, name
+
+
+def test_a_standalone_spec_carries_the_plans_components_and_schedules():
+    from mlops.infra import InfraSpec
+
+    cfg = _cfg("k8s", "maturity=4")
+    spec = infra_spec(cfg)
+    assert spec.components == tuple(c.name for c in _plan_of("k8s", 4).infrastructure)
+    assert InfraSpec.from_json(json.dumps(spec.to_json())) == spec
+    assert {s.ref for s in spec.schedules} == {"mlops-data/breast_cancer-data", "mlops-monitor/breast_cancer-monitor"}
+    old = {k: v for k, v in spec.to_json().items() if k not in ("components", "schedules")}
+    with pytest.raises(ConfigError, match="mlops stack show k8s recipe=breast_cancer maturity=4 --pulumi-config"):
+        InfraSpec.from_json(old)
 
 
 # ---------------------------------------------------------------- security rules, every stack × level
@@ -322,11 +392,9 @@ def test_missing_cli_or_credentials_stop_before_any_side_effect(tmp_path, monkey
 @pytest.mark.skipif(not __import__("shutil").which("pulumi"), reason="needs the pulumi CLI (not installable here)")
 def test_preview_on_a_file_backend(tmp_path, monkeypatch):  # pragma: no cover - runs where the CLI exists
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "test")
-    from mlops.infra import InfraSpec
-
     cfg = _cfg("reasonable-scale", "maturity=0")
     target = AwsTarget(cfg, tmp_path)
-    stack = target._stack(InfraSpec.from_config(cfg), "preview", "reasonable_scale", (tmp_path / "state").as_uri())
+    stack = target._stack(infra_spec(cfg), "preview", "reasonable_scale", (tmp_path / "state").as_uri())
     stack.set_config("aws:region", __import__("pulumi.automation", fromlist=["ConfigValue"]).ConfigValue("us-east-1"))
     stack.set_config("aws:skipCredentialsValidation", __import__("pulumi.automation", fromlist=["x"]).ConfigValue("true"))
     assert stack.preview().change_summary

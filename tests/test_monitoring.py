@@ -204,7 +204,7 @@ def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, 
 
 def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_path, churn, profiler, monkeypatch):
     from mlops import steps
-    from mlops.plan._levels import DRIFT_DETECTED
+    from mlops._names import DRIFT_DETECTED
     from mlops.recipe import load
     from mlops.registry import Registry
     from mlops.stack import Stack

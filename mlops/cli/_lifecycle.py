@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mlops._names import MANUAL_STEPS
 from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, out
 from mlops.errors import ConfigError, Problem
 
@@ -102,7 +103,7 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
 
 
 @app.command()
-def run(step: Annotated[str, typer.Argument(help="ingest | validate | train | evaluate | register")],
+def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
         overrides: Overrides = None, json_: JsonFlag = False) -> None:
     """Run one step of the pipeline by hand, as a Prefect flow run (level 0: a person runs each step).
 
@@ -111,10 +112,9 @@ def run(step: Annotated[str, typer.Argument(help="ingest | validate | train | ev
 
     Example: mlops run train recipe=churn
     """
-    if step not in ("ingest", "validate", "train", "evaluate", "register"):
+    if step not in MANUAL_STEPS:
         raise ConfigError([Problem("", f"unknown step {step!r}", "command line",
-                                   "steps: ingest, validate, train, evaluate, register; "
-                                   "then `mlops deploy <model>@<version>`")])
+                                   f"steps: {', '.join(MANUAL_STEPS)}; then `mlops deploy <model>@<version>`")])
     from mlops.targets import _prefect, get_target
 
     cfg = _load(overrides)

@@ -26,14 +26,14 @@ def _stack_names() -> list[str]:
 
 
 def _levels(name: str, overrides: list[str]) -> list[dict]:
-    from mlops.infra import components_for_level
-    from mlops.targets._aws import planned_resources
+    from mlops.targets._aws import plan_at, planned_resources
 
     cfg = _load([f"stack={name}", *overrides], check_data=False)
     rows = []
     for level in range(5):
-        resources = [] if cfg.stack.pulumi_project is None else planned_resources(cfg, level)
-        rows.append({"level": level, "components": list(components_for_level(level)),
+        plan = plan_at(cfg, level)
+        resources = [] if cfg.stack.pulumi_project is None else planned_resources(cfg, plan=plan)
+        rows.append({"level": level, "components": [c.name for c in plan.infrastructure],
                      "resources": [{"type": r["type"], "name": r["name"]} for r in resources if r["custom"]]})
     return rows
 
@@ -73,10 +73,10 @@ def show(
 
     cfg = _load([f"stack={name}", *(overrides or [])], check_data=False)
     if pulumi_config:
-        from mlops.infra import InfraSpec
         from mlops.infra.programs import program_for
+        from mlops.targets._aws import infra_spec
 
-        spec = InfraSpec.from_config(cfg)
+        spec = infra_spec(cfg)
         program_for(spec.program)  # a spec naming no program would only fail later, in `pulumi up`
         out.print(yaml.safe_dump({"config": {"mlops:spec": spec.to_json()}}, sort_keys=False), markup=False)
         return

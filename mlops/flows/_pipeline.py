@@ -27,6 +27,24 @@ from prefect.runtime import flow_run
 from rich.console import Console
 
 from mlops import steps
+from mlops._names import (
+    DATA_FLOW,
+    DATASET_QUARANTINED,
+    DATASET_VALIDATED,
+    GATE_PASSED,
+    GATE_REJECTED,
+    MANUAL_STEPS,
+    MODEL_DEPLOYED,
+    MODEL_REGISTERED,
+    MONITOR_FLOW,
+    MONITOR_STEP,
+    STEP_FLOW,
+    TRAIN_FLOW,
+    UP_FLOW,
+    UP_STEPS,
+    dataset_resource,
+    model_resource,
+)
 from mlops._atomic import write_atomic
 from mlops.artifacts import (
     DatasetSnapshot,
@@ -40,23 +58,12 @@ from mlops.artifacts import (
 )
 from mlops.errors import DataError
 from mlops.plan import Gate, compile_plan
-from mlops.plan._levels import (
-    DATASET_QUARANTINED,
-    DATASET_VALIDATED,
-    GATE_PASSED,
-    GATE_REJECTED,
-    MODEL_DEPLOYED,
-    MODEL_REGISTERED,
-    dataset_resource,
-    model_resource,
-)
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
-STEPS_UP = ("ingest", "validate", "train", "evaluate", "register", "export", "deploy")
-MANUAL_STEPS = ("ingest", "validate", "train", "evaluate", "register")
+__all__ = ["MANUAL_STEPS", "UP_STEPS"]  # re-exported by mlops.flows
 
 
 def _key_from(ctx: TaskRunContext, params: dict[str, Any]) -> str:
@@ -110,8 +117,8 @@ def deploy(stack: Stack, exported: ExportedModel) -> ServedModel:
 
 @task(name="monitor", cache_policy=NO_CACHE)
 def monitor(stack: Stack, trigger: str) -> dict[str, Any]:
-    return steps.monitor(stack, trigger, emit=lambda event, payload: _emit(event, model_resource(stack.cfg), payload),
-                         log=lambda **entry: _log_run(stack, "mlops-monitor", trigger, steps=["monitor"], **entry))
+    return steps.monitor(stack, trigger, emit=lambda event, payload: _emit(event, model_resource(stack.cfg.name), payload),
+                         log=lambda **entry: _log_run(stack, MONITOR_FLOW, trigger, steps=[MONITOR_STEP], **entry))
 
 
 def _run_name() -> str:
@@ -141,7 +148,7 @@ def _run(name: str, fn, *args, **kwargs):
 
 
 # ---------------------------------------------------------------- flows
-@flow(name="mlops-up", log_prints=False)
+@flow(name=UP_FLOW, log_prints=False)
 def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -> dict[str, Any]:
     """Run the recipe end to end and return what is served."""
     stack = Stack(cfg, project, state_dir)
@@ -156,13 +163,13 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
         steps.end_open_runs("FAILED")
     exported = _run("export", export, stack, version)
     served = _run("deploy", deploy, stack, exported)
-    _log_run(stack, "mlops-up", "up", version=version.version, steps=list(STEPS_UP))
+    _log_run(stack, UP_FLOW, "up", version=version.version, steps=list(UP_STEPS))
     return {"model": cfg.name, "version": version.version, "new_version": version.new,
             "metrics": metrics.values, "flow_run_id": str(flow_run.get_id()), "endpoint": served.endpoint,
             "url": served.url}
 
 
-@flow(name="mlops-data", log_prints=False)
+@flow(name=DATA_FLOW, log_prints=False)
 def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manual") -> dict[str, Any]:
     """Level 1+: look at the data; new or changed data is validated, recorded and announced."""
     from mlops.monitoring._batch import quarantined
@@ -178,21 +185,21 @@ def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manu
         validate(stack, snapshot)
     except DataError as exc:
         where = quarantined(stack.state_dir, config.name, snapshot.fingerprint)
-        _log_run(stack, "mlops-data", trigger, steps=["ingest", "validate"], outcome="quarantined",
+        _log_run(stack, DATA_FLOW, trigger, steps=["ingest", "validate"], outcome="quarantined",
                  reasons=[str(exc)], quarantine=str(where))
-        _emit(DATASET_QUARANTINED, dataset_resource(config), {"fingerprint": snapshot.fingerprint,
+        _emit(DATASET_QUARANTINED, dataset_resource(config.name), {"fingerprint": snapshot.fingerprint,
                                                              "quarantine": str(where)})
         raise
     if not steps.record_snapshot(stack, snapshot, trigger):
         return {"new": False, "snapshot": snapshot.path}
-    _emit(DATASET_VALIDATED, dataset_resource(config), {"snapshot": snapshot.path,
+    _emit(DATASET_VALIDATED, dataset_resource(config.name), {"snapshot": snapshot.path,
                                                        "fingerprint": snapshot.fingerprint, "rows": snapshot.rows})
-    _log_run(stack, "mlops-data", trigger, steps=["ingest", "validate"], outcome="new snapshot",
+    _log_run(stack, DATA_FLOW, trigger, steps=["ingest", "validate"], outcome="new snapshot",
              snapshot=snapshot.path, rows=snapshot.rows)
     return {"new": True, "snapshot": snapshot.path, "fingerprint": snapshot.fingerprint}
 
 
-@flow(name="mlops-train", log_prints=False)
+@flow(name=TRAIN_FLOW, log_prints=False)
 def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "", trigger: str = "manual",
                release: bool = False, refresh: bool = False, drift_window: str | int = "") -> dict[str, Any]:
     """Level 2+: train on a validated snapshot and register; with `release` (level 3), gate and deploy.
@@ -208,7 +215,7 @@ def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "",
             try:
                 validate(stack, latest)
             except DataError as exc:
-                _log_run(stack, "mlops-train", trigger, steps=["ingest", "validate"], outcome="quarantined",
+                _log_run(stack, TRAIN_FLOW, trigger, steps=["ingest", "validate"], outcome="quarantined",
                          reasons=[str(exc)], **about)
                 return {"new_version": False, "status": "quarantined"}
             steps.record_snapshot(stack, latest, trigger)
@@ -224,30 +231,30 @@ def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "",
     done = ["train", "evaluate", "register"]
     entry: dict[str, Any] = {"version": n, "snapshot": dataset.path, "metrics": metrics.values, **about}
     if not version.new:
-        _log_run(stack, "mlops-train", trigger, steps=done, outcome="already registered", **entry)
+        _log_run(stack, TRAIN_FLOW, trigger, steps=done, outcome="already registered", **entry)
         return {"version": n, "new_version": False}
     stack.model_store.set_status(name, n, "candidate" if release else "registered")
-    _emit(MODEL_REGISTERED, model_resource(config), {"version": n, "metrics": metrics.values})
+    _emit(MODEL_REGISTERED, model_resource(config.name), {"version": n, "metrics": metrics.values})
     if not release:
-        _log_run(stack, "mlops-train", trigger, steps=done, outcome="registered", **entry)
+        _log_run(stack, TRAIN_FLOW, trigger, steps=done, outcome="registered", **entry)
         return {"version": n, "new_version": True, "status": "registered"}
     (gate_spec,) = compile_plan(config).gates
     verdict = gate(stack, gate_spec, version, metrics)
     entry["gate"] = verdict.model_dump()
     if not verdict.passed:
-        _emit(GATE_REJECTED, model_resource(config), {"version": n, "champion": verdict.champion_version,
+        _emit(GATE_REJECTED, model_resource(config.name), {"version": n, "champion": verdict.champion_version,
                                                       "reasons": verdict.reasons})
-        _log_run(stack, "mlops-train", trigger, steps=[*done, "gate"], outcome="rejected", **entry)
+        _log_run(stack, TRAIN_FLOW, trigger, steps=[*done, "gate"], outcome="rejected", **entry)
         return {"version": n, "new_version": True, "status": "rejected", "reasons": verdict.reasons}
-    _emit(GATE_PASSED, model_resource(config), {"version": n, "champion": verdict.champion_version})
+    _emit(GATE_PASSED, model_resource(config.name), {"version": n, "champion": verdict.champion_version})
     served = deploy(stack, export(stack, version))
-    _emit(MODEL_DEPLOYED, model_resource(config), {"version": n, "previous": verdict.champion_version,
+    _emit(MODEL_DEPLOYED, model_resource(config.name), {"version": n, "previous": verdict.champion_version,
                                                    "endpoint": served.endpoint, "url": served.url})
-    _log_run(stack, "mlops-train", trigger, steps=[*done, "gate", "export", "deploy"], outcome="deployed", **entry)
+    _log_run(stack, TRAIN_FLOW, trigger, steps=[*done, "gate", "export", "deploy"], outcome="deployed", **entry)
     return {"version": n, "new_version": True, "status": "deployed", "endpoint": served.endpoint, "url": served.url}
 
 
-@flow(name="mlops-monitor", log_prints=False)
+@flow(name=MONITOR_FLOW, log_prints=False)
 def monitor_flow(config: Config, project: str, state_dir: str, trigger: str = "schedule") -> dict[str, Any]:
     """Level 4: judge each closed window of the champion's served traffic, once (see mlops.steps.monitor)."""
     return monitor(Stack(config, project, state_dir), trigger)
@@ -274,7 +281,7 @@ def _save_work(path: Path, work: dict[str, Any]) -> None:
                                    for k, v in work.items()}, indent=2))
 
 
-@flow(name="mlops-step", log_prints=False)
+@flow(name=STEP_FLOW, log_prints=False)
 def step_flow(config: Config, project: str, state_dir: str, step: str) -> dict[str, Any]:
     """Level 0: one step by hand (`mlops run <step>`); each step reads what the previous one left.
 
@@ -317,7 +324,7 @@ def step_flow(config: Config, project: str, state_dir: str, step: str) -> dict[s
         if result.new:
             stack.model_store.set_status(config.name, result.version, "registered")
     _save_work(wp, work)
-    _log_run(stack, "mlops-step", "manual", steps=[step],
+    _log_run(stack, STEP_FLOW, "manual", steps=[step],
              **({"version": result.version} if step == "register" else {}))
     if isinstance(result, TestMetrics):
         return result.values

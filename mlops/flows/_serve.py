@@ -34,7 +34,8 @@ async def runner_deployments(plan: Plan, cfg: Config, project: str, state_dir: s
 
     from mlops.flows._pipeline import data_flow, monitor_flow, train_flow
 
-    flows = {"mlops-data": data_flow, "mlops-train": train_flow, "mlops-monitor": monitor_flow}
+    # Keyed by each flow's own name, which is what a Plan Deployment's `flow` says (mlops._names).
+    flows = {f.name: f for f in (data_flow, train_flow, monitor_flow)}
     base = {"config": cfg.model_dump(mode="json"), "project": project, "state_dir": state_dir}
     strategy = {"skip": ConcurrencyLimitStrategy.CANCEL_NEW, "queue": ConcurrencyLimitStrategy.ENQUEUE}
     out = []

@@ -2,12 +2,13 @@
 
 Importing this package is cheap (no Pulumi import). The programs and components live in
 :mod:`mlops.infra.aws`, :mod:`mlops.infra.k8s` and :mod:`mlops.infra.programs`, which import Pulumi;
-:func:`planned_resources` runs a program offline under Pulumi's mocks.
+:func:`planned_resources` runs a program offline under Pulumi's mocks. Which components and scheduled
+deployments a program builds is the Plan's to say: the caller builds the :class:`InfraSpec` from it.
 """
 
-from mlops.infra._spec import COMPONENTS, LEVEL_COMPONENTS, InfraSpec, components_for_level
+from mlops.infra._spec import InfraSpec, Schedule
 
-__all__ = sorted(["COMPONENTS", "LEVEL_COMPONENTS", "InfraSpec", "components_for_level", "planned_resources"])
+__all__ = sorted(["InfraSpec", "Schedule", "planned_resources"])
 
 
 def planned_resources(spec: InfraSpec) -> list[dict]:

@@ -13,6 +13,7 @@ from typing import Any
 import pulumi
 import pulumi_kubernetes as k8s
 
+from mlops.infra._spec import Schedule
 from mlops.recipe.schema import KubernetesParams, OrchestrationParams, ServingParams
 
 TRITON_HTTP = 8000
@@ -47,14 +48,15 @@ RESTRICTED = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "capabili
               "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def _run_deployment_cronjob(parent: pulumi.Resource, name: str, ns: Any, labels: dict[str, str], schedule: str,
-                            deployment: str, image: str, k: KubernetesParams) -> k8s.batch.v1.CronJob:
+def _run_deployment_cronjob(parent: pulumi.Resource, name: str, ns: Any, labels: dict[str, str], schedule: Schedule,
+                            image: str, k: KubernetesParams) -> k8s.batch.v1.CronJob:
+    """Runs the Plan's deployment: `prefect deployment run <flow>/<deployment>`, the name Prefect knows it by."""
     return k8s.batch.v1.CronJob(name, metadata=_meta(name, ns, labels), spec={
-        "schedule": cron(schedule), "concurrencyPolicy": "Forbid",
+        "schedule": cron(schedule.expression), "concurrencyPolicy": "Forbid",
         "jobTemplate": {"spec": {"backoffLimit": 2, "template": {"spec": {
             "restartPolicy": "Never",
             "containers": [{"name": "run", "image": image, "env": _prefect_env(k), "securityContext": RESTRICTED,
-                            "command": ["prefect", "deployment", "run", deployment]}]}}}}},
+                            "command": ["prefect", "deployment", "run", schedule.ref]}]}}}}},
         opts=_child(parent))
 
 
@@ -68,12 +70,12 @@ class Namespace(pulumi.ComponentResource):
 
 
 class DataSchedule(pulumi.ComponentResource):
-    """Level 1: a CronJob that runs the recipe's ingest deployment on `schedules.data`."""
+    """Level 1: a CronJob that runs the Plan's data deployment (`mlops-data/<recipe>-data`) on `schedules.data`."""
 
-    def __init__(self, name: str, ns: Any, labels: dict[str, str], schedule: str, recipe: str, image: str,
+    def __init__(self, name: str, ns: Any, labels: dict[str, str], schedule: Schedule, image: str,
                  k: KubernetesParams, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:k8s:DataSchedule", name, None, opts)
-        cj = _run_deployment_cronjob(self, name, ns, labels, schedule, f"{recipe}/ingest", image, k)
+        cj = _run_deployment_cronjob(self, name, ns, labels, schedule, image, k)
         self.register_outputs({"cronjob": cj.metadata["name"]})
 
 
@@ -174,10 +176,11 @@ class TritonDeployment(pulumi.ComponentResource):
 
 
 class DriftCheck(pulumi.ComponentResource):
-    """Level 4: a CronJob that runs the recipe's drift deployment on `schedules.drift`."""
+    """Level 4: a CronJob that runs the Plan's monitor deployment (`mlops-monitor/<recipe>-monitor`) on
+    `schedules.drift`."""
 
-    def __init__(self, name: str, ns: Any, labels: dict[str, str], schedule: str, recipe: str, image: str,
+    def __init__(self, name: str, ns: Any, labels: dict[str, str], schedule: Schedule, image: str,
                  k: KubernetesParams, opts: pulumi.ResourceOptions | None = None):
         super().__init__("mlops:k8s:DriftCheck", name, None, opts)
-        cj = _run_deployment_cronjob(self, name, ns, labels, schedule, f"{recipe}/drift", image, k)
+        cj = _run_deployment_cronjob(self, name, ns, labels, schedule, image, k)
         self.register_outputs({"cronjob": cj.metadata["name"]})

@@ -1,5 +1,8 @@
 """The stack programs: one function per Pulumi project, from an :class:`InfraSpec` to resources.
 
+A program builds the components the spec lists (`spec.has`), which are the Plan's infrastructure
+components, and schedules the Plan's deployments (`spec.schedule`): it keeps no level table of its own.
+
 `infra/<project>/__main__.py` runs the same function for a standalone `pulumi up`; `mlops up
 target=aws` runs it inline through the Automation API; `mlops plan` runs it under mocks.
 Third parties register more programs under the `mlops.pulumi_programs` entry point (a name and a
@@ -44,7 +47,7 @@ def reasonable_scale(spec: InfraSpec) -> None:
     opts = _aws(spec)
     store, account = _store(spec, opts)
     if spec.has("data_schedule"):
-        DataSchedule(f"{pre}-data", p.schedules.data, spec.name, account, opts=opts)
+        DataSchedule(f"{pre}-data", spec.schedule("data_schedule"), spec.name, account, opts=opts)
     ecs_serving = spec.has("serving") and p.serving.mode == "ecs"
     network = (Network(f"{pre}-net", p.network, spec.region, opts=opts)
                if spec.has("training") or spec.has("orchestration") or ecs_serving else None)
@@ -66,7 +69,8 @@ def reasonable_scale(spec: InfraSpec) -> None:
         serving = TritonServing(f"{pre}-triton", p.serving, store, account, spec.model_name, network, opts=opts)
         pulumi.export("endpoint", serving.endpoint)
     if spec.has("monitoring"):
-        mon = Monitoring(f"{pre}-monitor", p.monitoring, p.schedules.drift, store, spec.name, account, opts=opts)
+        mon = Monitoring(f"{pre}-monitor", p.monitoring, spec.schedule("monitoring"), store, spec.name, account,
+                         opts=opts)
         if orchestration is not None:  # the drift deployment runs as a flow: let it publish drift events
             aws.iam.RolePolicyAttachment(f"{pre}-flow-drift-publisher", role=orchestration.flow_task_role.name,
                                          policy_arn=mon.publisher_policy.arn, opts=opts)
@@ -85,7 +89,7 @@ def kubernetes(spec: InfraSpec) -> None:
 
     image = p.training.image or f"mlops-runtime:{_version()}"
     if spec.has("data_schedule"):
-        k8s.DataSchedule(f"{pre}-data", ns.name, labels, p.schedules.data, spec.name, image, p.kubernetes)
+        k8s.DataSchedule(f"{pre}-data", ns.name, labels, spec.schedule("data_schedule"), image, p.kubernetes)
     if spec.has("training"):
         k8s.TrainingJobs(f"{pre}-train", ns.name, labels, image, spec.devices, spec.num_nodes, p.kubernetes)
     if spec.has("orchestration"):
@@ -94,7 +98,7 @@ def kubernetes(spec: InfraSpec) -> None:
         triton = k8s.TritonDeployment(f"{pre}-triton", ns.name, labels, p.serving, store.uri("triton/"), p.kubernetes)
         pulumi.export("endpoint", triton.endpoint)
     if spec.has("monitoring"):
-        k8s.DriftCheck(f"{pre}-drift", ns.name, labels, p.schedules.drift, spec.name, image, p.kubernetes)
+        k8s.DriftCheck(f"{pre}-drift", ns.name, labels, spec.schedule("monitoring"), image, p.kubernetes)
         pulumi.export("profiles", store.uri(p.monitoring.profile_prefix))
 
 

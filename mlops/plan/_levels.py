@@ -11,43 +11,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mlops._names import (
+    DATA_FLOW,
+    DATASET_VALIDATED,
+    DRIFT_DETECTED,
+    GATE_PASSED,
+    GATE_REJECTED,
+    MODEL_DEPLOYED,
+    MODEL_REGISTERED,
+    MONITOR_FLOW,
+    MONITOR_STEP,
+    STEPS,
+    TRAFFIC_QUARANTINED,
+    TRAIN_FLOW,
+    data_deployment,
+    dataset_resource,
+    model_resource,
+    monitor_deployment,
+    train_deployment,
+)
 from mlops.plan._model import Automation, Component, Deployment, Gate, Plan, Step
 from mlops.recipe.schema import Config
-
-STEPS = ("ingest", "validate", "train", "evaluate", "register", "gate", "export", "deploy")
-DATASET_VALIDATED = "mlops.dataset.validated"
-DATASET_QUARANTINED = "mlops.dataset.quarantined"
-MODEL_REGISTERED = "mlops.model.registered"
-GATE_PASSED = "mlops.gate.passed"
-GATE_REJECTED = "mlops.gate.rejected"
-MODEL_DEPLOYED = "mlops.model.deployed"
-DRIFT_DETECTED = "mlops.drift.detected"
-TRAFFIC_QUARANTINED = "mlops.traffic.quarantined"
 
 # Which stack component (stacks/*.yaml `components:`) gives each infrastructure component its flavor.
 _STACK_COMPONENT = {"store": "storage", "tracking": "tracker", "data_schedule": "orchestrator",
                     "training": "trainer", "orchestration": "orchestrator", "serving": "server",
                     "monitoring": "monitor"}
-
-
-def data_deployment(cfg: Config) -> str:
-    return f"{cfg.name}-data"
-
-
-def train_deployment(cfg: Config) -> str:
-    return f"{cfg.name}-train"
-
-
-def monitor_deployment(cfg: Config) -> str:
-    return f"{cfg.name}-monitor"
-
-
-def dataset_resource(cfg: Config) -> str:
-    return f"mlops.dataset.{cfg.name}"
-
-
-def model_resource(cfg: Config) -> str:
-    return f"mlops.model.{cfg.name}"
 
 
 def _component(cfg: Config, name: str) -> Component:
@@ -75,8 +64,8 @@ def level_0(plan: Plan, cfg: Config) -> Plan:
 
 def level_1(plan: Plan, cfg: Config) -> Plan:
     """Data prep automated: a scheduled deployment ingests and validates new or changed data."""
-    name = data_deployment(cfg)
-    dep = Deployment(name=name, flow="mlops-data", steps=("ingest", "validate"),
+    name = data_deployment(cfg.name)
+    dep = Deployment(name=name, flow=DATA_FLOW, steps=("ingest", "validate"),
                      interval_s=cfg.maturity.data_interval_s, parameters={"trigger": "schedule"},
                      emits=(DATASET_VALIDATED,), on_overlap="skip")
     return plan.model_copy(update={
@@ -90,11 +79,11 @@ def level_1(plan: Plan, cfg: Config) -> Plan:
 
 def level_2(plan: Plan, cfg: Config) -> Plan:
     """Training automated: a validated new dataset triggers training; promotion stays manual."""
-    name = train_deployment(cfg)
-    dep = Deployment(name=name, flow="mlops-train", steps=("train", "evaluate", "register"),
+    name = train_deployment(cfg.name)
+    dep = Deployment(name=name, flow=TRAIN_FLOW, steps=("train", "evaluate", "register"),
                      parameters={"release": False}, emits=(MODEL_REGISTERED,))
     auto = Automation(name=f"{cfg.name}: train on new data", deployment=name, event=DATASET_VALIDATED,
-                      resource=dataset_resource(cfg),
+                      resource=dataset_resource(cfg.name),
                       parameters={"snapshot": "{{ event.payload.snapshot }}", "trigger": "event:{{ event.event }}"})
     steps = _automate(plan, ("train", "evaluate", "register"), name)
     steps = tuple(s.model_copy(update={"command": f"mlops promote {cfg.name}@<version>"})
@@ -110,7 +99,7 @@ def level_2(plan: Plan, cfg: Config) -> Plan:
 
 def level_3(plan: Plan, cfg: Config) -> Plan:
     """Deployment automated: the training deployment gates the candidate and deploys it if it passes."""
-    name = train_deployment(cfg)
+    name = train_deployment(cfg.name)
     metric, direction = cfg.gate_metric
     gate = Gate(name="champion", after="register", metric=metric, direction=direction,
                 min_improvement=cfg.maturity.gate.min_improvement, floors=dict(cfg.maturity.gate.floors),
@@ -137,16 +126,16 @@ def level_4(plan: Plan, cfg: Config) -> Plan:
     """Monitoring automated: a scheduled deployment judges each closed window of served traffic against the
     champion's reference profile; drift (from traffic that passes the data constraints) triggers the training
     deployment, which first takes the latest data through the validation gate, then level 3's gate decides."""
-    name = monitor_deployment(cfg)
-    dep = Deployment(name=name, flow="mlops-monitor", steps=("monitor",), interval_s=cfg.monitoring.window_s,
+    name = monitor_deployment(cfg.name)
+    dep = Deployment(name=name, flow=MONITOR_FLOW, steps=(MONITOR_STEP,), interval_s=cfg.monitoring.window_s,
                      parameters={"trigger": "schedule"}, emits=(DRIFT_DETECTED, TRAFFIC_QUARANTINED),
                      on_overlap="skip")
-    auto = Automation(name=f"{cfg.name}: retrain on drift", deployment=train_deployment(cfg),
-                      event=DRIFT_DETECTED, resource=model_resource(cfg),
+    auto = Automation(name=f"{cfg.name}: retrain on drift", deployment=train_deployment(cfg.name),
+                      event=DRIFT_DETECTED, resource=model_resource(cfg.name),
                       parameters={"trigger": "event:{{ event.event }}", "refresh": True,
                                   "drift_window": "{{ event.payload.window }}"})
     return plan.model_copy(update={
-        "steps": (*plan.steps, Step(name="monitor", automated=True, run_by=f"deployment:{name}")),
+        "steps": (*plan.steps, Step(name=MONITOR_STEP, automated=True, run_by=f"deployment:{name}")),
         "deployments": (*plan.deployments, dep),
         "automations": (*plan.automations, auto),
         "infrastructure": (*plan.infrastructure, _component(cfg, "monitoring")),

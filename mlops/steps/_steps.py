@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops._atomic import write_atomic
+from mlops._names import DRIFT_DETECTED, TRAFFIC_QUARANTINED
 from mlops.artifacts import (
     DatasetSnapshot,
     ExportedModel,
@@ -314,7 +315,6 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
     """
     from mlops.monitoring import windows
     from mlops.monitoring._batch import quarantine, render_failures
-    from mlops.plan._levels import DRIFT_DETECTED, TRAFFIC_QUARANTINED
 
     cfg, layout = stack.cfg, stack.layout
     version = stack.model_store.aliases(cfg.name).get("champion")

@@ -17,10 +17,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mlops._names import DATA_FLOW, MONITOR_FLOW
 from mlops.errors import TargetUnavailable
+from mlops.infra import InfraSpec, Schedule
+from mlops.infra import planned_resources as _run_offline
+from mlops.plan import Plan, compile_plan
 from mlops.recipe.schema import Config
 
 STATE_FILE = "pulumi-stack.json"
+
+# Which infrastructure component starts each scheduled flow's deployment in the cloud, and the stack parameter
+# (stacks/*.yaml `parameters.schedules`) with its cadence there. Which deployments exist and what they are
+# called is the Plan's to say; the Plan's own `interval_s` is the local runner's poll (seconds), not this.
+_SCHEDULED = {DATA_FLOW: ("data_schedule", "data"), MONITOR_FLOW: ("monitoring", "drift")}
 
 
 def _aws_credentials() -> bool:
@@ -34,16 +43,39 @@ def _kubeconfig() -> bool:
     return any(Path(p).expanduser().is_file() for p in os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep))
 
 
-def planned_resources(cfg: Config, level: int | None = None) -> list[dict[str, Any]]:
-    """What the stack's program declares at `level` (default the recipe's), offline: Pulumi's mocks,
-    no CLI, no credentials. ``[{"type", "name", "custom", "inputs"}]`` in declaration order;
-    components have ``custom: False``. Raises TargetUnavailable if the stack names no program."""
-    from mlops.infra import InfraSpec, planned_resources as run
+def plan_at(cfg: Config, level: int | None = None) -> Plan:
+    """The Plan of `cfg` at `level` (default the recipe's own)."""
+    if level is not None and level != cfg.maturity.level:
+        cfg = cfg.model_copy(update={"maturity": cfg.maturity.model_copy(update={"level": level})})
+    return compile_plan(cfg)
 
+
+def infra_spec(cfg: Config, plan: Plan | None = None) -> InfraSpec:
+    """The Pulumi program's input: the components of `plan.infrastructure` and its scheduled deployments
+    (default: the recipe's Plan), built the way the stack's parameters say."""
+    plan = plan or plan_at(cfg)
+    schedules = []
+    for d in plan.deployments:
+        if d.interval_s is None:  # runs only when an automation triggers it
+            continue
+        if d.flow not in _SCHEDULED:
+            raise TargetUnavailable(f"the Plan's deployment {d.name!r} (flow {d.flow!r}) runs on a schedule, but no "
+                                    f"infrastructure component schedules flow {d.flow!r} in the cloud "
+                                    f"(mlops.targets._aws._SCHEDULED knows {', '.join(_SCHEDULED)})")
+        component, param = _SCHEDULED[d.flow]
+        schedules.append(Schedule(component=component, flow=d.flow, deployment=d.name, emits=d.emits,
+                                  expression=getattr(cfg.stack.parameters.schedules, param)))
+    return InfraSpec.build(cfg, plan.maturity, (c.name for c in plan.infrastructure), schedules)
+
+
+def planned_resources(cfg: Config, level: int | None = None, plan: Plan | None = None) -> list[dict[str, Any]]:
+    """What the stack's program declares for `plan` (default the recipe's Plan at `level`, default its own),
+    offline: Pulumi's mocks, no CLI, no credentials. ``[{"type", "name", "custom", "inputs"}]`` in declaration
+    order; components have ``custom: False``. Raises TargetUnavailable if the stack names no program."""
     if cfg.stack.pulumi_project is None:
         raise TargetUnavailable(f"stack {cfg.stack.name!r} provisions nothing (stack.pulumi_project is null); "
                                 "use stack=reasonable-scale or stack=k8s")
-    return run(InfraSpec.from_config(cfg, level))
+    return _run_offline(infra_spec(cfg, plan or plan_at(cfg, level)))
 
 
 def resource_diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> dict[str, list[dict[str, str]]]:
@@ -140,9 +172,7 @@ class AwsTarget:
         self._check()
         from pulumi import automation as auto
 
-        from mlops.infra import InfraSpec
-
-        spec = InfraSpec.from_config(self.cfg)
+        spec = infra_spec(self.cfg)
         stack = self._stack(spec, self.cfg.name, spec.program, self.backend)
         stack.set_config("aws:region", auto.ConfigValue(spec.region))
         stack.set_config("mlops:spec", auto.ConfigValue(json.dumps(spec.to_json())))
@@ -187,8 +217,6 @@ class AwsTarget:
                 "models": [], "tracking": outputs.get("tracking_artifact_uri", ""), "outputs": outputs}
 
     def planned_services(self) -> list[dict[str, Any]]:
-        from mlops.infra import components_for_level
-
         return [{"name": "pulumi", "url": f"{self.backend} stack {self.cfg.name}", "action": "provision " +
-                 ", ".join(components_for_level(self.cfg.maturity.level))},
+                 ", ".join(c.name for c in plan_at(self.cfg).infrastructure)},
                 {"name": "triton", "url": "(from the stack outputs)", "action": "provision"}]
