@@ -50,11 +50,11 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "data_source": Kind("data", "data", "source", "mlops.data._source:DataSource"),
-    "model": Kind("model", "model", "flavor", "mlops.training._module:TabularMLP"),
+    "model": Kind("model", "model", "flavor", "mlops.training._family:ModelFamily"),
     "server": Kind("serving", "serving", "flavor", "mlops.serving._server_api:ModelServer"),
     "tracker": Kind("tracking", "tracking", "flavor", "mlops.tracking._base:Tracker"),
     "monitor": Kind("monitoring", "monitoring", "flavor", "mlops.monitoring._profiler:Profiler"),
-    "model_store": Kind("registry", "registry", "flavor", "mlops.registry._registry:Registry"),
+    "model_store": Kind("registry", "registry", "flavor", "mlops.registry._store:ModelStore"),
     "target": Kind("target", "target", "kind", "mlops.targets._local:LocalTarget"),
 }
 

@@ -26,7 +26,7 @@ from mlops.recipe.schema import Config
 if TYPE_CHECKING:
     from mlops.data import DataSource
     from mlops.monitoring import Profiler
-    from mlops.registry import Registry
+    from mlops.registry import ModelStore
     from mlops.serving._server_api import ModelServer
     from mlops.tracking import Tracker
 
@@ -60,7 +60,7 @@ class Stack:
         return self.flavor("monitor").load()()
 
     @cached_property
-    def model_store(self) -> Registry:
+    def model_store(self) -> ModelStore:
         return self.flavor("model_store").load()(self.state_dir / "registry")
 
     @cached_property

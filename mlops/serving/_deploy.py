@@ -41,7 +41,7 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".incoming-"))
         try:
-            signature = export_onnx(load_module(mv.file("model.ckpt")), tmp / "model.onnx").to_dict()
+            signature = export_onnx(load_module(mv.file("model.ckpt"), cfg.model.flavor), tmp / "model.onnx").to_dict()
             (tmp / "signature.json").write_text(json.dumps(signature, indent=2))
             # The same model.onnx, laid out for a stock Triton container's onnxruntime backend.
             _repository.write_stock_repository(tmp / "triton-onnxruntime", cfg.serving.model_name, mv.version,

@@ -174,7 +174,7 @@ def evaluate(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel) -> 
     from mlops.training import evaluate as test_metrics
     from mlops.training import load_module
 
-    metrics = test_metrics(stack.cfg, load_module(Path(trained.checkpoint)), _split(stack, snapshot))
+    metrics = test_metrics(stack.cfg, load_module(Path(trained.checkpoint), stack.cfg.model.flavor), _split(stack, snapshot))
     if (tracker := open_runs.get(trained.tracking_run_id)) is not None:
         tracker.log_metrics(metrics)
     return TestMetrics(values=metrics)

@@ -9,17 +9,20 @@ Importing this package imports torch and Lightning.
 """
 
 from mlops.training._fit import FitResult, evaluate, fit
-from mlops.training._module import TabularDataModule, TabularMLP, load_module, predict_frame
+from mlops.training._family import ModelFamily, load_module, model_family
+from mlops.training._module import TabularDataModule, TabularMLP, predict_frame
 from mlops.training._split import Split, split_frame
 
 __all__ = [
     "FitResult",
+    "ModelFamily",
     "Split",
     "TabularDataModule",
     "TabularMLP",
     "evaluate",
     "fit",
     "load_module",
+    "model_family",
     "predict_frame",
     "split_frame",
 ]

@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mlops._atomic import write_atomic
 from mlops.recipe.schema import Config
+from mlops.training._family import model_family
 from mlops.training._module import TabularDataModule, TabularMLP
 from mlops.training._split import Split
 
@@ -78,7 +79,8 @@ def fit(
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
+    family = model_family(cfg.model.flavor)
+    module = family.from_train(cfg.model, cfg.data, split.train)
     data = TabularDataModule(module, split, cfg.model.batch_size, cfg.compute.num_workers)
 
     es = cfg.model.early_stopping
@@ -114,7 +116,7 @@ def fit(
     try:
         with _tabular_run():
             trainer.fit(module, datamodule=data)
-        trained = TabularMLP.load_from_checkpoint(best.best_model_path, map_location="cpu").eval()
+        trained = family.load_from_checkpoint(best.best_model_path, map_location="cpu").eval()
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             os.replace(best.best_model_path, checkpoint)

@@ -240,11 +240,6 @@ class TabularDataModule(pl.LightningDataModule):
         return self._loader(self.split.test, shuffle=False)
 
 
-def load_module(checkpoint: Path) -> TabularMLP:
-    """The module saved by :func:`mlops.training.fit`, on the CPU and in eval mode."""
-    return TabularMLP.load_from_checkpoint(Path(checkpoint), map_location="cpu").eval()
-
-
 @torch.no_grad()
 def predict_frame(module: TabularMLP, frame: pd.DataFrame) -> np.ndarray:
     """Probabilities ``[N, C]`` (classification) or predictions ``[N]`` (regression) for raw rows, in torch."""
