@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops._layout import Layout
 from mlops.flavors import get
 from mlops.recipe.schema import Config
 
@@ -58,7 +59,7 @@ class Stack:
 
     @cached_property
     def model_store(self) -> Registry:
-        return self.flavor("model_store").load()(self.state_dir / "registry")
+        return self.flavor("model_store").load()(Layout(self.state_dir).registry)
 
     @cached_property
     def target(self) -> Any:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from mlops._layout import Layout
 from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, err, out
 from mlops.errors import ConfigError, Problem, RegistryError
 
@@ -45,7 +46,7 @@ def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str
     from mlops.serving import deploy_version, ensure_triton, export_version
 
     state = _state_dir(cfg)
-    registry = Registry(state / "registry")
+    registry = Registry(Layout(state).registry)
     mv = registry.get(cfg.name, version)
     status = registry.statuses(cfg.name)[version]
     if status["status"] == "rejected" and not force:
@@ -55,7 +56,7 @@ def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str
     ensure_triton(cfg, state)
     served = deploy_version(cfg, export_version(cfg, {"version": version}, state), state)
     registry.promote(cfg.name, version, by=by)
-    RunLog(state / "runs").record(cfg.name, {"flow": by, "trigger": "manual", "steps": ["export", "deploy"],
+    RunLog(Layout(state).runs).record(cfg.name, {"flow": by, "trigger": "manual", "steps": ["export", "deploy"],
                                              "version": version, "outcome": "deployed"})
     return {"model": cfg.name, "version": version, **served}
 
@@ -99,7 +100,7 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
 
     cfg = _cfg_for(model, overrides)
     state = _state_dir(cfg)
-    registry = Registry(state / "registry")
+    registry = Registry(Layout(state).registry)
     stack = registry.champions(model)
     if len(stack) < 2:
         raise RegistryError(f"model {model!r} has no previous champion to roll back to "
@@ -108,7 +109,7 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
     ensure_triton(cfg, state)
     served = deploy_version(cfg, export_version(cfg, {"version": previous}, state), state)
     frm, to = registry.rollback(model)
-    RunLog(state / "runs").record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
+    RunLog(Layout(state).runs).record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
                                           "version": to, "outcome": f"rolled back from {frm}"})
     if json_:
         _print_json({"model": model, "from": frm, "to": to, **served})
@@ -166,7 +167,7 @@ def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     from mlops.registry import RunLog
 
     cfg = _load(overrides, check_data=False)
-    history = RunLog(_state_dir(cfg) / "runs").runs(cfg.name)
+    history = RunLog(Layout(_state_dir(cfg)).runs).runs(cfg.name)
     if json_:
         _print_json(history)
         return

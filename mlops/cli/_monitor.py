@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from mlops._layout import Layout
 from mlops.cli._app import JsonFlag, Overrides, err, out
 from mlops.cli._app import _load as load_config
 from mlops.cli._app import _print_json as print_json
@@ -71,9 +72,10 @@ def report(
     if reference is None:
         raise DataError(f"model {cfg.name!r} has no registered version with a reference profile yet; "
                         f"run `mlops up recipe={cfg.name}` first.")
-    reg = Registry(state_dir / "registry")
+    layout = Layout(state_dir)
+    reg = Registry(layout.registry)
     version = reg.aliases(cfg.name).get("champion") or reg.versions(cfg.name)[-1].version
-    window_dir = state_dir / "monitoring" / cfg.name / str(version) / "windows"
+    window_dir = layout.windows(cfg.name, version)
     profiler = make_profiler("whylogs")
     history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
     if html is not None:

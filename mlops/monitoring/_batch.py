@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mlops._atomic import fsync_path, fsync_tree
+from mlops._layout import Layout
 from mlops.monitoring._profiler import BatchReport, make_profiler
 from mlops.recipe.schema import Config
 from mlops.registry import Registry
@@ -24,7 +25,7 @@ from mlops.registry import Registry
 
 def reference_profile(cfg: Config, state_dir: Path) -> Any | None:
     """The champion's training-data profile (or the latest version's), if any version exists."""
-    reg = Registry(state_dir / "registry")
+    reg = Registry(Layout(state_dir).registry)
     versions = reg.versions(cfg.name)
     if not versions:
         return None
@@ -41,7 +42,7 @@ def check_batch(cfg: Config, state_dir: Path, frame: pd.DataFrame) -> BatchRepor
 
 
 def quarantine_dir(state_dir: Path, model: str) -> Path:
-    return state_dir / "quarantine" / model
+    return Layout(state_dir).quarantine(model)
 
 
 def quarantined(state_dir: Path, model: str, key: str) -> Path | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlops._layout import Layout
 from mlops.plan._levels import compile_plan
 from mlops.recipe.keys import training_key
 from mlops.recipe.schema import Config
@@ -32,7 +33,7 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     # heavy: pandas (and scikit-learn for a bundled dataset) on first use, not on `import mlops.plan`.
     from mlops.data import fingerprint, read_frame
 
-    frame = read_frame(cfg.data, project, cache_dir=state_dir / "cache")
+    frame = read_frame(cfg.data, project, cache_dir=Layout(state_dir).cache)
     return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
 
 
@@ -41,7 +42,7 @@ def build_plan(cfg: Config, project: Path, target: PlanTarget) -> dict[str, Any]
     plan = compile_plan(cfg)
     services = target.planned_services()
     key = current_training_key(cfg, project, target.state_dir)
-    existing = Registry(target.state_dir / "registry").find(cfg.name, key)
+    existing = Registry(Layout(target.state_dir).registry).find(cfg.name, key)
     steps = []
     for step in plan.to_json()["steps"]:
         name = step["name"]

@@ -17,10 +17,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mlops._layout import Layout
 from mlops.errors import TargetUnavailable
 from mlops.recipe.schema import Config
-
-STATE_FILE = "pulumi-stack.json"
 
 
 def _aws_credentials() -> bool:
@@ -67,7 +66,7 @@ class AwsTarget:
     # ------------------------------------------------------------ checks (no side effects)
     @property
     def backend(self) -> str:
-        return self.cfg.stack.backend or (self.state_dir / "pulumi").as_uri()
+        return self.cfg.stack.backend or Layout(self.state_dir).pulumi.as_uri()
 
     def missing(self) -> list[str]:
         """What this machine lacks to run the stack's program; empty when it can run."""
@@ -147,7 +146,7 @@ class AwsTarget:
         stack.set_config("aws:region", auto.ConfigValue(spec.region))
         stack.set_config("mlops:spec", auto.ConfigValue(json.dumps(spec.to_json())))
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / STATE_FILE).write_text(json.dumps(
+        Layout(self.state_dir).pulumi_stack.write_text(json.dumps(
             {"backend": self.backend, "project": f"mlops-{spec.program}", "program": spec.program,
              "stack": self.cfg.name, "level": spec.level}, indent=2) + "\n")
         try:
@@ -166,7 +165,7 @@ class AwsTarget:
         self._check()
         from pulumi import automation as auto
 
-        saved = self.state_dir / STATE_FILE
+        saved = Layout(self.state_dir).pulumi_stack
         rec = json.loads(saved.read_text()) if saved.is_file() else {
             "backend": self.backend, "program": self.cfg.stack.pulumi_project, "stack": self.cfg.name}
         stack = self._stack(None, rec["stack"], rec["program"], rec["backend"])
@@ -178,7 +177,7 @@ class AwsTarget:
 
     def status(self) -> dict[str, Any]:
         self._check()
-        saved = self.state_dir / STATE_FILE
+        saved = Layout(self.state_dir).pulumi_stack
         if not saved.is_file():
             return {"services": {}, "models": [], "tracking": "(nothing provisioned from here)"}
         rec = json.loads(saved.read_text())

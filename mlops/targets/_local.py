@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mlops._layout import Layout
+from mlops._process import Supervisor, wait_ports_free
 from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
 from mlops.targets import _prefect
-from mlops.targets._process import Service, wait_ports_free
 
 
 class LocalTarget:
@@ -19,12 +20,14 @@ class LocalTarget:
         self.cfg = cfg
         self.project = project
         self.state_dir = (project / cfg.target.state_dir).resolve()
+        self.layout = Layout(self.state_dir)
 
     # ------------------------------------------------------------ urls
     @property
     def triton_url(self) -> str:
-        s = self.cfg.serving
-        return f"http://{s.host}:{s.http_port}"
+        from mlops.serving import triton_url
+
+        return triton_url(self.cfg.serving)
 
     def planned_services(self) -> list[dict[str, Any]]:
         # heavy: mlops.serving (pandas, Triton's client) and mlops.flows (Prefect) are imported on first use in
@@ -88,11 +91,11 @@ class LocalTarget:
         return result
 
     # ------------------------------------------------------------ the Plan's deployments (level 1+)
-    def runner_service(self) -> Service:
-        return Service(f"runner-{self.cfg.name}", self.state_dir)
+    def runner_service(self) -> Supervisor:
+        return Supervisor(f"runner-{self.cfg.name}", self.layout)
 
     def _runner_spec(self) -> Path:
-        return self.state_dir / "runner" / f"{self.cfg.name}.json"
+        return self.layout.runner_spec(self.cfg.name)
 
     def apply_plan(self, console: Any) -> dict[str, Any]:
         """Make the Prefect server hold exactly the Plan's deployments and automations, served by a runner.
@@ -129,8 +132,10 @@ class LocalTarget:
         env = {**os.environ, **_prefect.prefect_env(self.cfg, self.state_dir), "WHYLOGS_NO_ANALYTICS": "True"}
         with console.status("starting the Prefect runner (applying the Plan's deployments) ..."):
             pid = service.start([sys.executable, "-m", "mlops.flows._serve", str(spec)], env=env, ports={},
-                                healthy=lambda: ready.is_file() and ready.read_text() == digest,
-                                timeout=self.cfg.target.prefect.start_timeout_s, cwd=self.project)
+                                ready=[("serving the Plan's deployments",
+                                        lambda: ready.is_file() and ready.read_text() == digest)],
+                                timeout=self.cfg.target.prefect.start_timeout_s,
+                                timeout_key="target.prefect.start_timeout_s", cwd=self.project)
         console.print(f"  [green]✓[/] runner    serving {', '.join(d.name for d in plan.deployments)}; "
                       f"automations: {', '.join(a.name for a in plan.automations) or 'none'}")
         return {"runner": pid, "deployments": [d.name for d in plan.deployments], "digest": digest}
@@ -140,7 +145,7 @@ class LocalTarget:
         from mlops.registry import Registry
         from mlops.serving import served_models
 
-        reg = Registry(self.state_dir / "registry")
+        reg = Registry(self.layout.registry)
         champion = reg.aliases(self.cfg.name).get("champion")
         name = self.cfg.serving.model_name
         if champion is None or not any(m["name"] == name and m["state"] == "READY" and str(m["version"]) ==
@@ -157,7 +162,7 @@ class LocalTarget:
         from mlops.serving import served_models
 
         key = current_training_key(self.cfg, self.project, self.state_dir)
-        mv = Registry(self.state_dir / "registry").find(self.cfg.name, key)
+        mv = Registry(self.layout.registry).find(self.cfg.name, key)
         if mv is None:
             return None
         name = self.cfg.serving.model_name
@@ -175,7 +180,7 @@ class LocalTarget:
         """The recipe's versions with their status (rejections with reasons) and the champion."""
         from mlops.registry import Registry
 
-        reg = Registry(self.state_dir / "registry")
+        reg = Registry(self.layout.registry)
         st = reg.statuses(self.cfg.name)
         return {"model": self.cfg.name, "champion": reg.aliases(self.cfg.name).get("champion"),
                 "versions": [{"version": v, **s} for v, s in sorted(st.items())]}
@@ -184,8 +189,8 @@ class LocalTarget:
         from mlops.serving import stop_triton
 
         stopped = {}
-        for pid_file in sorted((self.state_dir / "pids").glob("runner-*.pid")):
-            if Service(pid_file.stem, self.state_dir).stop():
+        for pid_file in sorted(self.layout.pids.glob("runner-*.pid")):
+            if Supervisor(pid_file.stem, self.layout).stop():
                 stopped[pid_file.stem] = True
         stopped["triton"] = stop_triton(self.state_dir)
         stopped["prefect"] = _prefect.prefect_service(self.state_dir).stop()
@@ -202,7 +207,7 @@ class LocalTarget:
         return stopped
 
     def status(self) -> dict[str, Any]:
-        from mlops.serving import model_statistics, served_models, triton_live
+        from mlops.serving import model_statistics, served_models, triton_grpc_url, triton_live, triton_metrics_url
         from mlops.tracking import make_tracker
 
         api = _prefect.api_url(self.cfg)
@@ -214,8 +219,7 @@ class LocalTarget:
                             "managed": _prefect.external_api_url() is None,
                             "pid": _prefect.prefect_service(self.state_dir).pid()},
                 "triton": {"healthy": triton_ok, "url": self.triton_url,
-                           "grpc_url": f"{s.host}:{s.grpc_port}",
-                           "metrics_url": f"http://{s.host}:{s.metrics_port}/metrics"},
+                           "grpc_url": triton_grpc_url(s), "metrics_url": triton_metrics_url(s)},
             },
             "models": served_models(self.triton_url) if triton_ok else [],
             "statistics": model_statistics(self.triton_url) if triton_ok else [],
