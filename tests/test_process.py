@@ -14,11 +14,12 @@ from mlops._layout import Layout
 from mlops._process import Supervisor, check_ports_free, port_free, wait_ports_free
 from mlops.errors import ServiceError
 
-# A parent that starts a child in its own process group and ignores SIGTERM: `stop` must still end both.
+# A parent that starts a child in its process group, both ignoring SIGTERM: `stop` must still end both.
 STUBBORN = """
 import signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+child = subprocess.Popen([sys.executable, "-c",
+                          "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
 print("child", child.pid, flush=True)
 time.sleep(600)
 """

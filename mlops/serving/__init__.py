@@ -16,8 +16,8 @@ from mlops.serving._deploy import (
     stop_triton,
     triton_live,
 )
+from mlops.serving._server import base_url as triton_url
 from mlops.serving._server import grpc_url as triton_grpc_url
-from mlops.serving._server import http_url as triton_url
 from mlops.serving._server import metrics_url as triton_metrics_url
 
 __all__ = sorted([

@@ -25,7 +25,7 @@ def _repo(state_dir: Path) -> Path:
 
 
 def _url(cfg: Config) -> str:
-    return _server.http_url(cfg.serving)
+    return _server.base_url(cfg.serving)
 
 
 def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dict[str, Any]:
@@ -71,7 +71,8 @@ def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
     """Served traffic is sampled into whylogs windows under monitoring/<model>/<version>/windows."""
     if cfg.monitoring.flavor == "none":
         return None
-    return {"monitoring_dir": str(Layout(state_dir).model_monitoring(cfg.name)), "sample_rate": str(cfg.monitoring.sample_rate),
+    return {"monitoring_dir": str(Layout(state_dir).model_monitoring(cfg.name)),
+            "sample_rate": str(cfg.monitoring.sample_rate),
             "window_s": str(cfg.monitoring.window_s), "python": sys.executable}
 
 

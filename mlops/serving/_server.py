@@ -10,7 +10,7 @@ process needs to find it again lives under the state directory::
 
 The paths are the state directory's layout (mlops._layout); pid file, log, readiness wait and stop are the
 one supervisor's (mlops._process), which targets use for their services too. Triton's URLs are spelled out
-here only (:func:`http_url`, :func:`grpc_url`, :func:`metrics_url`); everything else asks for them.
+here only (:func:`base_url`, :func:`http_url`, :func:`grpc_url`, :func:`metrics_url`); everything else asks.
 """
 
 from __future__ import annotations
@@ -46,13 +46,18 @@ DRAIN_MODEL = "_mlops_draining"
 _POLL_S = 0.05
 
 
-def _http_url(host: str, port: int | str) -> str:
+def _base_url(host: str, port: int | str) -> str:
     return f"http://{host}:{port}"
 
 
+def base_url(serving: ServingConfig) -> str:
+    """``http://host:port`` of the HTTP endpoint: what users see, and what the functions here accept."""
+    return _base_url(serving.host, serving.http_port)
+
+
 def http_url(serving: ServingConfig) -> str:
-    """``http://host:port`` of the HTTP endpoint (the functions here and tritonclient's wrappers take it)."""
-    return _http_url(serving.host, serving.http_port)
+    """``host:port`` of the HTTP endpoint, the form tritonclient expects."""
+    return _host_port(base_url(serving))
 
 
 def grpc_url(serving: ServingConfig) -> str:
@@ -86,7 +91,7 @@ class TritonServer:
         self.log_path = self.process.log_file
 
     def start(self, repo: Path, serving: ServingConfig, models: Sequence[str] = ()) -> str:
-        """Spawn tritonserver on ``repo`` with ``models`` loaded; returns :func:`http_url`.
+        """Spawn tritonserver on ``repo`` with ``models`` loaded; returns the HTTP ``host:port`` (:func:`http_url`).
 
         Returns once ``/v2/health/live`` answers (and, with models, ``/v2/health/ready``),
         within ``serving.ready_timeout_s``. Starting a server that already runs with
@@ -140,7 +145,7 @@ class TritonServer:
         proc = self.process.spawn(cmd, _server_env(), cwd=runtime)
         write_atomic(self.info_path, json.dumps({"pid": proc.pid, **info}, indent=2) + "\n")
 
-        base = http_url(serving)
+        base = base_url(serving)
         ready = [("live", lambda: _http_ok(base + "/v2/health/live"))]
         if models:
             ready.append(("ready", lambda: _http_ok(base + "/v2/health/ready")))
@@ -192,9 +197,9 @@ class TritonServer:
         return True
 
     def url(self) -> str | None:
-        """:func:`http_url` of the server as it was started (server.json), or None if there is none."""
+        """:func:`base_url` of the server as it was started (server.json), or None if there is none."""
         info = self._info()
-        return _http_url(info.get("host", "127.0.0.1"), info["http_port"]) if "http_port" in info else None
+        return _base_url(info.get("host", "127.0.0.1"), info["http_port"]) if "http_port" in info else None
 
     def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> dict | None:
         """:func:`drain` the running server; None if none runs."""
