@@ -13,12 +13,17 @@ Every module asks this for a path instead of joining strings onto ``state_dir``,
       exports/<model>/<version>/  model.onnx, signature, the stock server repository
       work/<model>.json    level 0: what `mlops run <step>` left for the next step
       runs/                the run history (`mlops runs`)
-      monitoring/<model>/<version>/  traffic windows, spool, judged.json
+      monitoring/<model>/<version>/  traffic windows, spool, judged.json (Triton's capture gets monitoring/<model>)
       quarantine/<model>/  batches and windows that failed validation, with reports
       cache/               local copies of slow sources (bundled datasets)
       pids/ logs/          background services (one .pid and one .log each)
       runner/<model>.json  the Prefect runner's spec (+ .ready with the Plan digest)
+      triton/              the local Triton: runtime, server.json, models/ (the served repository),
+                           serving/<model_name>.json (champion and previous)
+      pulumi-stack.json    target=aws: the stack `up` provisioned, so `down` works from saved state alone
       prefect/ triton/ pulumi/ neptune/ mlflow.db mlartifacts/   each tool's own files
+
+tests/test_layout.py fails if a module outside this one joins one of these names onto a state directory.
 """
 
 from __future__ import annotations
@@ -66,8 +71,12 @@ class Layout:
         return self.root / "cache"
 
     # ---------------------------------------------------------------- monitoring
+    def model_monitoring(self, model: str) -> Path:
+        """monitoring/<model>: what Triton's capture is given; it adds <version>/windows itself."""
+        return self.root / "monitoring" / model
+
     def monitoring(self, model: str, version: int | str) -> Path:
-        return self.root / "monitoring" / model / str(version)
+        return self.model_monitoring(model) / str(version)
 
     def windows(self, model: str, version: int | str) -> Path:
         return self.monitoring(model, version) / "windows"
@@ -99,11 +108,30 @@ class Layout:
 
     @property
     def triton(self) -> Path:
+        """The local Triton's runtime (bin/, backends/, caches/ links) and the files below."""
         return self.root / "triton"
+
+    @property
+    def triton_info(self) -> Path:
+        """How the running Triton was started: pid, repository, host and ports."""
+        return self.triton / "server.json"
+
+    @property
+    def triton_repository(self) -> Path:
+        """The model repository the local Triton serves."""
+        return self.triton / "models"
+
+    def serving_state(self, model_name: str) -> Path:
+        """Which versions of a served model are champion and previous."""
+        return self.triton / "serving" / f"{model_name}.json"
 
     @property
     def pulumi(self) -> Path:
         return self.root / "pulumi"
+
+    @property
+    def pulumi_stack(self) -> Path:
+        return self.root / "pulumi-stack.json"
 
     @property
     def neptune(self) -> Path:

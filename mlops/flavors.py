@@ -55,7 +55,7 @@ KINDS: dict[str, Kind] = {
     "tracker": Kind("tracking", "tracking", "flavor", "mlops.tracking._base:Tracker"),
     "monitor": Kind("monitoring", "monitoring", "flavor", "mlops.monitoring._profiler:Profiler"),
     "model_store": Kind("registry", "registry", "flavor", "mlops.registry._store:ModelStore"),
-    "target": Kind("target", "target", "kind", "mlops.targets._local:LocalTarget"),
+    "target": Kind("target", "target", "kind", "mlops.targets._base:Target"),
 }
 
 

@@ -61,7 +61,7 @@ class Stack:
 
     @cached_property
     def model_store(self) -> ModelStore:
-        return self.flavor("model_store").load()(self.state_dir / "registry")
+        return self.flavor("model_store").load()(self.layout.registry)
 
     @cached_property
     def server(self) -> ModelServer:

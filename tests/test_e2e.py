@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops.targets._process import port_free
+from mlops._process import port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = (4491, 8491, 8492, 8493)

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from mlops import flavors
-from mlops.targets._process import port_free
+from mlops._process import port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "tests" / "plugins" / "jsonl_flavors"

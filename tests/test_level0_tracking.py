@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops.targets._process import port_free
+from mlops._process import port_free
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = (4620, 8620, 8621, 8622)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mlops.targets._process import port_free
+from mlops._process import port_free
 from _client_thread import ClientThread
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -135,10 +135,11 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:
         out.print("model    (none served)")
+    server = st["services"].get(cfg.serving.flavor, {})
     for t in st.get("statistics", []):
-        out.print(f"triton   {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "
+        out.print(f"{cfg.serving.flavor:<8} {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "
                   f"queue {t['queue_ms']:.2f} ms  compute {t['compute_ms']:.2f} ms  "
-                  f"({t['rows_per_execution']:.1f} rows/exec)  metrics {st['services']['triton']['metrics_url']}")
+                  f"({t['rows_per_execution']:.1f} rows/exec)  metrics {server.get('metrics_url', '-')}")
     reg = st.get("registry") or {}
     if reg.get("versions"):
         out.print(f"champion {reg['model']}@{reg['champion']}" if reg["champion"] else f"champion {reg['model']}: none")
@@ -304,10 +305,11 @@ def predict(
 
     Example: mlops predict recipe=breast_cancer --input rows.csv --json
     """
-    from mlops.serving import predict_rows, read_rows
+    from mlops.serving import read_rows
+    from mlops.stack import Stack
 
     cfg = _load(overrides, check_data=False)
-    result = predict_rows(cfg, _project(), read_rows(input_))
+    result = Stack(cfg, _project()).server.predict(read_rows(input_))
     if json_:
         _print_json(result)
         return

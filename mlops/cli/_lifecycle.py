@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from mlops._names import MANUAL_STEPS
+from mlops._layout import Layout
 from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, out
 from mlops.errors import ConfigError, Problem
 
@@ -63,7 +64,7 @@ def _make_champion(ref: str, overrides: list[str] | None, force: bool, json_: bo
 @app.command()
 def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
            force: Force = False, json_: JsonFlag = False) -> None:
-    """Export a registered version, load it on Triton and make it the champion (level 0: a person deploys).
+    """Export a registered version, serve it on the model server and make it the champion (level 0: a person deploys).
 
     Example: mlops deploy breast_cancer@1
     """
@@ -73,7 +74,7 @@ def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overri
 @app.command()
 def promote(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
             force: Force = False, json_: JsonFlag = False) -> None:
-    """Move the champion alias to a registered version and serve it on Triton (level 2: promotion is manual).
+    """Move the champion alias to a registered version and serve it (level 2: promotion is manual).
 
     Example: mlops promote breast_cancer@2
     """
@@ -83,7 +84,7 @@ def promote(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overr
 @app.command()
 def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).")], overrides: Overrides = None,
              json_: JsonFlag = False) -> None:
-    """Restore the previous champion: Triton serves it again and the champion alias points back to it.
+    """Restore the previous champion: the model server serves it again and the champion alias points back to it.
 
     Example: mlops rollback breast_cancer
     """
@@ -130,7 +131,6 @@ def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
     target = get_target(cfg, _project())
     target._ensure_prefect()
     os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
-    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
     from mlops.flows import step_flow
 
     result = step_flow(cfg, str(target.project), str(target.state_dir), step)
@@ -151,7 +151,7 @@ def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     from mlops.registry import RunLog
 
     cfg = _load(overrides, check_data=False)
-    history = RunLog(_state_dir(cfg) / "runs").runs(cfg.name)
+    history = RunLog(Layout(_state_dir(cfg)).runs).runs(cfg.name)
     if json_:
         _print_json(history)
         return

@@ -23,7 +23,7 @@ def validate(
     input_: Annotated[Path, typer.Option("--input", "-i", help="A batch to check: .csv or .parquet.")] = Path("batch.csv"),
     json_: JsonFlag = False,
 ) -> None:
-    """Check a data batch against the recipe's constraints and the champion's reference profile (whylogs).
+    """Check a data batch against the recipe's constraints and the champion's reference profile.
 
     The same check ingest runs on every batch. Exit 3 if any constraint fails.
 
@@ -31,14 +31,16 @@ def validate(
     """
     import pandas as pd
 
+    from mlops import steps
     from mlops.monitoring._batch import check_batch, render_failures
+    from mlops.stack import Stack
 
     cfg = load_config(overrides, check_data=False)
     if not input_.is_file():
         raise DataError(f"--input {input_}: no such file. Give a .csv or .parquet batch with the recipe's columns.")
     frame = pd.read_parquet(input_) if input_.suffix in (".parquet", ".pq") else pd.read_csv(input_)
-    state_dir = project() / cfg.target.state_dir
-    report = check_batch(cfg, state_dir, frame)
+    stack = Stack(cfg, project())
+    report = check_batch(cfg, frame, steps.reference_profile(stack)[1], stack.monitor)
     if json_:
         print_json({"ok": report.ok, "rows": report.rows, "failures": [
             {"column": f.column, "constraint": f.constraint, "details": f.details} for f in report.failures]})
@@ -61,20 +63,18 @@ def report(
 
     Example: mlops monitor report recipe=breast_cancer --html drift.html
     """
-    from mlops.monitoring import drift_history, make_profiler, render_html, windows
-    from mlops.monitoring._batch import reference_profile
-    from mlops.registry import Registry
+    from mlops import steps
+    from mlops.monitoring import drift_history, render_html, windows
+    from mlops.stack import Stack
 
     cfg = load_config(overrides, check_data=False)
-    state_dir = project() / cfg.target.state_dir
-    reference = reference_profile(cfg, state_dir)
+    stack = Stack(cfg, project())
+    version, reference = steps.reference_profile(stack)
     if reference is None:
         raise DataError(f"model {cfg.name!r} has no registered version with a reference profile yet; "
                         f"run `mlops up recipe={cfg.name}` first.")
-    reg = Registry(state_dir / "registry")
-    version = reg.aliases(cfg.name).get("champion") or reg.versions(cfg.name)[-1].version
-    window_dir = state_dir / "monitoring" / cfg.name / str(version) / "windows"
-    profiler = make_profiler("whylogs")
+    window_dir = stack.layout.windows(cfg.name, version)
+    profiler = steps.batch_profiler(stack)
     history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
     if html is not None:
         stored = windows(window_dir)

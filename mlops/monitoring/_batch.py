@@ -17,31 +17,21 @@ from typing import Any
 import pandas as pd
 
 from mlops._atomic import fsync_path, fsync_tree
-from mlops.monitoring._profiler import BatchReport, make_profiler
+from mlops._layout import Layout
+from mlops.monitoring._profiler import BatchReport, Profiler, make_profiler
 from mlops.recipe.schema import Config
-from mlops.registry import Registry
 
 
-def reference_profile(cfg: Config, state_dir: Path) -> Any | None:
-    """The champion's training-data profile (or the latest version's), if any version exists."""
-    reg = Registry(state_dir / "registry")
-    versions = reg.versions(cfg.name)
-    if not versions:
-        return None
-    aliases = reg.aliases(cfg.name)
-    mv = reg.get(cfg.name, aliases["champion"]) if "champion" in aliases else versions[-1]
-    path = mv.file("reference_profile.bin")
-    return make_profiler(cfg.monitoring.flavor).read(path) if path.is_file() else None
-
-
-def check_batch(cfg: Config, state_dir: Path, frame: pd.DataFrame) -> BatchReport:
-    profiler = make_profiler(cfg.monitoring.flavor if cfg.monitoring.flavor != "none" else "whylogs")
-    # No version yet: no reference, so only the recipe's own constraints apply.
-    return profiler.validate(frame, reference_profile(cfg, state_dir), cfg.data, cfg.monitoring)
+def check_batch(cfg: Config, frame: pd.DataFrame, reference: Any | None, profiler: Profiler | None = None
+                ) -> BatchReport:
+    """The recipe's constraints on `frame`, plus those of the champion's training-data profile `reference`
+    (None before the first version: then only the recipe's own apply)."""
+    profiler = profiler or make_profiler(cfg.monitoring.flavor if cfg.monitoring.flavor != "none" else "whylogs")
+    return profiler.validate(frame, reference, cfg.data, cfg.monitoring)
 
 
 def quarantine_dir(state_dir: Path, model: str) -> Path:
-    return state_dir / "quarantine" / model
+    return Layout(state_dir).quarantine(model)
 
 
 def quarantined(state_dir: Path, model: str, key: str) -> Path | None:

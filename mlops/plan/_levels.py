@@ -58,7 +58,7 @@ def level_0(plan: Plan, cfg: Config) -> Plan:
     return plan.model_copy(update={
         "steps": steps,
         "infrastructure": (_component(cfg, "store"), _component(cfg, "tracking")),
-        "services": ("prefect-server", "triton"),
+        "services": ("prefect-server", cfg.serving.flavor),
     })
 
 
@@ -103,7 +103,7 @@ def level_3(plan: Plan, cfg: Config) -> Plan:
     metric, direction = cfg.gate_metric
     gate = Gate(name="champion", after="register", metric=metric, direction=direction,
                 min_improvement=cfg.maturity.gate.min_improvement, floors=dict(cfg.maturity.gate.floors),
-                ceilings=dict(cfg.maturity.gate.ceilings), on_pass="promote and deploy to Triton",
+                ceilings=dict(cfg.maturity.gate.ceilings), on_pass=f"promote and deploy to {cfg.serving.flavor}",
                 on_fail="mark the version rejected with the reasons; champion and served version unchanged")
     deployments = tuple(
         d.model_copy(update={"steps": (*d.steps, "gate", "export", "deploy"), "parameters": {"release": True},

@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
+from mlops._layout import Layout
 from mlops.plan._levels import compile_plan
 from mlops.recipe.keys import training_key
 from mlops.recipe.schema import Config
-from mlops.registry import Registry
+from mlops.stack import Stack
 
 
 class PlanTarget(Protocol):
@@ -32,7 +33,7 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     # heavy: pandas (and scikit-learn for a bundled dataset) on first use, not on `import mlops.plan`.
     from mlops.data import fingerprint, read_frame
 
-    frame = read_frame(cfg.data, project, cache_dir=state_dir / "cache")
+    frame = read_frame(cfg.data, project, cache_dir=Layout(state_dir).cache)
     return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
 
 
@@ -41,7 +42,7 @@ def build_plan(cfg: Config, project: Path, target: PlanTarget) -> dict[str, Any]
     plan = compile_plan(cfg)
     services = target.planned_services()
     key = current_training_key(cfg, project, target.state_dir)
-    existing = Registry(target.state_dir / "registry").find(cfg.name, key)
+    existing = Stack(cfg, project, target.state_dir).model_store.find(cfg.name, key)
     steps = []
     for step in plan.to_json()["steps"]:
         name = step["name"]
@@ -50,7 +51,7 @@ def build_plan(cfg: Config, project: Path, target: PlanTarget) -> dict[str, Any]
         elif name == "train":
             action = f"train {cfg.model.flavor} {cfg.model.task} on {cfg.compute.accelerator} (key {key})"
         elif name == "deploy":
-            action = f"load on Triton at {services[1]['url']} as {cfg.serving.model_name}"
+            action = f"load on {cfg.serving.flavor} at {services[1]['url']} as {cfg.serving.model_name}"
         elif name == "gate":
             metric, direction = cfg.gate_metric
             action = f"compare {metric} ({direction}) with the champion"

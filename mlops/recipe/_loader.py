@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from mlops._layout import Layout
 from mlops.errors import ConfigError, Problem
 from mlops.flavors import KINDS, flavors
 from mlops.recipe import schema
@@ -378,7 +379,7 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
         # The data source is asked through the flavor registry (its implementation, and pandas, imported now):
         # the recipe layer names the role, never the data package above it.
         source = flavors("data_source")[config.data.source].load()(config.data)
-        data_problems = source.check(project, cache_dir=project / config.target.state_dir / "cache")
+        data_problems = source.check(project, cache_dir=Layout(project / config.target.state_dir).cache)
         if data_problems:
             raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
     return config

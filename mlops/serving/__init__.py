@@ -16,6 +16,9 @@ from mlops.serving._deploy import (
     stop_triton,
     triton_live,
 )
+from mlops.serving._server import base_url as triton_url
+from mlops.serving._server import grpc_url as triton_grpc_url
+from mlops.serving._server import metrics_url as triton_metrics_url
 
 __all__ = sorted([
     "deploy_version",
@@ -31,5 +34,8 @@ __all__ = sorted([
     "served_models",
     "serving_state",
     "stop_triton",
+    "triton_grpc_url",
     "triton_live",
+    "triton_metrics_url",
+    "triton_url",
 ])

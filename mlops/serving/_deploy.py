@@ -12,19 +12,20 @@ from typing import Any
 import pandas as pd
 
 from mlops._atomic import fsync_path, fsync_tree, write_atomic
+from mlops._layout import Layout
 from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
-from mlops.registry import Registry, write_atomic
+from mlops.registry import Registry
 from mlops.serving import _client, _repository, _server
 from mlops.serving._export import export_onnx
 
 
 def _repo(state_dir: Path) -> Path:
-    return state_dir / "triton" / "models"
+    return Layout(state_dir).triton_repository
 
 
 def _url(cfg: Config) -> str:
-    return f"http://{cfg.serving.host}:{cfg.serving.http_port}"
+    return _server.base_url(cfg.serving)
 
 
 def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dict[str, Any]:
@@ -32,12 +33,13 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
 
     The folder appears by one rename, so a crash never leaves half an export; a second call reuses it.
     """
-    out = state_dir / "exports" / cfg.name / str(version["version"])
+    layout = Layout(state_dir)
+    out = layout.export(cfg.name, version["version"])
     if not out.is_dir():
         # heavy: torch and Lightning, imported on first use (status and predict don't need them).
         from mlops.training import load_module
 
-        mv = Registry(state_dir / "registry").get(cfg.name, version["version"])
+        mv = Registry(layout.registry).get(cfg.name, version["version"])
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".incoming-"))
         try:
@@ -69,7 +71,8 @@ def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
     """Served traffic is sampled into whylogs windows under monitoring/<model>/<version>/windows."""
     if cfg.monitoring.flavor == "none":
         return None
-    return {"monitoring_dir": str(state_dir / "monitoring" / cfg.name), "sample_rate": str(cfg.monitoring.sample_rate),
+    return {"monitoring_dir": str(Layout(state_dir).model_monitoring(cfg.name)),
+            "sample_rate": str(cfg.monitoring.sample_rate),
             "window_s": str(cfg.monitoring.window_s), "python": sys.executable}
 
 
@@ -167,11 +170,7 @@ def drain_triton(state_dir: Path, timeout: float = _server.DRAIN_TIMEOUT_S) -> d
     The models keep answering; only a stop (or a restart) makes the server ready again.
     Returns ``{"ready": False, "requests": <answered meanwhile>, "waited_s"}``.
     """
-    server = _server.TritonServer(state_dir)
-    info = server._info()
-    if server.pid() is None or not info:
-        return None
-    return _server.drain(Path(info["repository"]), f"http://{info['host']}:{info['http_port']}", timeout=timeout)
+    return _server.TritonServer(state_dir).drain(timeout=timeout)
 
 
 def model_statistics(url: str, name: str = "") -> list[dict[str, Any]]:
@@ -202,7 +201,7 @@ def model_statistics(url: str, name: str = "") -> list[dict[str, Any]]:
 
 
 def _state_path(state_dir: Path, name: str) -> Path:
-    return state_dir / "triton" / "serving" / f"{name}.json"
+    return Layout(state_dir).serving_state(name)
 
 
 def _read_state(state_dir: Path, name: str) -> dict[str, Any]:

@@ -7,6 +7,10 @@ process needs to find it again lives under the state directory::
     <state>/triton/server.json how it was started: pid, repository, host and ports
     <state>/pids/triton.pid    its pid
     <state>/logs/triton.log    its output (the previous run's in triton.log.1)
+
+The paths are the state directory's layout (mlops._layout); pid file, log, readiness wait and stop are the
+one supervisor's (mlops._process), which targets use for their services too. Triton's URLs are spelled out
+here only (:func:`base_url`, :func:`http_url`, :func:`grpc_url`, :func:`metrics_url`); everything else asks.
 """
 
 from __future__ import annotations
@@ -15,9 +19,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -28,6 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mlops._atomic import write_atomic
+from mlops._layout import Layout
+from mlops._process import Supervisor, check_ports_free, taken_ports
 from mlops.errors import ServiceError
 from mlops.recipe.schema import ServingConfig
 from mlops.serving import _repository
@@ -43,9 +46,28 @@ DRAIN_MODEL = "_mlops_draining"
 _POLL_S = 0.05
 
 
+def _base_url(host: str, port: int | str) -> str:
+    return f"http://{host}:{port}"
+
+
+def base_url(serving: ServingConfig) -> str:
+    """``http://host:port`` of the HTTP endpoint: what users see, and what the functions here accept."""
+    return _base_url(serving.host, serving.http_port)
+
+
 def http_url(serving: ServingConfig) -> str:
     """``host:port`` of the HTTP endpoint, the form tritonclient expects."""
-    return f"{serving.host}:{serving.http_port}"
+    return _host_port(base_url(serving))
+
+
+def grpc_url(serving: ServingConfig) -> str:
+    """``host:port`` of the gRPC endpoint, the form gRPC clients expect."""
+    return f"{serving.host}:{serving.grpc_port}"
+
+
+def metrics_url(serving: ServingConfig) -> str:
+    """The Prometheus metrics endpoint."""
+    return f"http://{serving.host}:{serving.metrics_port}/metrics"
 
 
 class TritonServer:
@@ -57,13 +79,19 @@ class TritonServer:
 
     def __init__(self, state_dir: Path):
         self.state_dir = Path(state_dir)
-        self.runtime_dir = self.state_dir / "triton"
-        self.info_path = self.runtime_dir / "server.json"
-        self.pid_path = self.state_dir / "pids" / "triton.pid"
-        self.log_path = self.state_dir / "logs" / "triton.log"
+        layout = Layout(self.state_dir)
+        self.runtime_dir = layout.triton
+        self.info_path = layout.triton_info
+        # SIGTERM to the server only: it unloads its models and stops its python-backend stubs itself,
+        # within --exit-timeout-secs; the group gets SIGKILL only if it does not. A recycled pid that is
+        # no longer a tritonserver is never signalled.
+        self.process = Supervisor("triton", layout, label="tritonserver", program="tritonserver",
+                                  rotate_log=True, term_group=False)
+        self.pid_path = self.process.pid_file
+        self.log_path = self.process.log_file
 
     def start(self, repo: Path, serving: ServingConfig, models: Sequence[str] = ()) -> str:
-        """Spawn tritonserver on ``repo`` with ``models`` loaded; returns the HTTP ``host:port``.
+        """Spawn tritonserver on ``repo`` with ``models`` loaded; returns the HTTP ``host:port`` (:func:`http_url`).
 
         Returns once ``/v2/health/live`` answers (and, with models, ``/v2/health/ready``),
         within ``serving.ready_timeout_s``. Starting a server that already runs with
@@ -91,7 +119,8 @@ class TritonServer:
                 f"on ports {running.get('http_port')}/{running.get('grpc_port')}/{running.get('metrics_port')}; "
                 "stop it first (`mlops down`) to start it with different settings."
             )
-        _check_ports_free(serving)
+        check_ports_free("Triton", {f"serving.{k}": (serving.host, getattr(serving, k))
+                                    for k in ("http_port", "grpc_port", "metrics_port")})
         shutil.rmtree(repo / DRAIN_MODEL, ignore_errors=True)  # left by a drain that was cut short
 
         runtime = self._prepare_runtime()
@@ -113,55 +142,26 @@ class TritonServer:
             # instead of being silently absent.
             "--strict-readiness=true",
         ]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists():
-            os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
-        with open(self.log_path, "wb") as log:
-            # A new session: the server and its python-backend stubs form one
-            # process group that survives the CLI and can be killed as a whole.
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_server_env(),
-                cwd=runtime,
-                start_new_session=True,
-            )
-        write_atomic(self.pid_path, f"{proc.pid}\n")
+        proc = self.process.spawn(cmd, _server_env(), cwd=runtime)
         write_atomic(self.info_path, json.dumps({"pid": proc.pid, **info}, indent=2) + "\n")
 
-        base = f"http://{serving.host}:{serving.http_port}"
-        checks = [("/v2/health/live", "live")] + ([("/v2/health/ready", "ready")] if models else [])
-        deadline = time.monotonic() + serving.ready_timeout_s
-        for path, what in checks:
-            while not _http_ok(base + path):
-                if proc.poll() is not None:
-                    self._forget()
-                    raise ServiceError(
-                        f"tritonserver exited with code {proc.returncode} before it was {what}. "
-                        f"The last lines of {self.log_path}:\n{self.log_tail()}"
-                    )
-                if time.monotonic() > deadline:
-                    self.stop(drain_s=0)
-                    raise ServiceError(
-                        f"tritonserver was not {what} within serving.ready_timeout_s={serving.ready_timeout_s:g} s, "
-                        f"so it was stopped. The last lines of {self.log_path}:\n{self.log_tail()}"
-                    )
-                time.sleep(_POLL_S)
+        base = base_url(serving)
+        ready = [("live", lambda: _http_ok(base + "/v2/health/live"))]
+        if models:
+            ready.append(("ready", lambda: _http_ok(base + "/v2/health/ready")))
+        try:
+            self.process.wait_ready(proc, ready, serving.ready_timeout_s, "serving.ready_timeout_s")
+        except ServiceError:
+            self._forget()
+            raise
         return http_url(serving)
 
     def pid(self) -> int | None:
         """The pid of the running server, or None; a stale pid file is removed on the way."""
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        if _is_tritonserver(pid):
-            return pid
-        self._forget()
-        return None
+        pid = self.process.pid()
+        if pid is None:
+            self._forget()
+        return pid
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -176,26 +176,18 @@ class TritonServer:
         if pid is None:
             return False
         info = self._info()
-        url = f"http://{info.get('host', '127.0.0.1')}:{info.get('http_port')}"
-        if drain_s > 0 and info.get("repository") and _http_ok(url + "/v2/health/live"):
+        if drain_s > 0 and self.url() and _http_ok(self.url() + "/v2/health/live"):
             try:
-                drain(Path(info["repository"]), url, timeout=drain_s)
+                self.drain(timeout=drain_s)
             except ServiceError:
                 pass  # a server too broken to drain is still stopped
-        _signal(pid, signal.SIGTERM)
-        if not _wait_gone(pid, timeout):
-            _signal(-pid, signal.SIGKILL)
-            if not _wait_gone(pid, 5):
-                raise ServiceError(f"tritonserver (pid {pid}) survived SIGKILL; check it with `ps -p {pid}`.")
-        # Python-backend stubs notice their parent is gone on their own; this
-        # only hurries along any that have not yet.
-        _signal(-pid, signal.SIGKILL)
+        self.process.stop(timeout=timeout)
         self._forget()
         if info.get("repository"):
             shutil.rmtree(Path(info["repository"]) / DRAIN_MODEL, ignore_errors=True)
         ports = [(k, info[k]) for k in ("http_port", "grpc_port", "metrics_port") if k in info]
         deadline = time.monotonic() + 5
-        while taken := _taken_ports(info.get("host", "127.0.0.1"), ports):
+        while taken := taken_ports(info.get("host", "127.0.0.1"), ports):
             if time.monotonic() > deadline:
                 raise ServiceError(
                     f"tritonserver (pid {pid}) stopped, but ports {', '.join(str(p) for _, p in taken)} "
@@ -204,12 +196,20 @@ class TritonServer:
             time.sleep(_POLL_S)
         return True
 
+    def url(self) -> str | None:
+        """:func:`base_url` of the server as it was started (server.json), or None if there is none."""
+        info = self._info()
+        return _base_url(info.get("host", "127.0.0.1"), info["http_port"]) if "http_port" in info else None
+
+    def drain(self, timeout: float = DRAIN_TIMEOUT_S) -> dict | None:
+        """:func:`drain` the running server; None if none runs."""
+        info = self._info()
+        if self.pid() is None or not info.get("repository") or self.url() is None:
+            return None
+        return drain(Path(info["repository"]), self.url(), timeout=timeout)
+
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
+        return self.process.log_tail(lines)
 
     def _info(self) -> dict:
         try:
@@ -396,84 +396,9 @@ def _server_env() -> dict[str, str]:
     return env
 
 
-def _check_ports_free(serving: ServingConfig) -> None:
-    ports = [(f"serving.{k}", getattr(serving, k)) for k in ("http_port", "grpc_port", "metrics_port")]
-    taken = _taken_ports(serving.host, ports)
-    if taken:
-        names = ", ".join(f"{key}={port}" for key, port in taken)
-        raise ServiceError(
-            f"cannot start Triton: {names} already in use on {serving.host} by another process. "
-            f"Stop that process or choose free ports with an override, e.g. `{taken[0][0]}={taken[0][1] + 100}`."
-        )
-
-
-def _taken_ports(host: str, ports: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    taken = []
-    for key, port in ports:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            # SO_REUSEADDR: sockets in TIME_WAIT from a previous run do not
-            # block tritonserver, so they should not block this check either.
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-            except OSError:
-                taken.append((key, port))
-    return taken
-
-
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return r.status == 200
     except (urllib.error.URLError, OSError):
         return False
-
-
-def _is_tritonserver(pid: int) -> bool:
-    # Reap it first if it is our own exited child: a zombie still has a /proc entry.
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    # A recycled pid belongs to some other program: never signal that.
-    return state not in ("Z", "X") and b"tritonserver" in cmdline.split(b"\0", 1)[0]
-
-
-def _alive(pid: int) -> bool:
-    """Whether a pid we already know is our server still exists (an exiting process has an empty
-    cmdline before it turns zombie, so ``_is_tritonserver`` alone would call it gone too early)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0", 1)[0]
-    except OSError:
-        return False
-    # Empty while exiting; anything but tritonserver means the pid was recycled: ours is gone.
-    return state not in ("Z", "X") and (not program or b"tritonserver" in program)
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-

@@ -73,6 +73,14 @@ class ModelServer(ABC):
         """Score raw rows on the champion: ``{"model", "version", "labels", "classes", "probabilities"}``
         for classifiers, ``{"model", "version", "predictions"}`` for regressors."""
 
+    def urls(self) -> dict[str, str]:
+        """Every address it answers on, for `mlops status` (at least ``{"url": self.url}``)."""
+        return {"url": self.url}
+
+    def ports(self) -> list[tuple[str, int]]:
+        """(host, port) pairs it listens on locally: `mlops down` waits until they are free."""
+        return []
+
     def statistics(self) -> list[dict[str, Any]]:
         """Per loaded version: requests, failures, latencies (empty when the server keeps none)."""
         return []

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.artifacts import ExportedModel, RegisteredVersion, ServedModel
-from mlops.serving import _deploy
+from mlops.serving import _deploy, _server
 from mlops.serving._server_api import ModelServer
 
 if TYPE_CHECKING:
@@ -43,6 +43,14 @@ class TritonServer(ModelServer):
 
     def predict(self, rows: pd.DataFrame) -> dict[str, Any]:
         return _deploy.predict_rows(self.cfg, self.state_dir, rows, state_dir=self.state_dir)
+
+    def urls(self) -> dict[str, str]:
+        s = self.cfg.serving
+        return {"url": self.url, "grpc_url": _server.grpc_url(s), "metrics_url": _server.metrics_url(s)}
+
+    def ports(self) -> list[tuple[str, int]]:
+        s = self.cfg.serving
+        return [(s.host, s.http_port), (s.host, s.grpc_port), (s.host, s.metrics_port)]
 
     def statistics(self) -> list[dict[str, Any]]:
         return _deploy.model_statistics(self.url) if self.live() else []

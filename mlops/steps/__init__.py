@@ -1,6 +1,7 @@
 """The steps: plain functions over a Stack and typed artifacts (mlops.artifacts); the flows wrap them."""
 
 from mlops.steps._steps import (
+    batch_profiler,
     deploy,
     end_open_runs,
     evaluate,
@@ -15,6 +16,7 @@ from mlops.steps._steps import (
     open_runs,
     promote,
     record_snapshot,
+    reference_profile,
     register,
     reopen_run,
     require,
@@ -25,7 +27,7 @@ from mlops.steps._steps import (
 )
 
 __all__ = sorted([
-    "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
-    "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "register", "reopen_run",
+    "batch_profiler", "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
+    "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "reference_profile", "register", "reopen_run",
     "require", "rollback", "train", "validate", "validated_snapshots",
 ])

@@ -107,7 +107,7 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     problems = list(report.problems)
     batch = None
     if stack.monitor is not None:
-        batch = check_batch(cfg, stack.state_dir, frame)
+        batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
         if not batch.ok:
             problems.append(render_failures(batch, f"the batch {snapshot.path}"))
     if problems:
@@ -117,6 +117,29 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))
     return ValidatedData(snapshot=snapshot, rows=report.rows, null_fractions=report.null_fractions)
+
+
+def reference_profile(stack: Stack) -> tuple[int | None, Any | None]:
+    """(version, profile): the champion's training-data profile (else the latest version's), if any."""
+    store, name = stack.model_store, stack.cfg.name
+    versions = store.versions(name)
+    if not versions:
+        return None, None
+    champion = store.aliases(name).get("champion")
+    mv = store.get(name, champion) if champion is not None else versions[-1]
+    path = mv.file("reference_profile.bin")
+    if not path.is_file():
+        return mv.version, None
+    return mv.version, batch_profiler(stack).read(path)
+
+
+def batch_profiler(stack: Stack) -> Any:
+    """The monitor's profiler; with `monitoring: {flavor: none}` the default monitor flavor's, because the data
+    gate's constraints run whatever serving traffic is watched with."""
+    from mlops.monitoring import make_profiler
+    from mlops.recipe.schema import SECTIONS
+
+    return stack.monitor or make_profiler(str(SECTIONS["monitoring"][2]))
 
 
 def validated_snapshots(stack: Stack) -> dict[str, dict[str, Any]]:

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from mlops._names import DATA_FLOW, MONITOR_FLOW
+from mlops._layout import Layout
 from mlops.errors import TargetUnavailable
 from mlops.infra import InfraSpec, Schedule
 from mlops.infra import planned_resources as _run_offline
 from mlops.plan import Plan, compile_plan
 from mlops.recipe.schema import Config
+from mlops.targets._base import Target
 
-STATE_FILE = "pulumi-stack.json"
 
 # Which infrastructure component starts each scheduled flow's deployment in the cloud, and the stack parameter
 # (stacks/*.yaml `parameters.schedules`) with its cadence there. Which deployments exist and what they are
@@ -90,16 +91,13 @@ def resource_diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> 
             "change": [row(k) for k in b if k in a and a[k]["inputs"] != b[k]["inputs"]]}
 
 
-class AwsTarget:
-    def __init__(self, cfg: Config, project: Path):
-        self.cfg = cfg
-        self.project = project
-        self.state_dir = (project / cfg.target.state_dir).resolve()
+class AwsTarget(Target):
+    """`target: {kind: aws}`: the stack's Pulumi program, through Pulumi's Automation API."""
 
     # ------------------------------------------------------------ checks (no side effects)
     @property
     def backend(self) -> str:
-        return self.cfg.stack.backend or (self.state_dir / "pulumi").as_uri()
+        return self.cfg.stack.backend or Layout(self.state_dir).pulumi.as_uri()
 
     def missing(self) -> list[str]:
         """What this machine lacks to run the stack's program; empty when it can run."""
@@ -177,7 +175,7 @@ class AwsTarget:
         stack.set_config("aws:region", auto.ConfigValue(spec.region))
         stack.set_config("mlops:spec", auto.ConfigValue(json.dumps(spec.to_json())))
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        (self.state_dir / STATE_FILE).write_text(json.dumps(
+        Layout(self.state_dir).pulumi_stack.write_text(json.dumps(
             {"backend": self.backend, "project": f"mlops-{spec.program}", "program": spec.program,
              "stack": self.cfg.name, "level": spec.level}, indent=2) + "\n")
         try:
@@ -196,7 +194,7 @@ class AwsTarget:
         self._check()
         from pulumi import automation as auto
 
-        saved = self.state_dir / STATE_FILE
+        saved = Layout(self.state_dir).pulumi_stack
         rec = json.loads(saved.read_text()) if saved.is_file() else {
             "backend": self.backend, "program": self.cfg.stack.pulumi_project, "stack": self.cfg.name}
         stack = self._stack(None, rec["stack"], rec["program"], rec["backend"])
@@ -208,7 +206,7 @@ class AwsTarget:
 
     def status(self) -> dict[str, Any]:
         self._check()
-        saved = self.state_dir / STATE_FILE
+        saved = Layout(self.state_dir).pulumi_stack
         if not saved.is_file():
             return {"services": {}, "models": [], "tracking": "(nothing provisioned from here)"}
         rec = json.loads(saved.read_text())
@@ -219,4 +217,4 @@ class AwsTarget:
     def planned_services(self) -> list[dict[str, Any]]:
         return [{"name": "pulumi", "url": f"{self.backend} stack {self.cfg.name}", "action": "provision " +
                  ", ".join(c.name for c in plan_at(self.cfg).infrastructure)},
-                {"name": "triton", "url": "(from the stack outputs)", "action": "provision"}]
+                {"name": self.cfg.serving.flavor, "url": "(from the stack outputs)", "action": "provision"}]

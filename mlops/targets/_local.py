@@ -1,4 +1,4 @@
-"""target=local: a Prefect server and a Triton server on this machine, state under the project."""
+"""target=local: a Prefect server and the stack's model server on this machine, state under the project."""
 
 from __future__ import annotations
 
@@ -6,38 +6,39 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mlops._process import Supervisor, wait_ports_free
 from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
+from mlops.stack import Stack
 from mlops.targets import _prefect
-from mlops.targets._process import Service, wait_ports_free
+from mlops.targets._base import Target
+
+if TYPE_CHECKING:
+    from mlops.serving._server_api import ModelServer
 
 
-class LocalTarget:
+class LocalTarget(Target):
+    """`target: {kind: local}`: Prefect and the stack's model server in the background on this machine."""
+
     def __init__(self, cfg: Config, project: Path):
-        self.cfg = cfg
-        self.project = project
-        self.state_dir = (project / cfg.target.state_dir).resolve()
+        super().__init__(cfg, project)
+        self.stack = Stack(cfg, project, self.state_dir)
 
-    # ------------------------------------------------------------ urls
     @property
-    def triton_url(self) -> str:
-        s = self.cfg.serving
-        return f"http://{s.host}:{s.http_port}"
+    def server(self) -> ModelServer:
+        return self.stack.server
 
     def planned_services(self) -> list[dict[str, Any]]:
-        # heavy: mlops.serving (pandas, Triton's client) and mlops.flows (Prefect) are imported on first use in
-        # this class, so `import mlops.targets` stays cheap for the CLI.
-        from mlops.serving import triton_live
-
         ext = _prefect.external_api_url()
         url = _prefect.api_url(self.cfg)
         prefect_up = _prefect.healthy(url)
         return [
             {"name": "prefect", "url": url,
              "action": "external" if ext else ("reuse" if prefect_up else "start")},
-            {"name": "triton", "url": self.triton_url, "action": "reuse" if triton_live(self.triton_url) else "start"},
+            {"name": self.cfg.serving.flavor, "url": self.server.url,
+             "action": "reuse" if self.server.live() else "start"},
         ]
 
     # ------------------------------------------------------------ lifecycle
@@ -54,11 +55,6 @@ class LocalTarget:
         if not _prefect.healthy(_prefect.api_url(self.cfg)):
             _prefect.start_server(self.cfg, self.state_dir)
 
-    def _ensure_triton(self) -> None:
-        from mlops.serving import ensure_triton
-
-        ensure_triton(self.cfg, self.state_dir)
-
     def up(self, progress: bool = False, rerun: bool = False) -> dict[str, Any]:
         from rich.console import Console
 
@@ -66,9 +62,10 @@ class LocalTarget:
         with console.status("starting Prefect server (about 20 s the first time) ..."):
             self._ensure_prefect()
         console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
-        with console.status("starting Triton ..."):
-            self._ensure_triton()
-        console.print(f"  [green]✓[/] triton    {self.triton_url}")
+        server = self.cfg.serving.flavor
+        with console.status(f"starting {server} ..."):
+            self.server.start()
+        console.print(f"  [green]✓[/] {server:<9} {self.server.url}")
         if not rerun and self.cfg.maturity.level >= 1 and (current := self.champion_served()) is not None:
             console.print(f"  [green]✓[/] champion {current['model']}@{current['version']} is served; at level "
                           f"{self.cfg.maturity.level} new data is the deployments' job (--rerun runs the flow anyway)")
@@ -79,7 +76,6 @@ class LocalTarget:
             result = {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
         else:
             os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
-            os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
             from mlops.flows import up_flow
 
             result = {**up_flow(self.cfg, str(self.project), str(self.state_dir), progress),
@@ -88,11 +84,11 @@ class LocalTarget:
         return result
 
     # ------------------------------------------------------------ the Plan's deployments (level 1+)
-    def runner_service(self) -> Service:
-        return Service(f"runner-{self.cfg.name}", self.state_dir)
+    def runner_service(self) -> Supervisor:
+        return Supervisor(f"runner-{self.cfg.name}", self.layout)
 
     def _runner_spec(self) -> Path:
-        return self.state_dir / "runner" / f"{self.cfg.name}.json"
+        return self.layout.runner_spec(self.cfg.name)
 
     def apply_plan(self, console: Any) -> dict[str, Any]:
         """Make the Prefect server hold exactly the Plan's deployments and automations, served by a runner.
@@ -126,71 +122,53 @@ class LocalTarget:
 
         write_atomic(spec, json.dumps({"config": self.cfg.model_dump(mode="json"), "project": str(self.project),
                                        "state_dir": str(self.state_dir)}, indent=2))
-        env = {**os.environ, **_prefect.prefect_env(self.cfg, self.state_dir), "WHYLOGS_NO_ANALYTICS": "True"}
+        env = {**os.environ, **_prefect.prefect_env(self.cfg, self.state_dir)}
         with console.status("starting the Prefect runner (applying the Plan's deployments) ..."):
             pid = service.start([sys.executable, "-m", "mlops.flows._serve", str(spec)], env=env, ports={},
-                                healthy=lambda: ready.is_file() and ready.read_text() == digest,
-                                timeout=self.cfg.target.prefect.start_timeout_s, cwd=self.project)
+                                ready=[("serving the Plan's deployments",
+                                        lambda: ready.is_file() and ready.read_text() == digest)],
+                                timeout=self.cfg.target.prefect.start_timeout_s,
+                                timeout_key="target.prefect.start_timeout_s", cwd=self.project)
         console.print(f"  [green]✓[/] runner    serving {', '.join(d.name for d in plan.deployments)}; "
                       f"automations: {', '.join(a.name for a in plan.automations) or 'none'}")
         return {"runner": pid, "deployments": [d.name for d in plan.deployments], "digest": digest}
 
-    def champion_served(self) -> dict[str, Any] | None:
-        """The champion, if Triton serves it (levels 1+: `up` then leaves new data to the deployments)."""
-        from mlops.registry import Registry
-        from mlops.serving import served_models
+    def _served_result(self, version: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"model": self.cfg.name, "version": version, "new_version": False, "metrics": metrics,
+                "flow_run_id": None, "endpoint": self.server.endpoint(version), "url": self.server.url}
 
-        reg = Registry(self.state_dir / "registry")
-        champion = reg.aliases(self.cfg.name).get("champion")
-        name = self.cfg.serving.model_name
-        if champion is None or not any(m["name"] == name and m["state"] == "READY" and str(m["version"]) ==
-                                       str(champion) for m in served_models(self.triton_url)):
+    def champion_served(self) -> dict[str, Any] | None:
+        """The champion, if the server serves it (levels 1+: `up` then leaves new data to the deployments)."""
+        store = self.stack.model_store
+        champion = store.aliases(self.cfg.name).get("champion")
+        if champion is None or not self.server.champion_served(champion):
             return None
-        return {"model": self.cfg.name, "version": champion, "new_version": False,
-                "metrics": reg.get(self.cfg.name, champion).lineage["metrics"], "flow_run_id": None,
-                "endpoint": f"{self.triton_url}/v2/models/{name}/versions/{champion}/infer",
-                "triton_url": self.triton_url}
+        return self._served_result(champion, store.get(self.cfg.name, champion).lineage["metrics"])
 
     def up_to_date(self) -> dict[str, Any] | None:
         """What is served, if it is exactly what `up` would produce now: then there is nothing to run."""
-        from mlops.registry import Registry
-        from mlops.serving import served_models
-
         key = current_training_key(self.cfg, self.project, self.state_dir)
-        mv = Registry(self.state_dir / "registry").find(self.cfg.name, key)
-        if mv is None:
-            return None
-        name = self.cfg.serving.model_name
-        ready = [int(m["version"]) for m in served_models(self.triton_url) if m["name"] == name
-                 and m["state"] == "READY"]
+        mv = self.stack.model_store.find(self.cfg.name, key)
         # The previous champion may stay loaded for instant rollback: what answers is the highest READY version.
-        if not ready or max(ready) != mv.version:
+        if mv is None or self.server.answering_version() != mv.version:
             return None
-        return {"model": self.cfg.name, "version": mv.version, "new_version": False,
-                "metrics": mv.lineage["metrics"], "flow_run_id": None,
-                "endpoint": f"{self.triton_url}/v2/models/{name}/versions/{mv.version}/infer",
-                "triton_url": self.triton_url}
+        return self._served_result(mv.version, mv.lineage["metrics"])
 
     def registry_status(self) -> dict[str, Any]:
         """The recipe's versions with their status (rejections with reasons) and the champion."""
-        from mlops.registry import Registry
-
-        reg = Registry(self.state_dir / "registry")
-        st = reg.statuses(self.cfg.name)
-        return {"model": self.cfg.name, "champion": reg.aliases(self.cfg.name).get("champion"),
+        store = self.stack.model_store
+        st = store.statuses(self.cfg.name)
+        return {"model": self.cfg.name, "champion": store.aliases(self.cfg.name).get("champion"),
                 "versions": [{"version": v, **s} for v, s in sorted(st.items())]}
 
     def down(self) -> dict[str, bool]:
-        from mlops.serving import stop_triton
-
         stopped = {}
-        for pid_file in sorted((self.state_dir / "pids").glob("runner-*.pid")):
-            if Service(pid_file.stem, self.state_dir).stop():
+        for pid_file in sorted(self.layout.pids.glob("runner-*.pid")):
+            if Supervisor(pid_file.stem, self.layout).stop():
                 stopped[pid_file.stem] = True
-        stopped["triton"] = stop_triton(self.state_dir)
+        stopped[self.cfg.serving.flavor] = self.server.stop()
         stopped["prefect"] = _prefect.prefect_service(self.state_dir).stop()
-        s = self.cfg.serving
-        ports = [(s.host, s.http_port), (s.host, s.grpc_port), (s.host, s.metrics_port)]
+        ports = self.server.ports()
         if stopped["prefect"]:
             ports.append((self.cfg.target.prefect.host, self.cfg.target.prefect.port))
         busy = wait_ports_free(ports)
@@ -202,26 +180,20 @@ class LocalTarget:
         return stopped
 
     def status(self) -> dict[str, Any]:
-        from mlops.serving import model_statistics, served_models, triton_live
-        from mlops.tracking import make_tracker
-
         api = _prefect.api_url(self.cfg)
-        triton_ok = triton_live(self.triton_url)
-        s = self.cfg.serving
+        live = self.server.live()
         return {
             "services": {
                 "prefect": {"healthy": _prefect.healthy(api), "url": _prefect.ui_url(self.cfg), "api_url": api,
                             "managed": _prefect.external_api_url() is None,
                             "pid": _prefect.prefect_service(self.state_dir).pid()},
-                "triton": {"healthy": triton_ok, "url": self.triton_url,
-                           "grpc_url": f"{s.host}:{s.grpc_port}",
-                           "metrics_url": f"http://{s.host}:{s.metrics_port}/metrics"},
+                self.cfg.serving.flavor: {"healthy": live, **self.server.urls()},
             },
-            "models": served_models(self.triton_url) if triton_ok else [],
-            "statistics": model_statistics(self.triton_url) if triton_ok else [],
+            "models": self.server.served() if live else [],
+            "statistics": self.server.statistics() if live else [],
             "registry": self.registry_status(),
             "runner": {"pid": self.runner_service().pid(), "digest": (
                 r.read_text() if (r := self._runner_spec().with_suffix(".ready")).is_file() else None)},
             "state_dir": str(self.state_dir),
-            "tracking": make_tracker(self.cfg.tracking, self.state_dir).ui_hint(),
+            "tracking": self.stack.tracker().ui_hint(),
         }

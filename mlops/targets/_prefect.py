@@ -1,4 +1,24 @@
-"""The Prefect API the flows talk to: a managed local server, or one the user points us at."""
+"""The Prefect API the flows talk to: a managed local server, or one the user points us at.
+
+The managed server is started by our own supervisor (:mod:`mlops._process`), not by Prefect's
+``prefect server start --background`` / ``prefect server stop``. Observed with Prefect 3.8.8:
+
+- ``--background`` spawns ``python -m uvicorn ... prefect.server.api.server:create_app`` with stdout and stderr
+  on pipes that nobody reads once the CLI exits: the server's log is lost (and a full pipe would block it),
+  where we want it in ``<state_dir>/logs/prefect.log``.
+- It returns after about 4 s, before ``/api/health`` answers (that took about 11 s more): no health wait.
+- The child stays in the CLI's session and process group (no new session), so it is not one group we can stop.
+- Its pid goes to ``$PREFECT_HOME/server.pid``, created with ``exist_ok=False``: a pid file left by a crash
+  makes the next ``--background`` start fail ("already running") until someone deletes it.
+- ``prefect server stop`` only reads ``$PREFECT_HOME/server.pid``: run with another PREFECT_HOME it says
+  "No server running in the background." while the server keeps running. It sends one SIGTERM to that pid
+  and returns at once (the server was still alive 0.3 s later): no wait, no SIGKILL, no port check, so
+  ``mlops down`` could not promise the port is free when it returns.
+
+So ``prefect server start`` runs in the foreground under :class:`~mlops._process.Supervisor` (loopback bind and
+our port from ``target.prefect.*``, state under ``<state_dir>/prefect``, health wait within
+``target.prefect.start_timeout_s``, stopped as a process group by ``mlops down``).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +27,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from mlops._layout import Layout
+from mlops._process import Supervisor
 from mlops.recipe.schema import Config
-from mlops.targets._process import Service
 
 
 def external_api_url() -> str | None:
@@ -29,7 +50,7 @@ def ui_url(cfg: Config) -> str:
 
 def prefect_env(cfg: Config, state_dir: Path) -> dict[str, str]:
     """Settings for the server and for every process that runs flows (set before prefect is imported)."""
-    home = state_dir / "prefect"
+    home = Layout(state_dir).prefect
     return {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url(cfg),
@@ -48,8 +69,8 @@ def healthy(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def prefect_service(state_dir: Path) -> Service:
-    return Service("prefect", state_dir)
+def prefect_service(state_dir: Path) -> Supervisor:
+    return Supervisor("prefect", Layout(state_dir))
 
 
 # The managed server keeps SQLite's writers few: a short interval schedule (a data poll every few seconds) would
@@ -69,6 +90,7 @@ def start_server(cfg: Config, state_dir: Path) -> None:
         [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
         env=env,
         ports={"target.prefect.port": (host, port)},
-        healthy=lambda: healthy(url),
+        ready=[("healthy", lambda: healthy(url))],
         timeout=cfg.target.prefect.start_timeout_s,
+        timeout_key="target.prefect.start_timeout_s",
     )

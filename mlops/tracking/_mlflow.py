@@ -22,6 +22,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
+from mlops._layout import Layout
 from mlops.tracking._base import RunStatus, Tracker, flatten_params, json_text
 
 if TYPE_CHECKING:
@@ -44,9 +45,9 @@ class MlflowTracker(Tracker):
     def __init__(self, cfg: MlflowTracking, state_dir: Path):
         self.cfg = cfg
         self.state_dir = state_dir
-        self.uri = cfg.uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+        self.uri = cfg.uri or f"sqlite:///{Layout(state_dir).mlflow_db}"
         local = urlparse(self.uri).scheme not in _SERVER_SCHEMES
-        self.artifact_location = str(state_dir / "mlartifacts") if local else None
+        self.artifact_location = str(Layout(state_dir).mlartifacts) if local else None
         self.run_id: str | None = None
 
     @functools.cached_property

@@ -32,6 +32,7 @@ from neptune.common.warnings import NeptuneWarning
 from neptune.exceptions import NeptuneException
 from neptune.types import File
 
+from mlops._layout import Layout
 from mlops.errors import TargetUnavailable
 from mlops.tracking._base import RunStatus, Tracker, flatten_params, json_text
 
@@ -52,7 +53,7 @@ class NeptuneTracker(Tracker):
     def __init__(self, cfg: NeptuneTracking, state_dir: Path):
         self.cfg = cfg
         # The inner `.neptune` is what `neptune sync --path <state_dir>/neptune` looks for.
-        self.data_dir = state_dir / "neptune" / ".neptune"
+        self.data_dir = Layout(state_dir).neptune / ".neptune"
         self.run: neptune.Run | None = None
         self.run_id: str | None = None
 

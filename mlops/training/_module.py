@@ -8,7 +8,6 @@ the exported graph takes raw feature rows.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
