@@ -179,6 +179,16 @@ def test_rollback_with_one_champion_raises(tmp_path, inprocess_server):
         steps.rollback(stack)
 
 
+def test_triton_refuses_another_flavors_export(tmp_path, inprocess_server):
+    """Exports are each flavor's own format: a checkpoint export is no model.onnx for Triton."""
+    stack = _stack(tmp_path)
+    exported = steps.export(stack, _register(stack, "k1", test_acc=0.8))
+    assert exported.onnx is None and (Path(exported.dir) / "model.ckpt").is_file()
+    triton = Stack(load(["recipe=churn", f"target.state_dir={stack.state_dir}"], ROOT, check_data=False), ROOT)
+    with pytest.raises(ServiceError, match=r"churn@1 was exported without model\.onnx"):
+        triton.server.deploy(exported)
+
+
 # ---------------------------------------------------------------- the data gate: quarantine
 def _bad_batch(kind: str, churn: pd.DataFrame) -> pd.DataFrame:
     bad = churn.iloc[600:].copy()
