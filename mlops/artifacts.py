@@ -76,13 +76,15 @@ class GateVerdict(Artifact):
 
 
 class ExportedModel(Artifact):
-    """A version exported for serving: model.onnx, its signature, and the stock server repository beside it."""
+    """A version exported for serving: what the server flavor wrote into `dir`. An ONNX server (triton) writes
+    model.onnx, its signature and the stock server repository beside it; a flavor that serves another format
+    (the checkpoint itself) leaves `onnx` and `signature` None."""
 
     model: str
     version: int
     dir: str
-    onnx: str
-    signature: dict[str, Any]
+    onnx: str | None = None
+    signature: dict[str, Any] | None = None
     stock_repository: str | None = None
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from _traffic import replay
 
-from mlops.monitoring import TrafficProfiler, drift_history, make_profiler, render_html, windows
+from mlops.monitoring import drift_history, make_profiler, render_html, windows
 from mlops.recipe.schema import FileData, MonitoringConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,30 +74,9 @@ def test_bounds_come_from_the_recipe(profiler, reference, churn):
     assert failure.column == "monthly_charges" and "range" in failure.constraint
 
 
-def _traffic(churn: pd.DataFrame, n: int, rng: np.random.Generator, scale: float = 1.0) -> pd.DataFrame:
-    rows = churn.drop(columns=["churned"]).sample(n, replace=True, random_state=int(rng.integers(1 << 31)))
-    rows = rows.reset_index(drop=True)
-    rows["monthly_charges"] *= scale
-    return rows
-
-
-def _replay(profiler, tmp_path, churn, scale: float, windows_n: int = 3, per_window: int = 6000) -> None:
-    """Serve `windows_n` minutes of traffic (requests of 100 rows) through a TrafficProfiler at the default rate."""
-    now = [0.0]
-    tp = TrafficProfiler(profiler, tmp_path, sample_rate=MON.sample_rate, window_s=60, seed=1, clock=lambda: now[0])
-    rng = np.random.default_rng(0)
-    requests = per_window // 100
-    for w in range(windows_n):
-        for i in range(requests):
-            now[0] = w * 60 + i * 60 / requests
-            tp.submit(_traffic(churn, 100, rng, scale))
-    tp.close()
-    assert tp.dropped == 0
-
-
 def test_no_false_alarm_on_unshifted_traffic(profiler, tmp_path, churn):
     ref = profiler.profile(churn)
-    _replay(profiler, tmp_path, churn, scale=1.0)
+    replay(profiler, tmp_path, churn, scale=1.0)
     history = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
     assert len(history) == 3 and all(h["rows"] > 400 for h in history)  # ~10% of 6000 sampled per window
     assert all(h["drift"] == [] for h in history), history
@@ -104,7 +84,7 @@ def test_no_false_alarm_on_unshifted_traffic(profiler, tmp_path, churn):
 
 def test_a_real_shift_is_caught_at_the_default_sample_rate(profiler, tmp_path, churn):
     ref = profiler.profile(churn)
-    _replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
+    replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
     [window] = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
     assert window["drift"] == ["monthly_charges"]
     assert window["columns"]["tenure_months"]["category"] != "DRIFT"
@@ -118,7 +98,7 @@ def test_small_windows_get_no_verdict(profiler, churn):
 
 def test_windows_are_written_atomically_and_the_report_renders(profiler, tmp_path, churn):
     ref = profiler.profile(churn)
-    _replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
+    replay(profiler, tmp_path, churn, scale=3.0, windows_n=1)
     assert [p.name for p in tmp_path.iterdir()] == [p.name for _s, p in windows(tmp_path)]  # no temp files left
     history = drift_history(profiler, ref, tmp_path, DATA.features, MON.drift)
     page = render_html("churn@1", profiler, ref, profiler.read(windows(tmp_path)[-1][1]), history, DATA.features,
@@ -146,94 +126,6 @@ def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
     regions = {i.value for i in view.get_column("region").get_metric("frequent_items").strings}
     assert regions <= {"north", "south", "east", "west"}  # decoded, not "b'north'"
     assert "output:p(yes)" in view.get_columns()
-
-
-# ---------------------------------------------------------------- the gate wired into ingest
-def _bad_batch(kind: str, churn: pd.DataFrame) -> pd.DataFrame:
-    bad = churn.iloc[600:].copy()
-    if kind == "string in a numeric column":
-        bad["monthly_charges"] = bad["monthly_charges"].astype(object)
-        bad.iloc[3, bad.columns.get_loc("monthly_charges")] = "lots"
-    elif kind == "half nulls":
-        bad.loc[bad.index[: len(bad) // 2], "tenure_months"] = np.nan
-    else:
-        bad.iloc[5, bad.columns.get_loc("region")] = "antarctica"
-    return bad
-
-
-@pytest.mark.parametrize(("kind", "column"), [("string in a numeric column", "monthly_charges"),
-                                              ("half nulls", "tenure_months"), ("unseen category", "region")])
-def test_ingest_quarantines_a_failing_batch_so_training_never_sees_it(tmp_path, churn, profiler, kind, column):
-    import json
-
-    from mlops import steps
-    from mlops.errors import DataError
-    from mlops.recipe import load
-    from mlops.registry import Registry
-    from mlops.stack import Stack
-
-    (tmp_path / "data").mkdir()
-    state = tmp_path / ".mlops"
-    # A champion whose reference profile is the training data (register stores it; here it is made directly).
-    profiler.write(profiler.profile(churn.iloc[:600]), tmp_path / "reference_profile.bin")
-    (tmp_path / "model.ckpt").write_bytes(b"weights")
-    reg = Registry(state / "registry")
-    reg.promote("churn", reg.register("churn", {"reference_profile.bin": tmp_path / "reference_profile.bin",
-                                                "model.ckpt": tmp_path / "model.ckpt"}, {"key": "k1"}).version, by="test")
-    _bad_batch(kind, churn).to_csv(tmp_path / "data/churn.csv", index=False)
-    cfg = load(["recipe=churn", "data.path=data/churn.csv"], ROOT, check_data=False)
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": str(tmp_path / "data/churn.csv")})})
-
-    stack = Stack(cfg, tmp_path, state)
-    dataset = steps.ingest(stack)
-    with pytest.raises(DataError) as err:
-        steps.validate(stack, dataset)
-    message = str(err.value)
-    assert "failed validation and was quarantined" in message and f"column {column!r}" in message
-    (folder,) = (state / "quarantine" / "churn").iterdir()
-    report = json.loads((folder / "report.json").read_text())
-    assert [f["column"] for f in report["failures"]] == [column]
-    assert (folder / Path(dataset.path).name).is_file() and not Path(dataset.path).exists()
-    assert steps.validated_snapshots(stack) == {}  # nothing for training to pick up
-
-    # The clean data passes the same gate.
-    churn.iloc[600:].to_csv(tmp_path / "data/churn.csv", index=False)
-    clean = steps.ingest(stack)
-    assert steps.validate(stack, clean).rows == 600
-
-
-def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_path, churn, profiler, monkeypatch):
-    from mlops import steps
-    from mlops._names import DRIFT_DETECTED
-    from mlops.recipe import load
-    from mlops.registry import Registry
-    from mlops.stack import Stack
-
-    state = tmp_path / ".mlops"
-    profiler.write(profiler.profile(churn), tmp_path / "reference_profile.bin")
-    (tmp_path / "model.ckpt").write_bytes(b"weights")
-    reg = Registry(state / "registry")
-    version = reg.register("churn", {"reference_profile.bin": tmp_path / "reference_profile.bin",
-                                     "model.ckpt": tmp_path / "model.ckpt"}, {"key": "k1"}).version
-    reg.promote("churn", version, by="test")
-    # Five closed one-minute windows of shifted traffic for the champion (windows start at 0, 60, ... 240).
-    _replay(profiler, state / "monitoring" / "churn" / str(version) / "windows", churn, scale=3.0, windows_n=5)
-    events = []
-    cfg = load(["recipe=churn", "monitoring.window_s=60", "monitoring.drift.repeat_after_windows=3"], ROOT,
-               check_data=False)
-    stack = Stack(cfg, tmp_path, state)
-
-    def emit(event, payload):
-        events.append((event, payload))
-
-    judged = steps.monitor(stack, "test", emit=emit)["judged"]
-    assert [(j["window"], j["outcome"]) for j in judged] == [(w, "drift") for w in (0, 60, 120, 180, 240)]
-    # Drift lasts all five windows; it is announced at the first, then again 3 windows later, not in between.
-    assert [(e, p["window"], p["drifted"]) for e, p in events] == [(DRIFT_DETECTED, 0, ["monthly_charges"]),
-                                                                   (DRIFT_DETECTED, 180, ["monthly_charges"])]
-    assert {e[1]["version"] for e in events} == {version}
-    # Each window is judged once: a second pass finds nothing new and stays quiet.
-    assert steps.monitor(stack, "test", emit=emit)["judged"] == [] and len(events) == 2
 
 
 def test_the_worker_profiles_a_poll_of_spool_in_one_call_per_window(tmp_path):

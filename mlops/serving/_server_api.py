@@ -7,7 +7,7 @@ Python::
 
     server = stack.server                     # mlops.stack.Stack: the flavor the recipe's `serving:` names
     server.start()                            # local targets: make sure it runs
-    exported = server.export(registered)      # RegisteredVersion -> ExportedModel (model.onnx + signature)
+    exported = server.export(registered)      # RegisteredVersion -> ExportedModel (triton: model.onnx + signature)
     served = server.deploy(exported)          # ExportedModel -> ServedModel, no failed request on the way
     server.predict(rows)                      # rows checked against the served version's signature
 
@@ -17,8 +17,11 @@ YAML::
       flavor: triton        # conf/serving/triton.yaml; a plugin's flavor: conf/serving/<name>.yaml
       model_name: churn
 
-The built-in flavor is `triton` (mlops/serving/_triton.py). A second, in-process flavor lives in the tests
-(tests/plugins/inprocess_server) and runs the gate, promote and rollback steps in milliseconds.
+The built-in flavor is `triton` (mlops/serving/_triton.py). A second flavor, `inprocess`, lives in the tests
+(tests/_inprocess_server.py): it serves the checkpoint in the test's own process and keeps its state in the
+state directory, so the gate, promote and rollback steps run as unit tests in milliseconds. It is why an
+`ExportedModel` need not be ONNX, and why the version that answers is the flavor's to say
+(:meth:`ModelServer.answering_version`).
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class ModelServer(ABC):
 
     @abstractmethod
     def export(self, version: RegisteredVersion) -> ExportedModel:
-        """Write what serving the version needs, once per version (a second call reuses it)."""
+        """Write what serving the version needs, once per version (a second call reuses it). Its format is the
+        flavor's: `deploy` of the same flavor is the only reader."""
 
     @abstractmethod
     def deploy(self, exported: ExportedModel) -> ServedModel:
@@ -94,7 +98,8 @@ class ModelServer(ABC):
                    and str(m["version"]) == str(version) for m in self.served())
 
     def answering_version(self) -> int | None:
-        """The version a request that names none gets: the highest READY one."""
+        """The version a request that names none gets. Here Triton's rule, the highest READY one; a flavor
+        that routes otherwise says so by overriding this."""
         ready = [int(m["version"]) for m in self.served() if m["name"] == self.cfg.serving.model_name
                  and m["state"] == "READY"]
         return max(ready) if ready else None

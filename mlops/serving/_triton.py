@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops.artifacts import ExportedModel, RegisteredVersion, ServedModel
+from mlops.errors import ServiceError
 from mlops.serving import _deploy, _server
 from mlops.serving._server_api import ModelServer
 
@@ -33,6 +34,10 @@ class TritonServer(ModelServer):
         return ExportedModel(**out)
 
     def deploy(self, exported: ExportedModel) -> ServedModel:
+        if exported.onnx is None or exported.signature is None:
+            # An export of another flavor (a checkpoint, not model.onnx): Triton cannot load it.
+            raise ServiceError(f"{exported.model}@{exported.version} was exported without model.onnx (in "
+                               f"{exported.dir}); the triton flavor serves only its own exports: run its export.")
         _deploy.publish(self.cfg, self.state_dir, exported.version, Path(exported.onnx), exported.signature)
         served = _deploy.serve_version(self.cfg, self.state_dir, exported.version)
         return ServedModel(model=served["model"], champion=served["champion"], previous=served["previous"],
