@@ -127,3 +127,15 @@ def test_cli_plan_bad_config_exits_2_without_traceback():
     proc = _cli("plan", "maturity=7")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "level must be an integer from 0 to 4, got '7'" in proc.stderr
+
+
+def test_the_plan_reports_the_flavors_that_run_not_the_stacks_labels():
+    """The stack labels its components per target (mlflow-sqlite); a recipe that picks another flavor is planned
+    as that flavor, and the Plan's components are the config's chosen flavors: what `up` builds."""
+    plan = _plan("stack=reasonable-scale", "tracking=neptune", "monitoring=none", "maturity=3")
+    infra = {c.name: c.flavor for c in plan.infrastructure}
+    assert infra["tracking"] == "neptune" and infra["serving"] == "triton-python-onnxruntime"
+    assert plan.components["tracker"] == "neptune" and plan.components["monitor"] == "none"
+    assert _plan("stack=reasonable-scale", "maturity=1").components["tracker"] == "mlflow"
+    assert {c.name: c.flavor for c in _plan("stack=reasonable-scale", "maturity=1").infrastructure}["tracking"] \
+        == "mlflow-sqlite"

@@ -32,7 +32,7 @@ from mlops.monitoring._spool import write_chunk
 
 class Capture:
     def __init__(self, signature: dict[str, Any], windows_dir: Path, sample_rate: float, window_s: float,
-                 python: str | None = None, spool_s: float = 1.0, max_spooled: int = 600):
+                 python: str | None = None, spool_s: float = 1.0, max_spooled: int = 600, profiler: str = "whylogs"):
         self.signature = signature
         self.sample_rate = sample_rate
         self.spool = Path(windows_dir).parent / "spool"
@@ -49,7 +49,7 @@ class Capture:
         self.worker = subprocess.Popen(
             # Inside Triton's stub sys.executable is not a Python; mlops puts its venv's bin first on PATH.
             [python or shutil.which("python3") or sys.executable, "-m", "mlops.monitoring._spool", str(self.spool), str(windows_dir),
-             str(window_s)], stdin=subprocess.PIPE)
+             str(window_s), profiler], stdin=subprocess.PIPE)
         self._thread = threading.Thread(target=self._run, name="mlops-capture-spool", daemon=True)
         self._thread.start()
 

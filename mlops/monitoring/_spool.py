@@ -86,7 +86,8 @@ def _yield_cpu() -> None:
                 pass
 
 
-def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None = None) -> None:
+def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None = None,
+         profiler: str = "whylogs") -> None:
     from mlops.monitoring._profiler import make_profiler
     from mlops.monitoring._traffic import TrafficProfiler
 
@@ -106,7 +107,7 @@ def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None =
                 if stop.is_set():  # stopped while another drains (tried once more after the stop, above)
                     return
                 stop.wait(1.0)
-        traffic = TrafficProfiler(make_profiler("whylogs"), windows_dir, sample_rate=1.0, window_s=window_s)
+        traffic = TrafficProfiler(make_profiler(profiler), windows_dir, sample_rate=1.0, window_s=window_s)
         if poll_s is None:
             # whylogs costs mostly per call and column, so profiling several seconds of spool in one call is
             # cheaper than one call a second; a window still gets its rows within a twelfth of its length.
@@ -118,4 +119,5 @@ def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None =
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]),
+         profiler=sys.argv[4] if len(sys.argv) > 4 else "whylogs")  # the monitor flavor (monitoring.flavor)

@@ -39,10 +39,22 @@ _STACK_COMPONENT = {"store": "storage", "tracking": "tracker", "data_schedule": 
                     "monitoring": "monitor"}
 
 
+# Stack components that a flavor of the config selects: what runs is that flavor, whatever the stack's label.
+_FLAVOR_SECTION = {"tracker": "tracking", "server": "serving", "monitor": "monitoring"}
+
+
 def _component(cfg: Config, name: str) -> Component:
-    flavors = cfg.stack.components.get(_STACK_COMPONENT[name])  # type: ignore[call-overload]
-    flavor = getattr(flavors, cfg.target.kind) if flavors is not None else "none"
-    return Component(name=name, flavor=flavor or "none")
+    """The infrastructure component and the flavor that runs it: the stack's label for this target (its
+    variant, e.g. `mlflow-sqlite`) when it names the flavor the config chose, else the chosen flavor itself,
+    so a recipe that picks `tracking=neptune` on a stack labelled for MLflow is planned as what runs."""
+    stack_component = _STACK_COMPONENT[name]
+    flavors = cfg.stack.components.get(stack_component)  # type: ignore[call-overload]
+    label = (getattr(flavors, cfg.target.kind) if flavors is not None else None) or "none"
+    if (section := _FLAVOR_SECTION.get(stack_component)) is not None:
+        chosen = getattr(cfg, section).flavor
+        if chosen == "none" or not (label == chosen or label.startswith(chosen + "-")):
+            label = chosen
+    return Component(name=name, flavor=label)
 
 
 def _automate(plan: Plan, names: tuple[str, ...], deployment: str) -> tuple[Step, ...]:

@@ -49,6 +49,7 @@ class TritonPythonModel:
                 float(params["mlops.sample_rate"]["string_value"]),
                 float(params["mlops.window_s"]["string_value"]),
                 python=params.get("mlops.python", {}).get("string_value"),
+                profiler=params.get("mlops.profiler", {}).get("string_value") or "whylogs",
             )
 
     def execute(self, requests):

@@ -73,7 +73,8 @@ def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
         return None
     return {"monitoring_dir": str(Layout(state_dir).model_monitoring(cfg.name)),
             "sample_rate": str(cfg.monitoring.sample_rate),
-            "window_s": str(cfg.monitoring.window_s), "python": sys.executable}
+            "window_s": str(cfg.monitoring.window_s), "python": sys.executable,
+            "profiler": cfg.monitoring.flavor}
 
 
 def serve_version(cfg: Config, state_dir: Path, version: int) -> dict[str, Any]:
