@@ -105,3 +105,9 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert "recipes/bad.yaml:11: `model.lr` input should be greater than 0; got -1." in proc.stderr
     # Validation comes first: nothing was started or written.
     assert not (project / ".mlops").exists()
+
+
+def test_a_flavor_set_by_hand_keeps_the_groups_keys_when_they_fit():
+    # monitoring=whylogs merged its keys; `none` takes the same keys, so the hand-set flavor is fine.
+    cfg = load(["recipe=churn", "monitoring.flavor=none"], ROOT, check_data=False)
+    assert cfg.monitoring.flavor == "none" and cfg.components["monitor"] == "none"

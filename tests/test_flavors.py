@@ -203,3 +203,78 @@ def test_docs_extending_shows_the_installed_and_tested_plugin_code():
         assert f.read_text() in blocks, f"docs/extending.md does not show {f.relative_to(ROOT)} as it is"
     assert RECIPE.replace("  checks:\n    min_rows: 500\n", "").replace("  hidden: [16]\n  max_epochs: 4\n", "") \
         in blocks
+
+
+# ---------------------------------------------------------------- every kind is a seam
+def test_every_kind_has_an_interface_that_its_built_in_flavors_implement():
+    import importlib
+    import inspect
+
+    for kind, spec in flavors.KINDS.items():
+        module, _, name = spec.interface.partition(":")
+        interface = getattr(importlib.import_module(module), name)
+        members = {m for m, v in vars(interface).items() if inspect.isfunction(v) or isinstance(v, property)
+                   or isinstance(v, classmethod)} - {"__init__"}
+        assert members, f"{spec.interface} declares no methods"
+        assert interface.__doc__ or importlib.import_module(module).__doc__, f"{spec.interface} is undocumented"
+        for flavor in flavors.flavors(kind).values():
+            impl = flavor.load()
+            if not inspect.isclass(impl):  # a factory (monitoring: none) -> what it makes, or None
+                continue
+            missing = [m for m in members if not hasattr(impl, m)]
+            assert not missing, f"{flavor.implementation} lacks {missing} of {spec.interface}"
+
+
+def test_a_flavor_registered_for_each_remaining_kind_is_what_the_stack_builds(monkeypatch, tmp_path):
+    """A model store, a monitor and a target registered like a plugin are validated by the schema and built by
+    the Stack; the flows, targets and CLI only ever ask the Stack (checked end to end for trackers, data sources
+    and servers elsewhere)."""
+    from typing import Literal
+
+    from mlops.monitoring import WhylogsProfiler
+    from mlops.recipe import load, schema
+    from mlops.registry import Registry
+    from mlops.stack import Stack
+    from mlops.targets import LocalTarget, get_target
+
+    class AuditedStore(Registry):
+        pass
+
+    class ShadowProfiler(WhylogsProfiler):
+        pass
+
+    class EdgeTarget(LocalTarget):
+        pass
+
+    class StoreCfg(schema.RegistryConfig):
+        flavor: Literal["audited"] = "audited"
+
+    class MonCfg(schema.MonitoringConfig):
+        flavor: Literal["shadow"] = "shadow"
+
+    class TargetCfg(schema.TargetConfig):
+        kind: Literal["edge"] = "edge"
+
+    here = __name__
+    for name, obj in (("AuditedStore", AuditedStore), ("ShadowProfiler", ShadowProfiler),
+                      ("EdgeTarget", EdgeTarget)):
+        monkeypatch.setitem(globals(), name, obj)
+    with monkeypatch.context() as m:
+        m.setitem(flavors.registered()["model_store"], "audited",
+                  flavors.Flavor("model_store", "audited", StoreCfg, f"{here}:AuditedStore"))
+        m.setitem(flavors.registered()["monitor"], "shadow",
+                  flavors.Flavor("monitor", "shadow", MonCfg, f"{here}:ShadowProfiler"))
+        m.setitem(flavors.registered()["target"], "edge", flavors.Flavor("target", "edge", TargetCfg, f"{here}:EdgeTarget"))
+        schema.config_class.cache_clear()
+        try:
+            cfg = load(["recipe=churn", "registry.flavor=audited", "monitoring.flavor=shadow", "target.kind=edge"],
+                       ROOT, check_data=False)
+            stack = Stack(cfg, tmp_path)
+            assert cfg.components["model_store"] == "audited" and type(stack.model_store) is AuditedStore
+            assert type(stack.monitor) is ShadowProfiler and type(get_target(cfg, tmp_path)) is EdgeTarget
+            from mlops.plan import compile_plan
+
+            assert compile_plan(cfg).components["monitor"] == "shadow"
+        finally:
+            schema.config_class.cache_clear()
+    schema.config_class.cache_clear()

@@ -49,7 +49,7 @@ def _component(cfg: Config, name: str) -> Component:
     so a recipe that picks `tracking=neptune` on a stack labelled for MLflow is planned as what runs."""
     stack_component = _STACK_COMPONENT[name]
     flavors = cfg.stack.components.get(stack_component)  # type: ignore[call-overload]
-    label = (getattr(flavors, cfg.target.kind) if flavors is not None else None) or "none"
+    label = (getattr(flavors, cfg.target.kind, None) if flavors is not None else None) or "none"
     if (section := _FLAVOR_SECTION.get(stack_component)) is not None:
         chosen = getattr(cfg, section).flavor
         if chosen == "none" or not (label == chosen or label.startswith(chosen + "-")):

@@ -336,22 +336,26 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
                                 "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"))
         raise ConfigError(problems) from None
     assert isinstance(data, dict)
-    mixed = []
+    mixed: dict[str, Problem] = {}
     for section, (kind, _base, _default) in schema.SECTIONS.items():
         group, fkey = KINDS[kind].group, KINDS[kind].key
         chosen_option, flavor = chosen.get(group), (data.get(section) or {}).get(fkey)
-        # A group whose options are flavors (tracking=mlflow): the YAML's flavor must be the group's.
+        # A group whose options are flavors (tracking=mlflow) merged its keys in; a flavor set by hand to another
+        # one keeps them. Said only if they do not fit that flavor (its own problems are then consequences).
         if chosen_option in flavors(kind) and isinstance(flavor, str) and flavor != chosen_option:
-            mixed.append(section)
-            problems.append(Problem(f"{section}.{fkey}", f"is {flavor!r}, but the {group} group selected is "
-                                    f"{chosen_option!r}, whose keys were merged in", _place(f"{section}.{fkey}",
-                                    locator, overrides), f"switch flavors with the group: {group}={flavor} on the "
-                                    f"command line, or `defaults: [{{override /{group}: {flavor}}}]` in the recipe"))
+            mixed[section] = Problem(f"{section}.{fkey}", f"is {flavor!r}, but the {group} group selected is "
+                                     f"{chosen_option!r}, whose keys were merged in", _place(f"{section}.{fkey}",
+                                     locator, overrides), f"switch flavors with the group: {group}={flavor} on the "
+                                     f"command line, or `defaults: [{{override /{group}: {flavor}}}]` in the recipe")
     try:
         config = schema.Config.model_validate(data)
     except ValidationError as exc:
-        for p in _pydantic_problems(exc, data, raw, locator, overrides):
-            if any(p.key.startswith(section + ".") for section in mixed):
+        found = _pydantic_problems(exc, data, raw, locator, overrides)
+        for section, problem in mixed.items():
+            if any(p.key == section or p.key.startswith(section + ".") for p in found):
+                problems.append(problem)
+        for p in found:
+            if any(p.key == section or p.key.startswith(section + ".") for section in mixed):
                 continue  # consequences of the flavor mix-up reported above
             problems.append(p)
         raise ConfigError(problems) from None
