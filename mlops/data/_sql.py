@@ -117,9 +117,12 @@ class SqlSource(DataSource):
         reads, and it has the recipe's columns. Each failure is one problem naming its key."""
         url = self.url(project)
         shown = url.render_as_string(hide_password=True)
-        problem = _dialect_problem(url)
-        if problem:
-            return [problem]
+        var = self.config.password_env  # type: ignore[attr-defined]
+        unset = ("data.password_env", f"the environment variable {var} is not set",
+                 f"export {var}=<the database password> before running mlops") if var and var not in os.environ else None
+        found = [p for p in (_dialect_problem(url), unset) if p is not None]
+        if found:
+            return found
         backend = url.get_backend_name()
         if backend == "duckdb" and url.database not in (":memory:",) and not url.database.startswith("md:") \
                 and not Path(url.database).is_file():
@@ -129,9 +132,6 @@ class SqlSource(DataSource):
         what = "data.table" if self.config.table is not None else "data.query"  # type: ignore[attr-defined]
         try:
             head = self._head(project, url)
-        except _PasswordUnset as exc:
-            return [("data.password_env", f"the environment variable {exc.var} is not set",
-                     f"export {exc.var}=<the database password> before running mlops")]
         except _ConnectError as exc:
             return [("data.url", f"cannot connect to {shown}: {exc.message}",
                      "check the host, port and database name, that the server is running and reachable from here, "
@@ -172,6 +172,7 @@ class SqlSource(DataSource):
 
 class _PasswordUnset(Exception):
     def __init__(self, var: str):
+        super().__init__(f"the environment variable {var} (data.password_env) is not set: export it")
         self.var = var
 
 
@@ -181,8 +182,9 @@ class _ConnectError(Exception):
 
 
 def _strip(query: str) -> str:
-    """The query as a subquery can take it: without a trailing semicolon."""
-    return query.strip().rstrip(";").strip()
+    """The query as a subquery can take it: without a trailing semicolon, and ending in a newline so that a
+    `-- comment` on its last line doesn't swallow the `) AS _q LIMIT n` after it."""
+    return query.strip().rstrip(";").strip() + "\n"
 
 
 def _first_line(exc: BaseException) -> str:
