@@ -118,8 +118,10 @@ class SqlSource(DataSource):
         url = self.url(project)
         shown = url.render_as_string(hide_password=True)
         var = self.config.password_env  # type: ignore[attr-defined]
-        unset = ("data.password_env", f"the environment variable {var} is not set",
-                 f"export {var}=<the database password> before running mlops") if var and var not in os.environ else None
+        unset = None
+        if var and var not in os.environ:
+            unset = ("data.password_env", f"the environment variable {var} is not set",
+                     f"export {var}=<the database password> before running mlops")
         found = [p for p in (_dialect_problem(url), unset) if p is not None]
         if found:
             return found
