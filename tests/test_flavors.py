@@ -62,9 +62,9 @@ def test_the_built_ins_register_through_entry_points_like_any_flavor():
     found = {f for by_name in flavors.registered().values() for f in by_name.values()}
     assert {f"{f.implementation}" for f in found} >= {"mlops.tracking._mlflow:MlflowTracker",
                                                       "mlops.data._source:FileSource"}
-    assert len(declared) == len(found) == 11
+    assert len(declared) == len(found) == 13
     assert {kind: sorted(names) for kind, names in flavors.registered().items()} == {
-        "data_source": ["file", "sklearn"], "model": ["tabular_mlp"], "server": ["triton"],
+        "data_source": ["file", "parquet_dataset", "sklearn", "sql"], "model": ["tabular_mlp"], "server": ["triton"],
         "tracker": ["mlflow", "neptune"], "monitor": ["none", "whylogs"], "model_store": ["local"],
         "target": ["aws", "local"]}
     assert all(f.distribution.startswith("mlops ") for f in found)
@@ -114,7 +114,7 @@ def test_an_unknown_flavor_lists_the_installed_ones():
     proc = mlops(ROOT, "plan", "recipe=churn", "data.source=jsnol")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert ("override 'data.source=jsnol': `data.source` no data source flavor named 'jsnol' is installed; "
-            "installed: file, sklearn.") in proc.stderr
+            "installed: file, parquet_dataset, sklearn, sql.") in proc.stderr
 
 
 # ---------------------------------------------------------------- the third-party package, end to end

@@ -10,6 +10,11 @@ SKLEARN = Flavor("data_source", "sklearn", schema.SklearnData, "mlops.data._sour
                  description="A dataset bundled with scikit-learn.")
 FILE = Flavor("data_source", "file", schema.FileData, "mlops.data._source:FileSource",
               description="One CSV or Parquet file, local or at any fsspec URL.")
+SQL = Flavor("data_source", "sql", schema.SqlData, "mlops.data._sql:SqlSource",
+             description="A query or table of a SQL database by SQLAlchemy URL; DuckDB embedded by default.")
+PARQUET_DATASET = Flavor("data_source", "parquet_dataset", schema.ParquetDatasetData,
+                         "mlops.data._dataset:ParquetDatasetSource",
+                         description="A folder or prefix of Parquet files (hive partitions), local or fsspec.")
 TABULAR_MLP = Flavor("model", "tabular_mlp", schema.TabularMLPConfig, "mlops.training._module:TabularMLP",
                      description="An MLP over scaled numeric and one-hot categorical columns.")
 TRITON = Flavor("server", "triton", schema.ServingConfig, "mlops.serving._triton:TritonServer",

@@ -134,6 +134,109 @@ class FileData(DataConfig):
         return str(self.path)
 
 
+class SqlData(DataConfig):
+    """Rows from a SQL database, named by a SQLAlchemy URL: DuckDB embedded (the default), Postgres, Snowflake...
+
+    The password never sits in the recipe: write `${oc.env:VAR}` in its place in the URL (kept out of the
+    config: the URL is stored without it and `password_env` names VAR), or give `password_env` yourself.
+    """
+
+    source: Literal["sql"] = Field(description="`sql`: a query or a table of a SQL database.")
+    url: str = Field(
+        "duckdb:///data/warehouse.duckdb",
+        description="SQLAlchemy URL. `duckdb:///<path>` is a DuckDB file (relative to the project; "
+        "`duckdb:///:memory:` for queries over Parquet/CSV files); `postgresql://user@host:5432/db`; "
+        "`snowflake://user@account/db/schema?warehouse=WH` (install `mlops[snowflake]`). A password goes in "
+        "as `${oc.env:VAR}`, never as text.",
+    )
+    query: str | None = Field(None, description="A SELECT whose rows are the data (exactly one of query, table).")
+    table: str | None = Field(None, description="A table or view, `name` or `schema.name` (exactly one of query, "
+                              "table).")
+    password_env: str | None = Field(
+        None, description="The environment variable holding the database password (set for you when the URL "
+        "has `${oc.env:VAR}` as its password).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_to_env(cls, data: Any) -> Any:
+        """A URL password that is an environment variable's value came from `${oc.env:VAR}` (the config is
+        validated after interpolation): store the URL without it and the variable's name, so the secret is never
+        in the config, its dumps or the state directory. Any other password stays for `_no_literal_secret`."""
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        url = _parse_sql_url(data["url"])
+        if url is None or not url.password or data.get("password_env"):
+            return data
+        import os
+
+        names = sorted(k for k, v in os.environ.items() if v == url.password)
+        if not names:
+            return data
+        # URL.set(password=None) means "unchanged"; the named tuple's _replace clears it.
+        return {**data, "url": url._replace(password=None).render_as_string(hide_password=False),
+                "password_env": names[0]}
+
+    @field_validator("url")
+    @classmethod
+    def _no_literal_secret(cls, v: str) -> str:
+        url = _parse_sql_url(v)
+        if url is None:
+            raise ValueError(f"{v!r} is not a SQLAlchemy URL: dialect[+driver]://[user@]host[:port]/database, "
+                             "e.g. duckdb:///data/warehouse.duckdb or postgresql://app@db:5432/shop")
+        if url.password:
+            raise ValueError("the URL holds a literal password: credentials never go in the recipe; put it in an "
+                             "environment variable and write the URL as "
+                             f"{url.drivername}://{url.username}:${{oc.env:VAR}}@{url.host or ''}/..., "
+                             "or leave it out of the URL and set data.password_env: VAR")
+        secret = sorted(k for k in url.query if SECRET_KEY.search(k))
+        if secret:
+            raise ValueError(f"the URL holds a secret parameter ({', '.join(secret)}): leave it out and let the "
+                             "driver read it from the environment (e.g. MOTHERDUCK_TOKEN)")
+        return v
+
+    @model_validator(mode="after")
+    def _query_or_table(self) -> SqlData:
+        if (self.query is None) == (self.table is None):
+            raise ValueError("source=sql needs exactly one of `query` (a SELECT) or `table` (a table or view name)"
+                             + (", not both" if self.query is not None else ""))
+        return self
+
+    def describe(self) -> str:
+        return f"{self.url} table {self.table}" if self.table else f"{self.url} query"
+
+
+def _parse_sql_url(text: str) -> Any:
+    """The SQLAlchemy URL of `text`, or None if it is not one. SQLAlchemy is imported here, for import cost:
+    only a recipe with `source: sql` pays for it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(text)
+    except (ArgumentError, ValueError):
+        return None
+
+
+class ParquetDatasetData(DataConfig):
+    """A folder (or prefix) of Parquet files, hive partitions allowed, local or at any fsspec URL."""
+
+    source: Literal["parquet_dataset"] = Field(description="`parquet_dataset`: a folder of Parquet files.")
+    path: str | None = Field(
+        None, description="A folder or file-name prefix of Parquet files, relative to the project or any fsspec "
+        "URL (s3://bucket/events/); hive partition folders (year=2024/month=01/) become columns.",
+    )
+
+    @model_validator(mode="after")
+    def _has_path(self) -> ParquetDatasetData:
+        if not self.path:
+            raise ValueError("source=parquet_dataset needs `path`: a folder or prefix of Parquet files")
+        return self
+
+    def describe(self) -> str:
+        return str(self.path)
+
+
 # ---------------------------------------------------------------- model
 class EarlyStoppingConfig(_Strict):
     enabled: bool = True
