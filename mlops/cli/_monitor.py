@@ -84,8 +84,13 @@ def report(
     profiler = steps.batch_profiler(stack)
     history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
     if html is not None:
-        stored = windows(window_dir)
-        latest = profiler.read(stored[-1][1]) if stored else None
+        latest = None
+        for _start, path in reversed(windows(window_dir)):  # the latest window that can be read
+            try:
+                latest = profiler.read(path)
+                break
+            except Exception:  # reported as skipped in the history; the page shows the one before
+                continue
         from mlops._atomic import write_atomic
 
         write_atomic(html, render_html(f"{cfg.name}@{version}: drift", profiler, reference, latest, history,

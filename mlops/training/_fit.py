@@ -62,7 +62,7 @@ class _FiniteMetrics(pl.Callback):
                if v.numel() == 1 and not math.isfinite(float(v))}
         if bad:
             shown = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise MlopsError(f"training stopped at epoch {trainer.current_epoch}: {shown} is not a finite number, "
+            raise MlopsError(f"training stopped at epoch {trainer.current_epoch}: {shown} (not finite), "
                              "so no model is registered. Hint: look for extreme values in the numeric columns "
                              "(data.checks.non_finite), or lower model.lr.")
 
