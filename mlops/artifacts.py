@@ -27,6 +27,8 @@ class DatasetSnapshot(Artifact):
     path: str = Field(description="The snapshot's Parquet file.")
     rows: int
     key: str = Field(description="The training key: config that shapes the model + this fingerprint.")
+    repairs: dict[str, Any] = Field(default_factory=dict, description="What `data.checks.non_finite` (drop, clip) "
+                                    "did to the rows read before the snapshot was written; empty if nothing.")
 
 
 class ValidatedData(Artifact):

@@ -21,7 +21,8 @@ import pytest
 from mlops._process import port_free
 
 ROOT = Path(__file__).resolve().parents[1]
-PORTS = (4491, 8491, 8492, 8493)
+# MLOPS_E2E_PORTS="prefect,http,grpc,metrics" moves them, for a second checkout testing beside this one.
+PORTS = tuple(int(p) for p in os.environ.get("MLOPS_E2E_PORTS", "4491,8491,8492,8493").split(","))
 PORT_OVERRIDES = (f"target.prefect.port={PORTS[0]}", f"serving.http_port={PORTS[1]}", f"serving.grpc_port={PORTS[2]}",
                   f"serving.metrics_port={PORTS[3]}")
 pytestmark = pytest.mark.e2e
@@ -200,3 +201,25 @@ def test_validate_checks_a_batch_by_hand(project):
     proc = mlops(project, "validate", "recipe=churn", "--input", str(bad), check=False)
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert "column 'tenure_months': null percentage of tenure_months lower than 0.05" in proc.stderr
+
+
+def test_up_never_serves_garbage(project):
+    """A CSV with inf and -1e308 stops at the data gate; a loss that turns NaN stops training: `up` exits
+    non-zero with the reason, never READY, and nothing new is registered."""
+    before = _versions(project, "churn") if (project / ".mlops/registry/churn").is_dir() else []
+    frame = pd.read_csv(project / "recipes/data/churn.csv")
+    frame["monthly_charges"] = frame["monthly_charges"].astype(float)
+    frame.loc[5, "monthly_charges"] = float("inf")
+    frame.loc[9, "monthly_charges"] = -1e308
+    frame.to_csv(project / "garbage.csv", index=False)
+    proc = mlops(project, "up", "recipe=churn", "data.path=garbage.csv", check=False)
+    # (Prefect's own task-failure log still prints a traceback above mlops' message: not this test's concern.)
+    assert proc.returncode == 3 and "READY" not in proc.stderr + proc.stdout and "mlops: data validation failed" \
+        in proc.stderr
+    assert "column 'monthly_charges' has 2 non-finite or out-of-float32-range value(s) (row 5: inf, row 9: " \
+           "-1e+308)" in proc.stderr
+    proc = mlops(project, "up", "recipe=churn", "model.lr=1e30", "model.max_epochs=2", check=False)
+    assert proc.returncode != 0 and "READY" not in proc.stderr + proc.stdout
+    assert "not finite" in proc.stderr or "model.lr" in proc.stderr, proc.stderr
+    after = _versions(project, "churn") if (project / ".mlops/registry/churn").is_dir() else []
+    assert after == before

@@ -66,7 +66,30 @@ def _project() -> Path:
 
 
 def _print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    """Strict JSON (RFC 8259 has no NaN or Infinity): a non-finite number becomes null, and its path is listed
+    under "non_finite" so a reader knows the null is not a missing value."""
+    try:
+        text = json.dumps(obj, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        paths: list[str] = []
+        obj = _finite(obj, "", paths)
+        if isinstance(obj, dict):
+            obj = {**obj, "non_finite": {"paths": paths, "reason": "NaN or infinite values, shown as null"}}
+        text = json.dumps(obj, indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
+
+
+def _finite(obj: Any, path: str, paths: list[str]) -> Any:
+    import math
+
+    if isinstance(obj, float) and not math.isfinite(obj):
+        paths.append(path or "$")
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{path}.{k}" if path else str(k), paths) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v, f"{path}[{i}]", paths) for i, v in enumerate(obj)]
+    return obj
 
 
 @app.command()

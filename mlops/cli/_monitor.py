@@ -23,33 +23,40 @@ def validate(
     input_: Annotated[Path, typer.Option("--input", "-i", help="A batch to check: .csv or .parquet.")] = Path("batch.csv"),
     json_: JsonFlag = False,
 ) -> None:
-    """Check a data batch against the recipe's constraints and the champion's reference profile.
+    """Check a data batch exactly as the pipeline's validate step would, without writing anything.
 
-    The same check ingest runs on every batch. Exit 3 if any constraint fails.
+    The file is read like a `file` data source with the recipe's columns; then the recipe's checks (columns,
+    data.checks.min_rows, types, nulls, the target, non-finite values) and the constraints against the
+    champion's reference profile. Exit 3 if any fails, or if the file cannot be read.
 
     Example: mlops validate recipe=churn --input new_rows.csv
     """
-    import pandas as pd
-
     from mlops import steps
-    from mlops.monitoring._batch import check_batch, render_failures
+    from mlops.data import read_batch, repair_frame
     from mlops.stack import Stack
 
     cfg = load_config(overrides, check_data=False)
-    if not input_.is_file():
-        raise DataError(f"--input {input_}: no such file. Give a .csv or .parquet batch with the recipe's columns.")
-    frame = pd.read_parquet(input_) if input_.suffix in (".parquet", ".pq") else pd.read_csv(input_)
+    frame = read_batch(input_, cfg.data, project())
+    # The repair ingest would apply (data.checks.non_finite=drop|clip), reported rather than written.
+    frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
     stack = Stack(cfg, project())
-    report = check_batch(cfg, frame, steps.reference_profile(stack)[1], stack.monitor)
+    report, batch, problems = steps.check_frame(stack, frame, str(input_), with_profile=True)
     if json_:
-        print_json({"ok": report.ok, "rows": report.rows, "failures": [
-            {"column": f.column, "constraint": f.constraint, "details": f.details} for f in report.failures]})
-        if not report.ok:
+        failures = [{"column": f.column, "constraint": f.constraint, "details": f.details}
+                    for f in (batch.failures if batch else [])]
+        print_json({"ok": not problems, "rows": report.rows, "problems": problems, "failures": failures,
+                    "non_finite": [b.to_dict() for b in report.non_finite],
+                    **({"repairs": repairs} if repairs else {})})
+        if problems:
             sys.exit(DataError.exit_code)
         return
-    if not report.ok:
-        raise DataError(render_failures(report, str(input_)))
-    out.print(f"{input_}: {report.rows} rows pass every constraint")
+    if problems:
+        raise DataError(f"{input_} fails validation for recipe {cfg.name!r}:\n" + "\n".join(problems))
+    if repairs:
+        err.print(f"data.checks.non_finite={repairs['policy']}: {repairs['rows_before']} rows read, "
+                  f"{repairs['rows_after']} kept; values repaired in "
+                  f"{', '.join(c['column'] for c in repairs['columns'])}", markup=False)
+    out.print(f"{input_}: {report.rows} rows pass every constraint (the recipe's checks and the champion's profile)")
 
 
 @monitor_app.command("report")
@@ -77,8 +84,13 @@ def report(
     profiler = steps.batch_profiler(stack)
     history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
     if html is not None:
-        stored = windows(window_dir)
-        latest = profiler.read(stored[-1][1]) if stored else None
+        latest = None
+        for _start, path in reversed(windows(window_dir)):  # the latest window that can be read
+            try:
+                latest = profiler.read(path)
+                break
+            except Exception:  # reported as skipped in the history; the page shows the one before
+                continue
         from mlops._atomic import write_atomic
 
         write_atomic(html, render_html(f"{cfg.name}@{version}: drift", profiler, reference, latest, history,
@@ -92,6 +104,10 @@ def report(
         return
     last = history[-1]
     out.print(f"{cfg.name}@{version}: {len(history)} window(s); latest {last['rows']} rows")
+    for h in history:
+        if "skipped" in h or "non_finite" in h:
+            why = h.get("skipped") or f"non-finite or out-of-float32-range values in {', '.join(h['non_finite'])}"
+            out.print(f"  window {h['window']}: not scored: {why}", markup=False)
     for col, d in last["columns"].items():
         score = "-" if d["score"] is None else f"{d['score']:.3f}"
         out.print(f"  {col:<28} {score:>6}  {d['category']}")

@@ -33,3 +33,47 @@ def fingerprint(frame: pd.DataFrame) -> str:
     h.update(repr([str(t) for t in frame.dtypes]).encode())
     h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
     return "sha256:" + h.hexdigest()
+
+
+def read_batch(path: Path, data: DataConfig, project: Path) -> pd.DataFrame:
+    """A batch file (`mlops validate --input`) read the way ingest reads a `file` source: a FileData with the
+    recipe's columns and checks, pointed at `path`. Whatever cannot be read is a DataError saying what was
+    read and what to try (delimiter, encoding, format), never a parser's traceback."""
+    from mlops.errors import DataError
+    from mlops.recipe.schema import FileData
+
+    path = Path(path)
+    fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    where = f"--input {path}"
+    if not path.is_file():
+        raise DataError(f"{where}: no such file. Give a .csv or .parquet batch with the recipe's columns.")
+    size = path.stat().st_size
+    head = path.open("rb").read(200)
+    seen = f"read {size} byte(s)" + (f", starting {head.splitlines()[0][:80]!r}" if head.strip() else "")
+    if not head.strip():
+        raise DataError(f"{where} is empty ({seen}). Give a {fmt.upper()} file whose first line names the "
+                        f"recipe's columns ({', '.join([*data.features, data.target])}) and whose rows follow.")
+    config = FileData(source="file", path=str(path.resolve()), format=fmt, target=data.target, numeric=data.numeric,
+                      categorical=data.categorical, split=data.split, checks=data.checks)
+    try:
+        frame = make_source(config).read(project)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{where} cannot be read as CSV: byte {exc.start} is not UTF-8 ({seen}). Hint: save the "
+                        "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+    except Exception as exc:  # any parser's error (pandas, pyarrow) is the file's problem, shown without a traceback
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        other = "CSV" if fmt == "parquet" else "Parquet"
+        looks = (" It looks like CSV text: name it .csv." if fmt == "parquet" and b"," in head else
+                 " It looks like a Parquet file: name it .parquet." if head.startswith(b"PAR1") else "")
+        raise DataError(f"{where} cannot be read as {fmt.upper()}: {type(exc).__name__}: {first} ({seen}).{looks} "
+                        f"Hint: check the format (.csv or .parquet; a {other} file with the wrong suffix is read "
+                        "wrongly), the encoding (UTF-8) and the delimiter (a comma).") from None
+    columns = [str(c) for c in frame.columns]
+    missing = [c for c in [*data.features, data.target] if c not in columns]
+    if missing and len(columns) == 1 and any(d in columns[0] for d in ";\t|"):
+        raise DataError(f"{where}: read one column {columns[0][:80]!r}, not the recipe's columns ({seen}). Hint: "
+                        "the file seems to use another delimiter; save it comma-separated.")
+    if len(frame) == 0:
+        raise DataError(f"{where} has a header but no rows ({seen}; columns: {', '.join(columns) or 'none'}). Give "
+                        f"at least data.checks.min_rows={data.checks.min_rows} rows.")
+    return frame

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mlops.errors import DataError
+from mlops.features import BadValues, bad_values, repair
 from mlops.recipe.schema import DataConfig
 
 
@@ -16,6 +17,7 @@ class ValidationReport:
     columns: list[str]
     null_fractions: dict[str, float]
     problems: list[str] = field(default_factory=list)
+    non_finite: list[BadValues] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -53,6 +55,27 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
         if task == "classification" and frame[data.target].nunique(dropna=True) < 2:
             problems.append(f"target {data.target!r} has fewer than 2 classes")
         if task == "regression" and not pd.api.types.is_numeric_dtype(frame[data.target]):
-            problems.append(f"target {data.target!r} must be numeric for task=regression")
+            bad = pd.to_numeric(frame[data.target], errors="coerce").isna() & frame[data.target].notna()
+            example = f": {int(bad.sum())} value(s) like {frame.loc[bad, data.target].iloc[0]!r}" if bad.any() else ""
+            problems.append(f"target {data.target!r} must be numeric for task=regression{example}")
+    unusable = bad_values(frame, finite_columns(data, task))
+    problems += [f"{b.render()} <data.checks.non_finite={data.checks.non_finite}>; set it to `drop` or `clip` to "
+                 "repair such rows explicitly" for b in unusable]
     return ValidationReport(rows=len(frame), columns=[str(c) for c in frame.columns], null_fractions=nulls,
-                            problems=problems)
+                            problems=problems, non_finite=unusable)
+
+
+def finite_columns(data: DataConfig, task: str) -> list[str]:
+    """The columns the model computes with as floats: the numeric features, and a regression target."""
+    return [*data.numeric, *([data.target] if task == "regression" else [])]
+
+
+def repair_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> tuple[pd.DataFrame, dict[str, object]]:
+    """`data.checks.non_finite` applied before anything trains on `frame`: (the frame, what was done). With
+    `reject` (the default) nothing changes and the validate step reports the values instead."""
+    policy = data.checks.non_finite
+    fixed, found = repair(frame, finite_columns(data, task), policy)
+    if not found or policy == "reject":
+        return frame, {}
+    return fixed, {"policy": policy, "rows_before": len(frame), "rows_after": len(fixed),
+                   "columns": [b.to_dict() for b in found]}

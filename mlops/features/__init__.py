@@ -4,5 +4,7 @@ Below both training and serving (neither imports the other for it), and light: n
 """
 
 from mlops.features._encode import categorical_strings, numeric_array
+from mlops.features._finite import FLOAT32_MAX, BadValues, bad_values, repair, unusable
 
-__all__ = sorted(["categorical_strings", "numeric_array"])
+__all__ = sorted(["FLOAT32_MAX", "BadValues", "bad_values", "categorical_strings", "numeric_array", "repair",
+                  "unusable"])

@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mlops._atomic import atomic_path
+from mlops.features import FLOAT32_MAX
 from mlops.recipe.schema import DataConfig, DriftConfig, MonitoringConfig
 
 
@@ -55,6 +56,7 @@ class ColumnDrift:
     score: float | None  # None: the window was too small, or the column is empty
     category: str  # NO_DRIFT | POSSIBLE_DRIFT | DRIFT | NO_VERDICT
     algorithm: str
+    reason: str = ""  # why a column got NO_VERDICT when it had rows (non-finite values, a scorer's error)
 
 
 class Profiler(ABC):
@@ -107,7 +109,11 @@ class WhylogsProfiler(Profiler):
     def profile(self, frame: pd.DataFrame) -> Any:
         import whylogs as why
 
-        return why.log(frame).view()
+        with warnings.catch_warnings():
+            # ±inf or huge values make whylogs' running variance overflow: the window's constraints report
+            # them (see _unusable); numpy's warnings would only be noise on the terminal.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return why.log(frame).view()
 
     def merge(self, a: Any, b: Any) -> Any:
         return a.merge(b)
@@ -150,6 +156,12 @@ class WhylogsProfiler(Profiler):
             elif c in ref_cols and (ref_min := _summary(ref_cols[c]).get("distribution/min")) is not None \
                     and ref_min >= 0:
                 builder.add_constraint(f.is_non_negative(c))
+        cols = profile.get_columns()
+        for c in data.numeric:
+            # Its own signal, before whylogs' constraints: ±inf and values beyond float32 are garbage to the
+            # model, and whylogs' range statistics cannot even be computed over them.
+            if c in present and (bad := _unusable(_summary(cols[c]))):
+                failures.append(ConstraintFailure(c, "non-finite or out-of-float32-range values", bad))
         for c in data.features:
             if c in present:
                 builder.add_constraint(f.null_percentage_below_number(c, data.checks.max_null_fraction))
@@ -167,21 +179,31 @@ class WhylogsProfiler(Profiler):
         return BatchReport(rows=self.rows(profile), failures=failures)
 
     def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]:
-        from whylogs.viz.drift.column_drift_algorithms import Hellinger, calculate_drift_scores
+        from whylogs.viz.drift.column_drift_algorithms import Hellinger
 
         out: dict[str, ColumnDrift] = {}
         if self.rows(current) < cfg.min_window_rows:
             return {c: ColumnDrift(c, None, "NO_VERDICT", cfg.algorithm) for c in columns}
         ref_cols, cur_cols = reference.get_columns(), current.get_columns()
-        numeric = [c for c in columns if c in cur_cols and _summary(cur_cols[c]).get("distribution/n")]
-        scores = calculate_drift_scores(target_view=current, reference_view=reference, with_thresholds=False,
-                                        drift_map={c: Hellinger() for c in numeric}) if numeric else {}
         for c in columns:
-            if c in numeric:
-                score = (scores.get(c) or {}).get("statistic")
-            else:
-                score = _categorical_hellinger(ref_cols[c], cur_cols[c]) if c in cur_cols and c in ref_cols else None
-            out[c] = ColumnDrift(c, None if score is None else float(score), _category(score, cfg), cfg.algorithm)
+            # One column at a time: a column that cannot be scored gets no verdict and a reason; the rest score.
+            reason, score = "", None
+            summaries = [_summary(v[c]) for v in (ref_cols, cur_cols) if c in v]
+            if any(_unusable(s) for s in summaries):
+                reason = "non-finite or out-of-float32-range values: not scored (the window fails its constraints)"
+            elif c in cur_cols and c in ref_cols and summaries[-1].get("distribution/n"):
+                try:
+                    found = Hellinger().calculate(reference_column_view=ref_cols[c],
+                                                  target_column_view=cur_cols[c], with_thresholds=False)
+                    score = None if found is None else found.statistic
+                except (ArithmeticError, ValueError) as exc:  # whylogs' binning over extreme ranges
+                    reason = f"not scored: {type(exc).__name__}: {exc}"
+            elif c in cur_cols and c in ref_cols:
+                score = _categorical_hellinger(ref_cols[c], cur_cols[c])
+            if score is not None and not math.isfinite(score):
+                score, reason = None, "not scored: the distance is not a finite number"
+            out[c] = ColumnDrift(c, None if score is None else float(score), _category(score, cfg), cfg.algorithm,
+                                 reason)
         return out
 
     def histogram(self, profile: Any, column: str) -> tuple[list[float], list[float]] | dict[str, float]:
@@ -198,6 +220,18 @@ class WhylogsProfiler(Profiler):
 
 def _summary(column_view: Any) -> dict[str, Any]:
     return column_view.to_summary_dict()
+
+
+def _unusable(summary: dict[str, Any]) -> dict[str, Any]:
+    """What a column's profile says about values a float32 model cannot use; empty if none."""
+    inf = int(summary.get("counts/inf") or 0)
+    lo, hi = summary.get("distribution/min"), summary.get("distribution/max")
+    beyond = [v for v in (lo, hi) if v is not None and not math.isnan(v) and abs(v) > FLOAT32_MAX]
+    if not inf and not beyond:
+        return {}
+    # As text when not finite: the details go into strict-JSON reports.
+    return {"inf_count": inf, "min": lo if lo is None or math.isfinite(lo) else str(lo),
+            "max": hi if hi is None or math.isfinite(hi) else str(hi), "float32_max": FLOAT32_MAX}
 
 
 def _column_of(constraint_name: str, columns: set[str]) -> str:

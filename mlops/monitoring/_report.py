@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -19,14 +20,26 @@ def drift_history(profiler: Profiler, reference: Any, window_dir: Path, columns:
     """One entry per stored window, oldest first: rows and each column's score and category."""
     out = []
     for start, path in windows(window_dir):
-        current = profiler.read(path)
-        scores = profiler.drift(reference, current, columns, cfg)
-        out.append({
+        # One window that cannot be read or scored is reported and skipped; the others still score.
+        try:
+            current = profiler.read(path)
+            rows = profiler.rows(current)
+            scores = profiler.drift(reference, current, columns, cfg)
+        except Exception as exc:  # a corrupt or unscorable window must not hide every other window
+            out.append({"window": start, "rows": None, "skipped": f"{type(exc).__name__}: {exc}",
+                        "columns": {c: {"score": None, "category": "NO_VERDICT"} for c in columns}, "drift": []})
+            continue
+        entry: dict[str, Any] = {
             "window": start,
-            "rows": profiler.rows(current),
-            "columns": {c: {"score": d.score, "category": d.category} for c, d in scores.items()},
+            "rows": rows,
+            "columns": {c: {"score": d.score, "category": d.category, **({"reason": d.reason} if d.reason else {})}
+                        for c, d in scores.items()},
             "drift": sorted(c for c, d in scores.items() if d.category == "DRIFT"),
-        })
+        }
+        unusable = sorted(c for c, d in scores.items() if d.reason.startswith("non-finite"))
+        if unusable:
+            entry["non_finite"] = unusable  # garbage in the window: its own signal, never counted as drift
+        out.append(entry)
     return out
 
 
@@ -82,7 +95,12 @@ def render_html(title: str, profiler: Profiler, reference: Any, latest: Any | No
         for c in columns:
             fig, ax = plt.subplots(figsize=(4, 2.4))
             for prof, label, color in ((reference, "reference", "#888"), (latest, "current", "#06c")):
-                h = profiler.histogram(prof, c)
+                try:
+                    h = profiler.histogram(prof, c)
+                except Exception:  # a sketch over ±inf has no bins: that profile's chart is left out
+                    continue
+                if not isinstance(h, dict) and not all(map(math.isfinite, h[0])):
+                    continue
                 if isinstance(h, dict):
                     total = sum(h.values()) or 1
                     keys = sorted(h)

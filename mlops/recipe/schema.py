@@ -53,6 +53,11 @@ class ChecksConfig(_Strict):
     max_null_fraction: float = Field(
         0.05, ge=0, le=1, description="Largest fraction of nulls allowed in any feature column."
     )
+    non_finite: Literal["reject", "drop", "clip"] = Field(
+        "reject", description="Rows with ±inf, or a value beyond float32's range (|x| > 3.4e38), in a numeric "
+        "column (or a regression target): `reject` fails validation, `drop` drops those rows, `clip` replaces "
+        "each value with its column's largest or smallest usable one. What was done is in the lineage."
+    )
 
 
 class DataConfig(_Strict):

@@ -36,6 +36,7 @@ class TritonPythonModel:
             os.path.join(version_dir, "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
         )
         self.inputs = [(i["name"], i["datatype"], len(i["columns"])) for i in signature["inputs"]]
+        self.columns = {i["name"]: list(i["columns"]) for i in signature["inputs"]}
         self.outputs = [o["name"] for o in signature["outputs"]]
         self.capture = None
         monitoring_dir = params.get("mlops.monitoring_dir", {}).get("string_value")
@@ -117,6 +118,7 @@ class TritonPythonModel:
                 array = np.char.decode(array.astype(np.bytes_), "utf-8").astype(object)
             else:
                 array = array.astype(_NUMPY_DTYPE[datatype], copy=False)
+                _check_finite(array, self.columns[name])
             feed[name] = array
         return feed
 
@@ -124,6 +126,17 @@ class TritonPythonModel:
         self.session = None
         if self.capture is not None:
             self.capture.close()
+
+
+def _check_finite(array, columns):
+    # An FP32 tensor cannot hold a value beyond float32's range: such a value arrives as ±inf. NaN stays
+    # allowed (a missing value, imputed by the graph); inf would make every output of the row NaN.
+    bad = np.isinf(array)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        shown = ", ".join(f"row {r} column {columns[c]!r}: {array[r, c]}" for r, c in list(zip(rows, cols))[:3])
+        raise ValueError(f"{int(bad.sum())} non-finite or out-of-float32-range value(s) ({shown}); send finite "
+                         "numbers, or null for a missing value")
 
 
 def _error(message):

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from mlops.errors import PredictError, ServiceError
-from mlops.features import categorical_strings, numeric_array
+from mlops.features import bad_values, categorical_strings, numeric_array
 
 
 def validate(signature: dict, frame: pd.DataFrame) -> None:
@@ -46,6 +46,9 @@ def validate(signature: dict, frame: pd.DataFrame) -> None:
                     f"value{'s are' if count > 1 else ' is'} not, e.g. {values.iloc[first]!r} in row "
                     f"{frame.index[first]!r} (column dtype {values.dtype})"
                 )
+    # ±inf, and values float32 cannot hold (they become inf in the FP32 tensor): the model would answer NaN.
+    numeric = [c for spec in signature["inputs"] if spec["datatype"] == "FP32" for c in spec["columns"]]
+    problems += [b.render() for b in bad_values(frame, numeric)]
     if problems:
         n = len(problems)
         raise PredictError(
@@ -102,6 +105,10 @@ def predict(
         client.close()
 
     values = np.concatenate(chunks).astype(float)
+    if not np.isfinite(values).all():
+        rows = sorted({int(r) for r in np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[:, 0]})
+        raise ServiceError(f"model {model_name!r} at {url} answered non-finite values for row(s) {rows[:5]} of "
+                           "the input; the served version is broken: roll it back (`mlops rollback`).")
     if signature["task"] == "classification":
         classes = list(signature["classes"])
         return {

@@ -2,6 +2,7 @@
 
 from mlops.steps._steps import (
     batch_profiler,
+    check_frame,
     deploy,
     end_open_runs,
     evaluate,
@@ -19,6 +20,7 @@ from mlops.steps._steps import (
     reference_profile,
     register,
     reopen_run,
+    require_finite,
     require,
     rollback,
     train,
@@ -27,7 +29,7 @@ from mlops.steps._steps import (
 )
 
 __all__ = sorted([
-    "batch_profiler", "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
+    "batch_profiler", "check_frame", "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
     "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "reference_profile", "register", "reopen_run",
-    "require", "rollback", "train", "validate", "validated_snapshots",
+    "require", "require_finite", "rollback", "train", "validate", "validated_snapshots",
 ])

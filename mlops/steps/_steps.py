@@ -74,18 +74,22 @@ def reopen_run(stack: Stack, run_id: str) -> bool:
 # ---------------------------------------------------------------- data
 def ingest(stack: Stack) -> DatasetSnapshot:
     """Read the data source, keep the columns the recipe uses, and snapshot them (once per content)."""
-    from mlops.data import fingerprint, read_frame
+    from mlops.data import fingerprint, read_frame, repair_frame
 
     cfg = stack.cfg
     frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
     frame = frame[[*cfg.data.features, cfg.data.target]]
+    # An explicit data.checks.non_finite=drop|clip repairs the rows before they are snapshotted, so no split
+    # ever sees an unusable value; with `reject` (the default) validate reports them instead.
+    frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
     fp = fingerprint(frame)
     path = stack.layout.snapshot(cfg.name, fp)
     if not path.exists():
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         write_atomic(path, buf.getvalue())
-    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp))
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+                           repairs=repairs)
 
 
 def _frame(snapshot: DatasetSnapshot) -> Any:
@@ -98,18 +102,10 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     """The data-validation gate: the recipe's checks, then the monitor's constraints against the champion's
     reference profile. A failing batch is quarantined (moved out of the datasets, with a report) and never
     trained on: raises DataError."""
-    from mlops.data import validate_frame
-    from mlops.monitoring._batch import check_batch, quarantine, render_failures
+    from mlops.monitoring._batch import quarantine
 
     cfg = stack.cfg
-    frame = _frame(snapshot)
-    report = validate_frame(frame, cfg.data, cfg.model.task)
-    problems = list(report.problems)
-    batch = None
-    if stack.monitor is not None:
-        batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
-        if not batch.ok:
-            problems.append(render_failures(batch, f"the batch {snapshot.path}"))
+    report, batch, problems = check_frame(stack, _frame(snapshot), f"the batch {snapshot.path}")
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
                            source=cfg.data.describe())
@@ -117,6 +113,25 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))
     return ValidatedData(snapshot=snapshot, rows=report.rows, null_fractions=report.null_fractions)
+
+
+def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None = None) -> tuple[Any, Any, list[str]]:
+    """The one data gate, shared by the validate step and `mlops validate`: the recipe's checks (validate_frame:
+    columns, rows, types, nulls, target, non-finite values), then the constraints against the champion's
+    reference profile. Returns (ValidationReport, BatchReport or None, every problem as text); writes nothing.
+    `with_profile` None: the constraints run when the stack has a monitor (as the validate step does)."""
+    from mlops.data import validate_frame
+    from mlops.monitoring._batch import check_batch, render_failures
+
+    cfg = stack.cfg
+    report = validate_frame(frame, cfg.data, cfg.model.task)
+    problems = list(report.problems)
+    batch = None
+    if (stack.monitor is not None if with_profile is None else with_profile) and len(frame):
+        batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
+        if not batch.ok:
+            problems.append(render_failures(batch, source))
+    return report, batch, problems
 
 
 def reference_profile(stack: Stack) -> tuple[int | None, Any | None]:
@@ -166,7 +181,7 @@ def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
         raise DataError(f"recipe {stack.cfg.name!r} has no validated dataset snapshot yet: run `mlops run ingest "
                         f"recipe={stack.cfg.name}` and `mlops run validate recipe={stack.cfg.name}` first.")
     d = found[0] if found else list(index.values())[-1]
-    return DatasetSnapshot(**{k: d[k] for k in ("fingerprint", "path", "rows", "key")})
+    return DatasetSnapshot(**{k: d[k] for k in ("fingerprint", "path", "rows", "key")}, repairs=d.get("repairs", {}))
 
 
 # ---------------------------------------------------------------- model
@@ -210,6 +225,9 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
     The same training key registered before gives that version back (`new=False`). `run_id` names the run that
     registers (the Prefect flow run); without one a fresh id is used."""
     cfg = stack.cfg
+    # No version with a non-finite metric exists, at any maturity level: a NaN loss compares false with every
+    # floor and ceiling, so the gate alone would let it through.
+    require_finite({**trained.val_metrics, **metrics.values}, f"{cfg.name} (training key {snapshot.key[:12]})")
     run_id = run_id or f"local-{uuid.uuid4().hex}"
     train_dir = Path(trained.dir)
     files = {"model.ckpt": Path(trained.checkpoint), "history.json": train_dir / "history.json"}
@@ -225,6 +243,7 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
         "tracking": {"flavor": cfg.tracking.flavor, "run_id": trained.tracking_run_id},
         "components": cfg.components,
         "flow_run_id": run_id,
+        **({"data_repairs": snapshot.repairs} if snapshot.repairs else {}),
     }
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
@@ -232,6 +251,18 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
         tracker.end_run("FINISHED")
     return RegisteredVersion(model=mv.model, version=mv.version, path=str(mv.path),
                              new=mv.lineage["flow_run_id"] == run_id)
+
+
+def require_finite(metrics: dict[str, float], what: str) -> None:
+    """Raise MlopsError naming each metric that is NaN or infinite."""
+    import math
+
+    bad = {k: v for k, v in sorted(metrics.items()) if not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise MlopsError(f"the model {what} has non-finite metrics ({shown}); it is not registered and nothing is "
+                         "served. Hint: check the data for extreme values (data.checks.non_finite) and lower "
+                         "model.lr.")
 
 
 def _reference_profile(stack: Stack, snapshot: DatasetSnapshot, train_dir: Path) -> Path:
@@ -249,7 +280,10 @@ def judge(spec: Gate, candidate: dict[str, float], champion: dict[str, float] | 
           champion_version: int | None = None) -> GateVerdict:
     """The level-3 gate as a pure function: every failed condition is a reason. With no champion yet only the
     absolute floors and ceilings apply."""
-    reasons = []
+    import math
+
+    reasons = [f"{name}={value} is not a finite number" for name, value in sorted(candidate.items())
+               if not math.isfinite(value)]
     for name, floor in sorted(spec.floors.items()):
         if candidate[name] < floor:
             reasons.append(f"{name}={candidate[name]:.4f} is below the floor {floor:g} <maturity.gate.floors.{name}>")
@@ -355,8 +389,18 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
     reference = profiler.read(ref_path)
     judged = []
     for start, path in pending:
-        view = profiler.read(path)
-        report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring, required=cfg.data.features)
+        try:
+            view = profiler.read(path)
+            report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring,
+                                               required=cfg.data.features)
+            scores = profiler.drift(reference, view, cfg.data.features, cfg.monitoring.drift) if report.ok else {}
+        except Exception as exc:  # one window that cannot be read or scored is reported and skipped, once
+            reason = f"{type(exc).__name__}: {exc}"
+            log(outcome="skipped traffic window", version=version, window=start, reasons=[reason])
+            ledger["windows"][str(start)] = {"rows": None, "outcome": "skipped", "reason": reason}
+            judged.append({"window": start, **ledger["windows"][str(start)]})
+            write_atomic(ledger_path, json.dumps(ledger, indent=2))
+            continue
         verdict: dict[str, Any] = {"rows": profiler.rows(view)}
         if not report.ok:
             problems = [render_failures(report, f"served traffic of {cfg.name}@{version}, window {start}")]
@@ -367,7 +411,6 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
                                        "problems": problems})
             log(outcome="quarantined traffic", version=version, window=start, reasons=problems)
         else:
-            scores = profiler.drift(reference, view, cfg.data.features, cfg.monitoring.drift)
             drifted = sorted(c for c, d in scores.items() if d.category == "DRIFT")
             verdict.update(outcome="drift" if drifted else "ok", drifted=drifted,
                            scores={c: d.score for c, d in scores.items()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mlops._atomic import write_atomic
+from mlops.errors import MlopsError
 from mlops.recipe.schema import Config
 from mlops.training._family import model_family
 from mlops.training._module import TabularDataModule, TabularMLP
@@ -46,6 +48,23 @@ class _History(pl.Callback):
         # By now the epoch's train metrics are reduced and this epoch's validation has run.
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
+
+
+class _FiniteMetrics(pl.Callback):
+    """Stops training with an MlopsError the first epoch a loss or metric is NaN or infinite.
+
+    Lightning's `detect_anomaly` checks every backward pass (slow), and EarlyStopping's `check_finite` only
+    stops quietly, keeping an earlier epoch; a non-finite number means the data or the settings are wrong,
+    which the user must hear about, naming the epoch and the metric."""
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        bad = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())
+               if v.numel() == 1 and not math.isfinite(float(v))}
+        if bad:
+            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+            raise MlopsError(f"training stopped at epoch {trainer.current_epoch}: {shown} (not finite), "
+                             "so no model is registered. Hint: look for extreme values in the numeric columns "
+                             "(data.checks.non_finite), or lower model.lr.")
 
 
 @contextmanager
@@ -91,7 +110,7 @@ def fit(
     best = ModelCheckpoint(
         dirpath=work, filename="best", monitor=es.monitor, mode=es.mode, save_top_k=1, save_weights_only=True
     )
-    callbacks: list[pl.Callback] = [history, best]
+    callbacks: list[pl.Callback] = [history, _FiniteMetrics(), best]
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
     c = cfg.compute
