@@ -106,7 +106,7 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     report = validate_frame(frame, cfg.data, cfg.model.task)
     problems = list(report.problems)
     batch = None
-    if stack.monitor is not None:
+    if stack.monitor is not None and report.rows:  # no rows: nothing to profile, the row count is the problem
         batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
         if not batch.ok:
             problems.append(render_failures(batch, f"the batch {snapshot.path}"))
