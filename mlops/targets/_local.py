@@ -158,11 +158,11 @@ class LocalTarget(Target):
             return None
         return self._served_result(mv.version, mv.lineage["metrics"])
 
-    def registry_status(self) -> dict[str, Any]:
-        """The recipe's versions with their status (rejections with reasons) and the champion."""
-        store = self.stack.model_store
-        st = store.statuses(self.cfg.name)
-        return {"model": self.cfg.name, "champion": store.aliases(self.cfg.name).get("champion"),
+    def registry_status(self, model: str | None = None) -> dict[str, Any]:
+        """The recipe's (or `model`'s) versions with their status (rejections with reasons) and the champion."""
+        store, model = self.stack.model_store, model or self.cfg.name
+        st = store.statuses(model)
+        return {"model": model, "champion": store.aliases(model).get("champion"),
                 "versions": [{"version": v, **s} for v, s in sorted(st.items())]}
 
     def down(self) -> dict[str, bool]:
@@ -197,6 +197,8 @@ class LocalTarget(Target):
             "models": self.server.served() if live else [],
             "statistics": self.server.statistics() if live else [],
             "registry": self.registry_status(),
+            # every model of the project's state, whichever recipe the command was given
+            "registries": [self.registry_status(m) for m in getattr(self.stack.model_store, "models", list)()],
             "runner": {"pid": self.runner_service().pid(), "digest": (
                 r.read_text() if (r := self._runner_spec().with_suffix(".ready")).is_file() else None)},
             "state_dir": str(self.state_dir),
