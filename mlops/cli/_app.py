@@ -228,6 +228,7 @@ def plan(
     if all_:
         _plan_all(overrides or [], diff, json_)
         return
+    overrides = _with_recipe(overrides, needs_recipe=True)
     if diff:
         new_cfg = _load(overrides, check_data=False)
         old_cfg = _load([*(overrides or []), *diff], check_data=False)
