@@ -340,7 +340,13 @@ def schema(
     if output:
         from mlops._atomic import write_atomic
 
-        write_atomic(output, text)
+        try:
+            write_atomic(output, text)
+        except OSError as exc:
+            from mlops.errors import ConfigError, Problem
+
+            raise ConfigError([Problem("", f"cannot write {output}: {exc.strerror or exc}", "--output",
+                                       "give a file path in a folder you can write to")]) from None
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(text)

@@ -38,7 +38,11 @@ def validate(
     cfg = load_config(overrides, check_data=False)
     if not input_.is_file():
         raise DataError(f"--input {input_}: no such file. Give a .csv or .parquet batch with the recipe's columns.")
-    frame = pd.read_parquet(input_) if input_.suffix in (".parquet", ".pq") else pd.read_csv(input_)
+    try:
+        frame = pd.read_parquet(input_) if input_.suffix in (".parquet", ".pq") else pd.read_csv(input_)
+    except (ValueError, OSError, pd.errors.ParserError) as exc:  # EmptyDataError is a ValueError
+        raise DataError(f"--input {input_}: cannot be read as a batch ({(str(exc).splitlines() or [''])[0]}). Give "
+                        "a .csv with a header row, or a .parquet, with the recipe's columns.") from None
     stack = Stack(cfg, project())
     report = check_batch(cfg, frame, steps.reference_profile(stack)[1], stack.monitor)
     if json_:
