@@ -34,7 +34,8 @@ GITIGNORE = """\
 README = """\
 # {name}
 
-An [mlops](https://github.com/) project: recipes in `recipes/`, state in `.mlops/` (git-ignored).
+An mlops project: recipes in `recipes/`, the state (datasets, registry, tracking, logs) in `.mlops/`
+(git-ignored).
 
     mlops plan recipe={name}     # validate the recipe and show what `up` would do; no side effects
     mlops up recipe={name}       # train, register and serve it

@@ -53,10 +53,14 @@ def _enable_run_logs() -> None:
     # PREFECT_LOGGING_LEVEL=WARNING (targets/_prefect.py: a quiet terminal) also silences the run loggers, which
     # inherit it: the run page then says "This run didn't generate logs". Lift them to INFO and filter the
     # terminal's handler instead.
+    lifted = False
     for name in _RUN_LOGGERS:
         logger = logging.getLogger(name)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
+            lifted = True
+    if not lifted:  # the user asked for INFO on the terminal (PREFECT_LOGGING_LEVEL=INFO), or it is done already
+        return
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, _ConsoleQuiet) for f in handler.filters):
             handler.addFilter(_ConsoleQuiet())
