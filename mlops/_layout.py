@@ -84,6 +84,10 @@ class Layout:
     def judged(self, model: str, version: int | str) -> Path:
         return self.monitoring(model, version) / "judged.json"
 
+    def drift_report(self, model: str, version: int | str) -> Path:
+        """The HTML drift report the monitor flow links from the Prefect UI."""
+        return self.monitoring(model, version) / "drift.html"
+
     def quarantine(self, model: str) -> Path:
         return self.root / "quarantine" / model
 

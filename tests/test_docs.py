@@ -22,7 +22,10 @@ RUN_END_TO_END = {
     "mlops predict recipe=churn --input recipes/data/churn_rows.json --json",
     "mlops validate recipe=churn --input recipes/data/churn.csv",
     "mlops monitor report recipe=breast_cancer --html drift.html",
+    "mlops init churn-project --from recipes/data/churn.csv --target churned",
 }
+# The end-to-end modules that run them.
+E2E_MODULES = ("test_e2e.py", "test_operator_e2e.py")
 
 
 def _commands() -> set[str]:
@@ -51,10 +54,10 @@ def test_every_documented_command_is_tested():
 
 
 def test_end_to_end_commands_are_run_by_e2e():
-    e2e = (ROOT / "tests" / "test_e2e.py").read_text()
+    e2e = "".join((ROOT / "tests" / m).read_text() for m in E2E_MODULES)
     for cmd in RUN_END_TO_END:
         args = cmd.split()[1:]
-        assert all(f'"{a}"' in e2e for a in args), f"test_e2e.py does not run `{cmd}`"
+        assert all(f'"{a}"' in e2e for a in args), f"{' nor '.join(E2E_MODULES)} run `{cmd}`"
 
 
 def test_recipe_reference_is_generated_from_the_schema():

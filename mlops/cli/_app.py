@@ -51,12 +51,59 @@ def _root(
 ) -> None:
     _Options.project = project_dir
     _Options.debug = debug
+    import os
+
+    given = project_dir or (Path(os.environ["MLOPS_PROJECT_DIR"]) if os.environ.get("MLOPS_PROJECT_DIR") else None)
+    if given is not None and not given.is_dir():
+        from mlops.errors import ConfigError, Problem
+
+        where = "-C" if project_dir is not None else "MLOPS_PROJECT_DIR"
+        raise ConfigError([Problem("", f"the project folder {str(given)!r} does not exist"
+                                   + (" (it is a file)" if given.exists() else ""), where,
+                                   "give an existing folder, or create one with `mlops init DIR`")])
 
 
-def _load(overrides: list[str] | None, check_data: bool = True):
+def recipes() -> list[str]:
+    """The recipes this project can run (recipes/*.yaml)."""
+    from mlops.recipe._sources import Sources
+
+    return Sources.discover(_project()).options("recipe")
+
+
+def names_recipe(overrides: list[str] | None) -> bool:
+    return any(o.partition("=")[0].lstrip("~+") == "recipe" for o in overrides or [])
+
+
+def _with_recipe(overrides: list[str] | None, needs_recipe: bool) -> list[str]:
+    """The overrides, with a recipe chosen when they name none.
+
+    A command that runs a recipe and gets none uses the project's only recipe, or `breast_cancer` where the
+    project has it (the framework's default); otherwise it stops and lists the recipes. A command that acts on
+    the project's state (status, down, runs) only needs some recipe's stack and state directory: the first.
+    """
+    from mlops.errors import ConfigError, Problem
+
+    overrides = list(overrides or [])
+    if names_recipe(overrides):
+        return overrides
+    found = recipes()
+    if "breast_cancer" in found:
+        return overrides  # the default choice (mlops/recipe/_loader.py)
+    if len(found) == 1 or (found and not needs_recipe):
+        return [*overrides, f"recipe={found[0]}"]
+    folder = _project() / "recipes"
+    if not found:
+        raise ConfigError([Problem("", f"this project has no recipe: {folder} holds no *.yaml", "command line",
+                                   "write recipes/<name>.yaml, or scaffold a project with `mlops init`")])
+    raise ConfigError([Problem("", f"this command runs one recipe and none was chosen (recipe=...); the "
+                               f"project's recipes are: {', '.join(found)}", "command line",
+                               f"choose one, e.g. `recipe={found[0]}`")])
+
+
+def _load(overrides: list[str] | None, check_data: bool = True, needs_recipe: bool = True):
     from mlops.recipe import load
 
-    return load(overrides or [], _Options.project, check_data=check_data)
+    return load(_with_recipe(overrides, needs_recipe), _Options.project, check_data=check_data)
 
 
 def _project() -> Path:
@@ -129,7 +176,7 @@ def down(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     """
     from mlops.targets import get_target
 
-    cfg = _load(overrides, check_data=False)
+    cfg = _load(overrides, check_data=False, needs_recipe=False)
     stopped = get_target(cfg, _project()).down()
     if json_:
         _print_json(stopped)
@@ -146,7 +193,7 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     """
     from mlops.targets import get_target
 
-    cfg = _load(overrides, check_data=False)
+    cfg = _load(overrides, check_data=False, needs_recipe=False)
     st = get_target(cfg, _project()).status()
     if json_:
         _print_json(st)
@@ -163,8 +210,12 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
         out.print(f"{cfg.serving.flavor:<8} {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "
                   f"queue {t['queue_ms']:.2f} ms  compute {t['compute_ms']:.2f} ms  "
                   f"({t['rows_per_execution']:.1f} rows/exec)  metrics {server.get('metrics_url', '-')}")
-    reg = st.get("registry") or {}
-    if reg.get("versions"):
+    regs = st.get("registries") or [st.get("registry") or {}]
+    if names_recipe(overrides):  # else every model of the project's state
+        regs = [r for r in regs if r.get("model") == cfg.name] or [st.get("registry") or {}]
+    for reg in regs:
+        if not reg.get("versions"):
+            continue
         out.print(f"champion {reg['model']}@{reg['champion']}" if reg["champion"] else f"champion {reg['model']}: none")
         for v in reg["versions"]:
             reasons = f": {'; '.join(v['reasons'])}" if v["reasons"] else ""
@@ -200,6 +251,7 @@ def plan(
     if all_:
         _plan_all(overrides or [], diff, json_)
         return
+    overrides = _with_recipe(overrides, needs_recipe=True)
     if diff:
         new_cfg = _load(overrides, check_data=False)
         old_cfg = _load([*(overrides or []), *diff], check_data=False)
@@ -311,7 +363,13 @@ def schema(
     if output:
         from mlops._atomic import write_atomic
 
-        write_atomic(output, text)
+        try:
+            write_atomic(output, text)
+        except OSError as exc:
+            from mlops.errors import ConfigError, Problem
+
+            raise ConfigError([Problem("", f"cannot write {output}: {exc.strerror or exc}", "--output",
+                                       "give a file path in a folder you can write to")]) from None
         err.print(f"wrote {output}")
     else:
         sys.stdout.write(text)

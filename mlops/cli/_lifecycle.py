@@ -145,20 +145,25 @@ def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
 @app.command()
 def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     """The recipe's run history: which flow ran, what triggered it, the version and the gate's verdict.
+    Without recipe=, every recipe's runs in the project's state, each line led by its recipe.
 
     Example: mlops runs recipe=churn --json
     """
+    from mlops.cli._app import names_recipe
     from mlops.registry import RunLog
 
-    cfg = _load(overrides, check_data=False)
-    history = RunLog(Layout(_state_dir(cfg)).runs).runs(cfg.name)
+    one = names_recipe(overrides)
+    cfg = _load(overrides, check_data=False, needs_recipe=False)
+    history = RunLog(Layout(_state_dir(cfg)).runs).runs(cfg.name if one else None)
     if json_:
         _print_json(history)
         return
     if not history:
-        out.print(f"no runs of {cfg.name} yet")
+        out.print(f"no runs of {cfg.name} yet" if one else "no runs yet")
     for r in history:
         when = dt.datetime.fromtimestamp(r["at"]).strftime("%Y-%m-%d %H:%M:%S")
+        if not one:
+            when = f"{r.get('model', '?')}  {when}"
         version = f"v{r['version']}" if r.get("version") is not None else "-"
         outcome = r.get("outcome", "done")
         line = f"{when}  {r['flow']:<14} {r['trigger']:<32} {version:<5} {outcome}"

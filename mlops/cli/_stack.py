@@ -28,7 +28,7 @@ def _stack_names() -> list[str]:
 def _levels(name: str, overrides: list[str]) -> list[dict]:
     from mlops.targets._aws import plan_at, planned_resources
 
-    cfg = _load([f"stack={name}", *overrides], check_data=False)
+    cfg = _load([f"stack={name}", *overrides], check_data=False, needs_recipe=False)
     rows = []
     for level in range(5):
         plan = plan_at(cfg, level)
@@ -46,7 +46,7 @@ def list_(json_: JsonFlag = False) -> None:
     """
     rows = []
     for name in _stack_names():
-        cfg = _load([f"stack={name}"], check_data=False)
+        cfg = _load([f"stack={name}"], check_data=False, needs_recipe=False)
         rows.append({"name": name, "description": cfg.stack.description, "pulumi_project": cfg.stack.pulumi_project})
     if json_:
         _print_json(rows)

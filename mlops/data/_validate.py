@@ -39,7 +39,11 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
     nulls = {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in present}
 
     if len(frame) < data.checks.min_rows:
-        problems.append(f"{len(frame)} rows, fewer than data.checks.min_rows={data.checks.min_rows}")
+        problems.append(f"{len(frame)} rows, fewer than data.checks.min_rows={data.checks.min_rows}"
+                        + (" (the data has a header and no rows, or is empty)" if not len(frame) else ""))
+    if not len(frame):  # no values to check the columns' types or classes on: the row count is the problem
+        return ValidationReport(rows=0, columns=[str(c) for c in frame.columns], null_fractions=nulls,
+                                problems=problems)
     for c in data.numeric:
         if c in frame.columns and not pd.api.types.is_numeric_dtype(frame[c]):
             bad = pd.to_numeric(frame[c], errors="coerce").isna() & frame[c].notna()

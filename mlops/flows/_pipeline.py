@@ -57,6 +57,7 @@ from mlops.artifacts import (
     ValidatedData,
 )
 from mlops.errors import DataError
+from mlops.flows import _report as report
 from mlops.plan import Gate, compile_plan
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
@@ -74,34 +75,50 @@ def _key_from(ctx: TaskRunContext, params: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- tasks: one step each
 @task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def ingest(stack: Stack) -> DatasetSnapshot:
-    return steps.ingest(stack)
+    snapshot = steps.ingest(stack)
+    report.ingested(stack, snapshot)
+    return snapshot
 
 
 @task(name="validate", cache_policy=NO_CACHE)
 def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     """The data-validation gate; a failing batch is quarantined and never trained on (DataError)."""
-    return steps.validate(stack, snapshot)
+    try:
+        result = steps.validate(stack, snapshot)
+    except DataError as exc:
+        report.validation_failed(stack, snapshot, str(exc))
+        raise
+    report.validated(stack, result)
+    return result
 
 
 @task(name="train", cache_key_fn=_key_from, persist_result=True)
 def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool) -> TrainedModel:
-    return steps.train(stack, snapshot, progress)
+    result = steps.train(stack, snapshot, progress)
+    report.trained(stack, result)
+    return result
 
 
 @task(name="evaluate", cache_key_fn=_key_from, persist_result=True)
 def evaluate(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel) -> TestMetrics:
-    return steps.evaluate(stack, snapshot, trained)
+    metrics = steps.evaluate(stack, snapshot, trained)
+    report.evaluated(stack, metrics)
+    return metrics
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, metrics: TestMetrics
              ) -> RegisteredVersion:
-    return steps.register(stack, snapshot, trained, metrics, run_id=str(flow_run.get_id()))
+    version = steps.register(stack, snapshot, trained, metrics, run_id=str(flow_run.get_id()))
+    report.registered(stack, version)
+    return version
 
 
 @task(name="gate", cache_policy=NO_CACHE)
 def gate(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
-    return steps.gate(stack, spec, version, metrics)
+    verdict = steps.gate(stack, spec, version, metrics)
+    report.gated(stack, verdict, version)
+    return verdict
 
 
 @task(name="export", cache_policy=NO_CACHE)
@@ -112,13 +129,19 @@ def export(stack: Stack, version: RegisteredVersion) -> ExportedModel:
 
 @task(name="deploy", retries=1, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def deploy(stack: Stack, exported: ExportedModel) -> ServedModel:
-    return steps.deploy(stack, exported, by=f"flow:{_run_name()}")
+    served = steps.deploy(stack, exported, by=f"flow:{_run_name()}")
+    mv = stack.model_store.get(stack.cfg.name, exported.version)
+    report.deployed(stack, served, (mv.lineage.get("tracking") or {}).get("run_id"))
+    return served
 
 
 @task(name="monitor", cache_policy=NO_CACHE)
 def monitor(stack: Stack, trigger: str) -> dict[str, Any]:
-    return steps.monitor(stack, trigger, emit=lambda event, payload: _emit(event, model_resource(stack.cfg.name), payload),
-                         log=lambda **entry: _log_run(stack, MONITOR_FLOW, trigger, steps=[MONITOR_STEP], **entry))
+    result = steps.monitor(stack, trigger, emit=lambda event, payload: _emit(event, model_resource(stack.cfg.name),
+                                                                              payload),
+                           log=lambda **entry: _log_run(stack, MONITOR_FLOW, trigger, steps=[MONITOR_STEP], **entry))
+    report.monitored(stack, result)
+    return result
 
 
 def _run_name() -> str:
@@ -152,6 +175,7 @@ def _run(name: str, fn, *args, **kwargs):
 def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -> dict[str, Any]:
     """Run the recipe end to end and return what is served."""
     stack = Stack(cfg, project, state_dir)
+    report.started(stack, "up")
     try:
         snapshot = _run("ingest", ingest, stack)
         _run("validate", validate, stack, snapshot)
@@ -175,6 +199,7 @@ def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manu
     from mlops.monitoring._batch import quarantined
 
     stack = Stack(config, project, state_dir)
+    report.started(stack, trigger)
     snapshot = ingest(stack)
     if snapshot.fingerprint in steps.validated_snapshots(stack):
         return {"new": False, "snapshot": snapshot.path}
@@ -208,6 +233,7 @@ def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "",
     the retrain uses the latest data; a batch that fails is quarantined and nothing is trained.
     """
     stack = Stack(config, project, state_dir)
+    report.started(stack, trigger)
     about: dict[str, Any] = {"drift_window": int(drift_window)} if str(drift_window).isdigit() else {}
     if refresh:
         latest = ingest(stack)
@@ -257,7 +283,9 @@ def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "",
 @flow(name=MONITOR_FLOW, log_prints=False)
 def monitor_flow(config: Config, project: str, state_dir: str, trigger: str = "schedule") -> dict[str, Any]:
     """Level 4: judge each closed window of the champion's served traffic, once (see mlops.steps.monitor)."""
-    return monitor(Stack(config, project, state_dir), trigger)
+    stack = Stack(config, project, state_dir)
+    report.started(stack, trigger)
+    return monitor(stack, trigger)
 
 
 def _load_work(path: Path) -> dict[str, Any]:
@@ -288,6 +316,7 @@ def step_flow(config: Config, project: str, state_dir: str, step: str) -> dict[s
     Each is a process of its own: train leaves its tracking run open, evaluate and register reopen it, and
     register ends it."""
     stack = Stack(config, project, state_dir)
+    report.started(stack, f"run-{step}")
     wp = stack.layout.work(config.name)
     work = _load_work(wp)
     steps.require(step, work, config.name)

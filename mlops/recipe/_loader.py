@@ -94,9 +94,29 @@ def command_line_choices(overrides: list[str], sources: Sources, project: Path,
         if path is not None and (err := check_syntax(path)) is not None:
             problems.append(Problem("", f"is not valid YAML: {err.message}", f"{_shown(err.file, project)}:{err.line}",
                                     "check indentation and quoting around that line"))
+        elif path is not None and (shape := _not_a_mapping(path)) is not None:
+            # Hydra would merge nothing (empty) or fail on a list, and the first symptom would be an unresolved
+            # ${name} in the framework's files: blame the file itself.
+            problems.append(Problem("", f"is {shape}, but a {group} file is a YAML mapping of keys",
+                                    f"{_shown(path, project)}:1", f"start from `mlops init` or recipes/churn.yaml: "
+                                    "`name:`, `data:`, `model:` at the top level"
+                                    if group == "recipe" else "give it top-level keys"))
     if problems:
         raise ConfigError(problems)
     return choices
+
+
+def _not_a_mapping(path: Path) -> str | None:
+    """What the YAML file is instead of a mapping ('empty', 'a YAML list', ...), or None if it is one."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # check_syntax reports what it can read of it
+    if isinstance(doc, dict):
+        return None
+    return {type(None): "empty", list: "a YAML list"}.get(type(doc), f"a single value ({type(doc).__name__})")
 
 
 def search_path_override(sources: Sources) -> str:
@@ -332,8 +352,14 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
         data = resolve()
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
-        problems.append(Problem(key, f"cannot be resolved: {str(exc).splitlines()[0]}", locator.locate(key),
-                                "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"))
+        hint = "for ${oc.env:VAR}, export VAR or give a default: ${oc.env:VAR,default}"
+        if m := re.search(r"Interpolation key '([^']+)' not found", str(exc)):
+            # `name: ${nope}` fails where `${name}` is used (conf/tracking/...): blame the line that wrote ${nope}.
+            ref = "${" + m.group(1)
+            key = next((k for k, v in _raw_leaves(raw) if isinstance(v, str) and ref in v), key)
+            hint = "an interpolation names a dotted key of the configuration, e.g. ${name} or ${data.target}"
+        problems.append(Problem(key, f"cannot be resolved: {str(exc).splitlines()[0]}", _place(key, locator, overrides),
+                                hint))
         raise ConfigError(problems) from None
     assert isinstance(data, dict)
     mixed: dict[str, Problem] = {}

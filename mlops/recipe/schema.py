@@ -351,6 +351,9 @@ class MlflowTracking(TrackerConfig):
     flavor: Literal["mlflow"]
     uri: str | None = Field(None, description="Tracking URI; default: sqlite under the state directory.")
     experiment: str = Field(description="Experiment name.")
+    ui: bool = Field(False, description="Start the MLflow UI (`mlflow ui`, on 127.0.0.1) with `mlops up`; "
+                     "`mlops down` stops it and `mlops status` prints its URL.")
+    ui_port: int = Field(5000, ge=1, le=65535, description="The MLflow UI's port when `ui` is true.")
 
 
 class NeptuneTracking(TrackerConfig):

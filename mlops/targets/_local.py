@@ -12,7 +12,7 @@ from mlops._process import Supervisor, wait_ports_free
 from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
-from mlops.targets import _prefect
+from mlops.targets import _prefect, _tracking_ui
 from mlops.targets._base import Target
 
 if TYPE_CHECKING:
@@ -66,6 +66,10 @@ class LocalTarget(Target):
         with console.status(f"starting {server} ..."):
             self.server.start()
         console.print(f"  [green]✓[/] {server:<9} {self.server.url}")
+        if (ui := self.tracking_ui()) is not None:
+            with console.status(f"starting the {ui.name} UI ..."):
+                _tracking_ui.start(ui, self.layout, self.cfg.target.prefect.start_timeout_s)
+            console.print(f"  [green]✓[/] {ui.name:<9} {ui.url}")
         if not rerun and self.cfg.maturity.level >= 1 and (current := self.champion_served()) is not None:
             console.print(f"  [green]✓[/] champion {current['model']}@{current['version']} is served; at level "
                           f"{self.cfg.maturity.level} new data is the deployments' job (--rerun runs the flow anyway)")
@@ -154,11 +158,11 @@ class LocalTarget(Target):
             return None
         return self._served_result(mv.version, mv.lineage["metrics"])
 
-    def registry_status(self) -> dict[str, Any]:
-        """The recipe's versions with their status (rejections with reasons) and the champion."""
-        store = self.stack.model_store
-        st = store.statuses(self.cfg.name)
-        return {"model": self.cfg.name, "champion": store.aliases(self.cfg.name).get("champion"),
+    def registry_status(self, model: str | None = None) -> dict[str, Any]:
+        """The recipe's (or `model`'s) versions with their status (rejections with reasons) and the champion."""
+        store, model = self.stack.model_store, model or self.cfg.name
+        st = store.statuses(model)
+        return {"model": model, "champion": store.aliases(model).get("champion"),
                 "versions": [{"version": v, **s} for v, s in sorted(st.items())]}
 
     def down(self) -> dict[str, bool]:
@@ -169,6 +173,7 @@ class LocalTarget(Target):
         stopped[self.cfg.serving.flavor] = self.server.stop()
         stopped["prefect"] = _prefect.prefect_service(self.state_dir).stop()
         ports = self.server.ports()
+        stopped.update(_tracking_ui.stop_all(self.layout))
         if stopped["prefect"]:
             ports.append((self.cfg.target.prefect.host, self.cfg.target.prefect.port))
         busy = wait_ports_free(ports)
@@ -182,7 +187,7 @@ class LocalTarget(Target):
     def status(self) -> dict[str, Any]:
         api = _prefect.api_url(self.cfg)
         live = self.server.live()
-        return {
+        st = {
             "services": {
                 "prefect": {"healthy": _prefect.healthy(api), "url": _prefect.ui_url(self.cfg), "api_url": api,
                             "managed": _prefect.external_api_url() is None,
@@ -192,8 +197,16 @@ class LocalTarget(Target):
             "models": self.server.served() if live else [],
             "statistics": self.server.statistics() if live else [],
             "registry": self.registry_status(),
+            # every model of the project's state, whichever recipe the command was given
+            "registries": [self.registry_status(m) for m in getattr(self.stack.model_store, "models", list)()],
             "runner": {"pid": self.runner_service().pid(), "digest": (
                 r.read_text() if (r := self._runner_spec().with_suffix(".ready")).is_file() else None)},
             "state_dir": str(self.state_dir),
             "tracking": self.stack.tracker().ui_hint(),
         }
+        st["services"].update(_tracking_ui.services(self.tracking_ui(), self.layout))
+        return st
+
+    def tracking_ui(self) -> Any:
+        """The tracker's own UI process, if its config asks for one (`tracking.ui: true`)."""
+        return self.stack.tracker().ui()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -86,6 +87,27 @@ class Tracker(ABC):
     @abstractmethod
     def ui_hint(self) -> str:
         """The command or address that shows the runs to a person."""
+
+    def run_url(self, run_id: str) -> str | None:
+        """The address of one run in the tracker's UI, if it has one a browser can open; else None."""
+        return None
+
+    def ui(self) -> UiService | None:
+        """A local UI process `mlops up` starts beside Prefect and `mlops down` stops (e.g. `tracking.ui: true`
+        for MLflow), or None. The target supervises it without knowing which tool it is."""
+        return None
+
+
+@dataclass(frozen=True)
+class UiService:
+    """A UI process for a target to supervise: its name (pid and log files), command line, and address."""
+
+    name: str
+    argv: list[str]
+    host: str
+    port: int
+    port_key: str  # the config key that sets the port, named when it is taken
+    url: str
 
 
 def make_tracker(cfg: TrackerConfig, state_dir: Path) -> Tracker:

@@ -6,6 +6,8 @@ Recipe::
       flavor: mlflow
       experiment: churn
       uri: null               # default: sqlite:///<state_dir>/mlflow.db
+      ui: false               # true: `mlops up` starts `mlflow ui` on 127.0.0.1:<ui_port>, `mlops down` stops it
+      ui_port: 5000
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
 from mlops._layout import Layout
-from mlops.tracking._base import RunStatus, Tracker, flatten_params, json_text
+from mlops.tracking._base import RunStatus, Tracker, UiService, flatten_params, json_text
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import MLFlowLogger
@@ -111,6 +113,32 @@ class MlflowTracker(Tracker):
         if urlparse(self.uri).scheme in _SERVER_SCHEMES:
             return f"open {self.uri}"
         return f"mlflow ui --backend-store-uri {self.uri}"
+
+    def _ui_base(self) -> str | None:
+        if urlparse(self.uri).scheme in _SERVER_SCHEMES:
+            return self.uri.rstrip("/")
+        return f"http://127.0.0.1:{self.cfg.ui_port}" if self.cfg.ui else None
+
+    def run_url(self, run_id: str) -> str | None:
+        base = self._ui_base()
+        if base is None:
+            return None
+        try:
+            experiment = self.client.get_run(run_id).info.experiment_id
+        except MlflowException:
+            return None
+        return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+    def ui(self) -> UiService | None:
+        """`tracking.ui: true`: `mlflow ui` on the local database, loopback only."""
+        if not self.cfg.ui or urlparse(self.uri).scheme in _SERVER_SCHEMES:
+            return None
+        import sys
+
+        port = self.cfg.ui_port
+        return UiService(name="mlflow", argv=[sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", self.uri,
+                                              "--host", "127.0.0.1", "--port", str(port)],
+                         host="127.0.0.1", port=port, port_key="tracking.ui_port", url=f"http://127.0.0.1:{port}")
 
     def _run(self) -> str:
         if self.run_id is None:
