@@ -90,13 +90,13 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
             tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
             _copy(onnx_path, tmp / "model.onnx")
             _copy(BACKEND_MODEL, tmp / "model.py")
-            _compile(tmp / "model.py")
             (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
             manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
             (tmp / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
             (tmp / COMMITTED).write_text(_sha256_text(manifest_text + "\n") + "\n", encoding="utf-8")
-            fsync_tree(tmp)  # on disk before the rename gives the version its number
             verify(tmp)  # a copy corrupted on the way is caught here, before it has a version number
+            _compile(tmp / "model.py")  # only a verified model.py is compiled
+            fsync_tree(tmp)  # on disk before the rename gives the version its number
             os.rename(tmp, version_dir)
             fsync_path(model_dir)
         finally:
