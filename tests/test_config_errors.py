@@ -69,6 +69,24 @@ def test_bad_recipe(tmp_path, name):
         (["data.path=missing.csv", "recipe=churn"],
          ["override 'data.path=missing.csv': `data.path` file not found: {root}/missing.csv. Hint: paths are relative "
           "to the project folder; check the name, or use an fsspec URL"]),
+        (["model.lr=true", "model.weight_decay=inf", "maturity.data_interval_s=nan"],
+         ["override 'model.lr=true': `model.lr` input should be a number, not a boolean; got True. Hint: true/false "
+          "is not a number: write the number itself",
+          "override 'model.weight_decay=inf': `model.weight_decay` input should be a finite number; got inf. Hint: "
+          "inf and nan are not allowed here: write a finite number",
+          "override 'maturity.data_interval_s=nan': `maturity.data_interval_s` input should be a finite number; got "
+          "nan. Hint: inf and nan are not allowed here: write a finite number"]),
+        (["model.batch_size=2000000", "monitoring.window_s=172800", "+maturity.gate.floors.test_acc=-inf"],
+         ["override 'model.batch_size=2000000': `model.batch_size` input should be less than or equal to 1000000; "
+          "got 2000000.",
+          "override '+maturity.gate.floors.test_acc=-inf': `maturity.gate.floors.test_acc` input should be a finite "
+          "number; got -inf. Hint: inf and nan are not allowed here: write a finite number",
+          "override 'monitoring.window_s=172800': `monitoring.window_s` input should be less than or equal to 86400; "
+          "got 172800."]),
+        (["target.prefect.port=8000"],
+         ["override 'target.prefect.port=8000': `target.prefect.port` is 8000, the same port as serving.http_port: "
+          "Prefect and the model server each need a port of their own. Hint: choose another port for one of them, "
+          "e.g. target.prefect.port=<free port> (`ss -ltn` lists the ports in use)"]),
         (["maturity=4", "monitoring=none"],
          ["maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs (or choose maturity=3)."]),
     ],

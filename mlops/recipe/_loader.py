@@ -261,6 +261,12 @@ def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: Lazy
                                     f"did you mean `{close[0]}`?" if close else "install the package that provides "
                                     "it: it registers the flavor under the `mlops.flavors` entry point"))
             continue
+        if kind == "port_clash":
+            key = err["ctx"]["key"]
+            problems.append(Problem(key, err["msg"], _place(key, locator, overrides),
+                                    f"choose another port for one of them, e.g. {key}=<free port> (`ss -ltn` lists "
+                                    "the ports in use)"))
+            continue
         sig = (kind, repr(given))
         interpolated = isinstance(_raw_at(raw, loc), str) and str(_raw_at(raw, loc)).startswith("${")
         if interpolated and sig in reported:
@@ -287,6 +293,10 @@ def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: Lazy
 
 
 def _type_hint(kind: str, key: str) -> str:
+    if kind == "number_bool":
+        return "true/false is not a number: write the number itself"
+    if kind == "finite_number":
+        return "inf and nan are not allowed here: write a finite number"
     if kind.startswith(("int_", "float_")):
         return f"write a plain number, e.g. {key}=3e-4"
     if kind.startswith("literal_"):
