@@ -54,9 +54,19 @@ def _root(
 
 
 def _load(overrides: list[str] | None, check_data: bool = True):
+    from mlops._layout import Layout
     from mlops.recipe import load
 
-    return load(overrides or [], _Options.project, check_data=check_data)
+    cfg = load(overrides or [], _Options.project, check_data=check_data)
+    if not Layout(_project() / cfg.target.state_dir).services.is_file():
+        return cfg
+    from mlops.targets._services import recall
+
+    # The ports `up` started this project's services with are its defaults now (<state_dir>/services.json).
+    cfg, notes = recall(cfg, _project(), list(overrides or []))
+    for note in notes:
+        err.print(f"note: {note}", markup=False)
+    return cfg
 
 
 def _project() -> Path:
@@ -216,6 +226,8 @@ def plan(
         out.print(f"flavor     {kind:<11} {name}", markup=False)
     for svc in p["services"]:
         out.print(f"service    {svc['name']:<8} {svc['action']:<8} {svc['url']}", markup=False)
+        if svc.get("owner"):
+            out.print(f"           {svc['owner']}", markup=False)
     for step in p["steps"]:
         who = "automated" if step["automated"] else "manual"
         how = step["run_by"] if step["automated"] else f"`{step['command']}`"
