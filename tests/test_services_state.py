@@ -123,6 +123,9 @@ def test_another_projects_services_are_never_reused(projects):
     assert f"triton on port 8740 (serving.http_port) belongs to another project (state directory {a / '.mlops'})" \
         in text
     assert f"`mlops -C {a} down`" in text
+    st = json.loads(mlops(b, "status", "recipe=churn", *_overrides(A_PORTS), "--json").stdout)
+    assert not st["services"]["prefect"]["healthy"] and not st["services"]["triton"]["healthy"]
+    assert "belongs to another project" in st["services"]["triton"]["foreign"] and st["models"] == []
     proc = mlops(b, "up", "recipe=churn", *_overrides(A_PORTS))
     assert proc.returncode == 4, proc.stderr
     assert "belongs to another project" in proc.stderr and "target.prefect.port=4840" in proc.stderr

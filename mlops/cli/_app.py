@@ -141,6 +141,8 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     for name, s in st["services"].items():
         mark = "[green]healthy[/]" if s["healthy"] else "[red]down[/]"
         out.print(f"{name:<8} {mark:<24} {s['url']}")
+        if s.get("foreign"):
+            out.print(f"         {s['foreign']}", markup=False)
     for m in st["models"]:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:

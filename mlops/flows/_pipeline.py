@@ -293,7 +293,9 @@ def _train(config: Config, project: str, state_dir: str, snapshot: str, trigger:
 @flow(name=MONITOR_FLOW, log_prints=False)
 def monitor_flow(config: Config, project: str, state_dir: str, trigger: str = "schedule") -> dict[str, Any]:
     """Level 4: judge each closed window of the champion's served traffic, once (see mlops.steps.monitor)."""
-    return monitor(Stack(config, project, state_dir), trigger)
+    stack = Stack(config, project, state_dir)
+    with _recorded(stack, MONITOR_FLOW, trigger, [MONITOR_STEP]):
+        return monitor(stack, trigger)
 
 
 def _load_work(path: Path) -> dict[str, Any]:

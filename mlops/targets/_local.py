@@ -224,10 +224,12 @@ class LocalTarget(Target):
 
     def status(self) -> dict[str, Any]:
         api = _prefect.api_url(self.cfg)
-        live = self.server.live()
-        return {
+        # A service that answers on this project's port but is another project's is not this project's stack.
+        foreign = self.foreign_services()
+        live = self.server.live() and self.cfg.serving.flavor not in foreign
+        st = {
             "services": {
-                "prefect": {"healthy": _prefect.healthy(api), "url": _prefect.ui_url(self.cfg), "api_url": api,
+                "prefect": {"healthy": _prefect.healthy(api) and "prefect" not in foreign, "url": _prefect.ui_url(self.cfg), "api_url": api,
                             "managed": _prefect.external_api_url() is None,
                             "pid": _prefect.prefect_service(self.state_dir).pid()},
                 self.cfg.serving.flavor: {"healthy": live, **self.server.urls()},
@@ -240,3 +242,6 @@ class LocalTarget(Target):
             "state_dir": str(self.state_dir),
             "tracking": self.stack.tracker().ui_hint(),
         }
+        for name, note in foreign.items():
+            st["services"][name]["foreign"] = note
+        return st
