@@ -164,17 +164,6 @@ def _composition_problem(exc: Exception, sources: Sources, choices: dict[str, st
 
 
 # --------------------------------------------------------------------------- validation
-def _raw_leaves(node: Any, prefix: str = ""):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _raw_leaves(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _raw_leaves(v, f"{prefix}.{i}")
-    else:
-        yield prefix, node
-
-
 def _place(key: str, locator: LazyLocator, overrides: dict[str, str]) -> str:
     """The override that set `key` (or a parent of it), else the YAML file:line."""
     for k, line in overrides.items():

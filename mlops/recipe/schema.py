@@ -50,6 +50,12 @@ def _numeric(annotation: Any) -> bool:
         getattr(annotation, "__origin__", None) is Annotated and _numeric(annotation.__origin__))
 
 
+@functools.cache
+def _numeric_field(cls: type[BaseModel], name: str) -> bool:
+    field = cls.model_fields.get(name)
+    return field is not None and _numeric(field.annotation)
+
+
 def _has_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return True
@@ -68,8 +74,7 @@ class _Strict(BaseModel):
     @classmethod
     def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic's lax mode reads `true` as 1 for an int or float field: `model.lr=true` would train at lr=1.0.
-        field = cls.model_fields.get(info.field_name or "")
-        if field is not None and _has_bool(value) and _numeric(field.annotation):
+        if _has_bool(value) and _numeric_field(cls, info.field_name or ""):
             raise PydanticCustomError("number_bool", "input should be a number, not a boolean")
         return value
 
