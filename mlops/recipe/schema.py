@@ -92,7 +92,8 @@ class SplitConfig(_Strict):
 class ChecksConfig(_Strict):
     """What the validate step requires of every batch."""
 
-    min_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(50, description="Fewer rows than this fail validation.")
+    min_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(
+        50, description="Fewer rows than this fail validation.")
     max_null_fraction: float = Field(
         0.05, ge=0, le=1, description="Largest fraction of nulls allowed in any feature column."
     )
@@ -271,7 +272,8 @@ class MaturityConfig(_Strict):
 
     level: int = Field(ge=0, le=4, description="Azure MLOps maturity level, 0 (manual) to 4 (drift-triggered retraining).")
     data_interval_s: float = Field(
-        300, gt=0, le=31 * DAY_S, description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
+        300, gt=0, le=31 * DAY_S,
+        description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
         "new or changed data is ingested, validated and recorded as a dataset snapshot.")
     gate: GateConfig = GateConfig()
 
@@ -333,10 +335,12 @@ class ServingConfig(ServerConfig):
     metrics_port: Port = 8002
     max_batch_size: BatchSize = 256
     preferred_batch_sizes: list[BatchSize] = Field(default_factory=lambda: [16, 64], max_length=64)
-    max_queue_delay_us: int = Field(0, ge=0, le=10_000_000, description="Dynamic batching: longest wait to fill a batch. 0 still "
+    max_queue_delay_us: int = Field(0, ge=0, le=10_000_000,
+                                    description="Dynamic batching: longest wait to fill a batch. 0 still "
                                     "batches the requests that queue while an instance is busy (bench/serving).")
     instance_count: Annotated[int, Field(ge=1, le=256)] = 1
-    intra_op_threads: Annotated[int, Field(ge=1, le=1024)] = Field(2, description="onnxruntime threads per model instance.")
+    intra_op_threads: Annotated[int, Field(ge=1, le=1024)] = Field(
+        2, description="onnxruntime threads per model instance.")
 
     @model_validator(mode="after")
     def _batching(self) -> ServingConfig:
@@ -357,7 +361,8 @@ class DriftConfig(_Strict):
         "unshifted data at 1M rows.")
     possible: float = Field(0.15, gt=0, lt=1, description="Score from which a column is POSSIBLE_DRIFT.")
     drift: float = Field(0.4, gt=0, le=1, description="Score from which a column is DRIFT (raises a drift event).")
-    min_window_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(200, description="Smaller windows get no verdict: too noisy to judge.")
+    min_window_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(
+        200, description="Smaller windows get no verdict: too noisy to judge.")
     repeat_after_windows: Annotated[int, Field(ge=1, le=100_000)] = Field(
         10, description="Level 4: while drift lasts, mlops.drift.detected is emitted again after this many windows "
         "(a retraining the gate rejected, or a rollback, gets another chance); at most once per window span.")
@@ -464,7 +469,8 @@ class ArtifactParams(_Strict):
 
     bucket: str | None = Field(None, description="Existing bucket: use it, create nothing (its policy stays yours).")
     kms_key_arn: str | None = Field(None, description="SSE-KMS key; default the AWS-managed `aws/s3` key.")
-    profile_retention_days: Annotated[int, Field(ge=1, le=36_500)] = Field(90, description="whylogs profiles under profiles/ expire after this.")
+    profile_retention_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
+        90, description="whylogs profiles under profiles/ expire after this.")
     noncurrent_version_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
         365, description="Old versions of replaced objects expire after this (model versions are never deleted)."
     )
@@ -474,7 +480,8 @@ class TrainingParams(_Strict):
     """AWS Batch GPU compute (or Kubernetes Jobs) for Lightning; devices and nodes come from `compute`."""
 
     instance_types: list[str] = Field(default_factory=lambda: ["g4dn.xlarge", "g5.xlarge"], min_length=1)
-    max_vcpus: Annotated[int, Field(ge=1, le=100_000)] = Field(64, description="Upper bound of the Batch compute environment.")
+    max_vcpus: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        64, description="Upper bound of the Batch compute environment.")
     spot: bool = Field(True, description="Spot instances (single-node jobs; multi-node jobs use on-demand).")
     image: str | None = Field(None, description="Training image; default the stack's ECR repository, tag `latest`.")
 

@@ -229,7 +229,8 @@ class LocalTarget(Target):
         live = self.server.live() and self.cfg.serving.flavor not in foreign
         st = {
             "services": {
-                "prefect": {"healthy": _prefect.healthy(api) and "prefect" not in foreign, "url": _prefect.ui_url(self.cfg), "api_url": api,
+                "prefect": {"healthy": _prefect.healthy(api) and "prefect" not in foreign,
+                            "url": _prefect.ui_url(self.cfg), "api_url": api,
                             "managed": _prefect.external_api_url() is None,
                             "pid": _prefect.prefect_service(self.state_dir).pid()},
                 self.cfg.serving.flavor: {"healthy": live, **self.server.urls()},
