@@ -17,6 +17,7 @@ Every module asks this for a path instead of joining strings onto ``state_dir``,
       quarantine/<model>/  batches and windows that failed validation, with reports
       cache/               local copies of slow sources (bundled datasets)
       pids/ logs/          background services (one .pid and one .log each)
+      services.json        the ports and URLs `up` started them with (removed by `down`)
       runner/<model>.json  the Prefect runner's spec (+ .ready with the Plan digest)
       triton/              the local Triton: runtime, server.json, models/ (the served repository),
                            serving/<model_name>.json (champion and previous)
@@ -101,6 +102,11 @@ class Layout:
     @property
     def pids(self) -> Path:
         return self.root / "pids"
+
+    @property
+    def services(self) -> Path:
+        """The ports and URLs `up` started the project's services with (status, predict, down find them)."""
+        return self.root / "services.json"
 
     def runner_spec(self, model: str) -> Path:
         return self.root / "runner" / f"{model}.json"

@@ -69,6 +69,24 @@ def test_bad_recipe(tmp_path, name):
         (["data.path=missing.csv", "recipe=churn"],
          ["override 'data.path=missing.csv': `data.path` file not found: {root}/missing.csv. Hint: paths are relative "
           "to the project folder; check the name, or use an fsspec URL"]),
+        (["model.lr=true", "model.weight_decay=inf", "maturity.data_interval_s=nan"],
+         ["override 'model.lr=true': `model.lr` input should be a number, not a boolean; got True. Hint: true/false "
+          "is not a number: write the number itself",
+          "override 'model.weight_decay=inf': `model.weight_decay` input should be a finite number; got inf. Hint: "
+          "inf and nan are not allowed here: write a finite number",
+          "override 'maturity.data_interval_s=nan': `maturity.data_interval_s` input should be a finite number; got "
+          "nan. Hint: inf and nan are not allowed here: write a finite number"]),
+        (["model.batch_size=2000000", "monitoring.window_s=172800", "+maturity.gate.floors.test_acc=-inf"],
+         ["override 'model.batch_size=2000000': `model.batch_size` input should be less than or equal to 1000000; "
+          "got 2000000.",
+          "override '+maturity.gate.floors.test_acc=-inf': `maturity.gate.floors.test_acc` input should be a finite "
+          "number; got -inf. Hint: inf and nan are not allowed here: write a finite number",
+          "override 'monitoring.window_s=172800': `monitoring.window_s` input should be less than or equal to 86400; "
+          "got 172800."]),
+        (["target.prefect.port=8000"],
+         ["override 'target.prefect.port=8000': `target.prefect.port` is 8000, the same port as serving.http_port: "
+          "Prefect and the model server each need a port of their own. Hint: choose another port for one of them, "
+          "e.g. target.prefect.port=<free port> (`ss -ltn` lists the ports in use)"]),
         (["maturity=4", "monitoring=none"],
          ["maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs (or choose maturity=3)."]),
     ],
@@ -105,6 +123,59 @@ def test_cli_bad_config_exits_2_without_traceback(tmp_path):
     assert "recipes/bad.yaml:11: `model.lr` input should be greater than 0; got -1." in proc.stderr
     # Validation comes first: nothing was started or written.
     assert not (project / ".mlops").exists()
+
+
+SECRET_FIXTURES = sorted(p.stem for p in FIXTURES.glob("secret_*.yaml"))
+
+
+def _secret_texts(recipe: Path) -> list[str]:
+    """The credential-shaped values in a fixture: whatever else is printed, these must not be."""
+    from mlops.recipe._secrets import credential_shapes
+
+    texts = []
+    for line in recipe.read_text().splitlines():
+        value = line.partition(":")[2].strip().strip('"') if ":" in line else line.strip()
+        texts += [text for _what, text in credential_shapes(value, line.partition(":")[0].strip())]
+    texts += [t for t in ("FakePassw0rd", "MIIEFAKEFAKE") if t in recipe.read_text()]
+    return texts
+
+
+@pytest.mark.parametrize("name", SECRET_FIXTURES)
+def test_cli_never_prints_a_secret(tmp_path, name):
+    project = _project(tmp_path, FIXTURES / f"{name}.yaml")
+    secrets = _secret_texts(FIXTURES / f"{name}.yaml")
+    assert secrets, f"{name}.yaml holds no credential-shaped value"
+    for command in (["plan", "recipe=bad"], ["up", "recipe=bad"]):
+        proc = subprocess.run([sys.executable, "-m", "mlops.cli", "-C", str(project), *command],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "(the value is not shown)" in proc.stderr
+        for secret in secrets:
+            assert secret not in proc.stdout + proc.stderr, f"{command} printed {secret!r}"
+    assert not (project / ".mlops").exists()
+
+
+def test_a_secret_in_an_override_is_not_echoed(tmp_path):
+    key_id, secret = "AKIAFAKEFAKEFAKE7Q2X", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYFAKEFAKEKY"
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", "-C", str(ROOT), "plan", "model.lr=" + key_id,
+                           f"description='{key_id} {secret}'"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert key_id not in proc.stdout + proc.stderr and secret not in proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "override 'model.lr=***': `model.lr` holds what looks like an AWS access key id (the value is not shown)" \
+        in text
+    assert "`model.lr` input should be a valid number, unable to parse string as a number; got '***'" in text
+    assert "`description` holds what looks like an AWS access key id and an AWS secret access key" in text
+    assert "${oc.env:VAR}" in text
+
+
+def test_references_are_not_secrets():
+    cfg = load(["stack=reasonable-scale", "stack.parameters.orchestration.prefect_api_key_ref=arn:aws:secretsmanager:"
+                "us-east-1:123456789012:secret:mlops/prefect-api-key-AbCdEf",
+                "stack.parameters.orchestration.prefect_api_url_ref=ssm:/mlops/prod/prefect_api_url_2024",
+                "tracking.uri=postgresql://mlflow:${oc.env:HOME}@db.internal/mlflow"], ROOT, check_data=False)
+    assert cfg.stack.parameters.orchestration.prefect_api_url_ref.startswith("ssm:/")
 
 
 def test_a_flavor_set_by_hand_keeps_the_groups_keys_when_they_fit():

@@ -174,7 +174,7 @@ def test_a_missing_driver_is_named_with_the_way_to_pick_another():
 # ---------------------------------------------------------------- sql: credentials
 def test_a_literal_password_in_the_url_is_rejected_naming_the_environment_way():
     assert problems(["recipe=warehouse", "data.url=postgresql://app:hunter2@db.internal/shop"]) == [
-        "override 'data.url=postgresql://app:hunter2@db.internal/shop': `data.url` the URL holds a literal password: "
+        "override 'data.url=***': `data.url` the URL holds a literal password: "
         "credentials never go in the recipe; put it in an environment variable and write the URL as "
         "postgresql://app:${oc.env:VAR}@db.internal/..., or leave it out of the URL and set data.password_env: VAR."]
     with pytest.raises(ValueError, match="secret parameter"):

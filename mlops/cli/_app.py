@@ -101,9 +101,20 @@ def _with_recipe(overrides: list[str] | None, needs_recipe: bool) -> list[str]:
 
 
 def _load(overrides: list[str] | None, check_data: bool = True, needs_recipe: bool = True):
+    from mlops._layout import Layout
     from mlops.recipe import load
 
-    return load(_with_recipe(overrides, needs_recipe), _Options.project, check_data=check_data)
+    overrides = _with_recipe(overrides, needs_recipe)
+    cfg = load(overrides, _Options.project, check_data=check_data)
+    if not Layout(_project() / cfg.target.state_dir).services.is_file():
+        return cfg
+    from mlops.targets._services import recall
+
+    # The ports `up` started this project's services with are its defaults now (<state_dir>/services.json).
+    cfg, notes = recall(cfg, _project(), list(overrides))
+    for note in notes:
+        err.print(f"note: {note}", markup=False)
+    return cfg
 
 
 def _project() -> Path:
@@ -201,6 +212,8 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     for name, s in st["services"].items():
         mark = "[green]healthy[/]" if s["healthy"] else "[red]down[/]"
         out.print(f"{name:<8} {mark:<24} {s['url']}")
+        if s.get("foreign"):
+            out.print(f"         {s['foreign']}", markup=False)
     for m in st["models"]:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:
@@ -291,6 +304,8 @@ def plan(
         out.print(f"flavor     {kind:<11} {name}", markup=False)
     for svc in p["services"]:
         out.print(f"service    {svc['name']:<8} {svc['action']:<8} {svc['url']}", markup=False)
+        if svc.get("owner"):
+            out.print(f"           {svc['owner']}", markup=False)
     for step in p["steps"]:
         who = "automated" if step["automated"] else "manual"
         how = step["run_by"] if step["automated"] else f"`{step['command']}`"

@@ -176,6 +176,6 @@ def runs(overrides: Overrides = None, json_: JsonFlag = False) -> None:
             line += f"  window {r['window']}: {scores}"
         if r.get("drift_window"):
             line += f"  (retrained on the drift of window {r['drift_window']})"
-        if r.get("outcome") in ("quarantined", "quarantined traffic"):
+        if r.get("reasons") and not r.get("gate"):  # quarantined, failed: why (a gate's reasons are above)
             line += "".join(f"\n{'':<22}- {reason.splitlines()[0]}" for reason in r.get("reasons", []))
         out.print(line, markup=False)

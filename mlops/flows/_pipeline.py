@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,25 @@ def _log_run(stack: Stack, flow_name: str, trigger: str, **entry: Any) -> None:
     steps.log_run(stack, flow_name, trigger, str(flow_run.get_id()), **entry)
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+@contextmanager
+def _recorded(stack: Stack, flow_name: str, trigger: str, step_names: list[str]):
+    """A run that fails is in the history too (`mlops runs`), with its reason: quarantined when the data gate
+    stopped it, failed otherwise. A failure the flow already recorded (with more detail) is not recorded twice."""
+    try:
+        yield
+    except BaseException as exc:
+        if not getattr(exc, "mlops_recorded", False):
+            outcome = "quarantined" if isinstance(exc, DataError) else (
+                "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+            _log_run(stack, flow_name, trigger, steps=step_names, outcome=outcome, reasons=[_reason(exc)])
+            exc.mlops_recorded = True  # type: ignore[attr-defined]
+        raise
+
+
 def _run(name: str, fn, *args, **kwargs):
     """A task with a line of progress on the terminal (`mlops up`, `mlops run`)."""
     t0 = time.perf_counter()
@@ -176,17 +196,18 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
     """Run the recipe end to end and return what is served."""
     stack = Stack(cfg, project, state_dir)
     report.started(stack, "up")
-    try:
-        snapshot = _run("ingest", ingest, stack)
-        _run("validate", validate, stack, snapshot)
-        steps.record_snapshot(stack, snapshot, "up")
-        trained = _run("train", train, stack, snapshot, progress)
-        metrics = _run("evaluate", evaluate, stack, snapshot, trained)
-        version = _run("register", register, stack, snapshot, trained, metrics)
-    finally:
-        steps.end_open_runs("FAILED")
-    exported = _run("export", export, stack, version)
-    served = _run("deploy", deploy, stack, exported)
+    with _recorded(stack, UP_FLOW, "up", list(UP_STEPS)):
+        try:
+            snapshot = _run("ingest", ingest, stack)
+            _run("validate", validate, stack, snapshot)
+            steps.record_snapshot(stack, snapshot, "up")
+            trained = _run("train", train, stack, snapshot, progress)
+            metrics = _run("evaluate", evaluate, stack, snapshot, trained)
+            version = _run("register", register, stack, snapshot, trained, metrics)
+        finally:
+            steps.end_open_runs("FAILED")
+        exported = _run("export", export, stack, version)
+        served = _run("deploy", deploy, stack, exported)
     _log_run(stack, UP_FLOW, "up", version=version.version, steps=list(UP_STEPS))
     return {"model": cfg.name, "version": version.version, "new_version": version.new,
             "metrics": metrics.values, "flow_run_id": str(flow_run.get_id()), "endpoint": served.endpoint,
@@ -195,6 +216,12 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
 
 @flow(name=DATA_FLOW, log_prints=False)
 def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manual") -> dict[str, Any]:
+    """Level 1+: look at the data (see _data); a run that fails is in the history with its reason."""
+    with _recorded(Stack(config, project, state_dir), DATA_FLOW, trigger, ["ingest", "validate"]):
+        return _data(config, project, state_dir, trigger)
+
+
+def _data(config: Config, project: str, state_dir: str, trigger: str) -> dict[str, Any]:
     """Level 1+: look at the data; new or changed data is validated, recorded and announced."""
     from mlops.monitoring._batch import quarantined
 
@@ -212,6 +239,7 @@ def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manu
         where = quarantined(stack.state_dir, config.name, snapshot.fingerprint)
         _log_run(stack, DATA_FLOW, trigger, steps=["ingest", "validate"], outcome="quarantined",
                  reasons=[str(exc)], quarantine=str(where))
+        exc.mlops_recorded = True  # type: ignore[attr-defined]
         _emit(DATASET_QUARANTINED, dataset_resource(config.name), {"fingerprint": snapshot.fingerprint,
                                                              "quarantine": str(where)})
         raise
@@ -227,6 +255,14 @@ def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manu
 @flow(name=TRAIN_FLOW, log_prints=False)
 def train_flow(config: Config, project: str, state_dir: str, snapshot: str = "", trigger: str = "manual",
                release: bool = False, refresh: bool = False, drift_window: str | int = "") -> dict[str, Any]:
+    """Level 2+: train, register and (level 3) gate and deploy (see _train); a run that fails is in the
+    history with its reason."""
+    with _recorded(Stack(config, project, state_dir), TRAIN_FLOW, trigger, ["train", "evaluate", "register"]):
+        return _train(config, project, state_dir, snapshot, trigger, release, refresh, drift_window)
+
+
+def _train(config: Config, project: str, state_dir: str, snapshot: str, trigger: str, release: bool,
+           refresh: bool, drift_window: str | int) -> dict[str, Any]:
     """Level 2+: train on a validated snapshot and register; with `release` (level 3), gate and deploy.
 
     `refresh` (level 4, on drift): first take the data location through ingest and the validation gate, so
@@ -285,7 +321,8 @@ def monitor_flow(config: Config, project: str, state_dir: str, trigger: str = "s
     """Level 4: judge each closed window of the champion's served traffic, once (see mlops.steps.monitor)."""
     stack = Stack(config, project, state_dir)
     report.started(stack, trigger)
-    return monitor(stack, trigger)
+    with _recorded(stack, MONITOR_FLOW, trigger, [MONITOR_STEP]):
+        return monitor(stack, trigger)
 
 
 def _load_work(path: Path) -> dict[str, Any]:
@@ -311,6 +348,13 @@ def _save_work(path: Path, work: dict[str, Any]) -> None:
 
 @flow(name=STEP_FLOW, log_prints=False)
 def step_flow(config: Config, project: str, state_dir: str, step: str) -> dict[str, Any]:
+    """Level 0: one step by hand (see _step); a step that fails (a validate that quarantines) is in the history
+    with its reason."""
+    with _recorded(Stack(config, project, state_dir), STEP_FLOW, "manual", [step]):
+        return _step(config, project, state_dir, step)
+
+
+def _step(config: Config, project: str, state_dir: str, step: str) -> dict[str, Any]:
     """Level 0: one step by hand (`mlops run <step>`); each step reads what the previous one left.
 
     Each is a process of its own: train leaves its tracking run open, evaluate and register reopen it, and

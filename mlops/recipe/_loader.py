@@ -12,6 +12,7 @@ import difflib
 import os
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from mlops.errors import ConfigError, Problem
 from mlops.flavors import KINDS, flavors
 from mlops.recipe import schema
 from mlops.recipe._positions import KeyLocator, SourceFile, check_syntax
+from mlops.recipe._secrets import credential_shapes
 from mlops.recipe._sources import Sources
 
 # Config groups in defaults-list order (= merge order); see conf/config.yaml.
@@ -182,6 +184,30 @@ def _composition_problem(exc: Exception, sources: Sources, choices: dict[str, st
 
 
 # --------------------------------------------------------------------------- validation
+def _place(key: str, locator: LazyLocator, overrides: dict[str, str]) -> str:
+    """The override that set `key` (or a parent of it), else the YAML file:line."""
+    for k, line in overrides.items():
+        if key == k or key.startswith(k + "."):
+            return f"override '{line}'"
+    return locator.locate(key)
+
+
+_REFERENCE_HINT = ("reference it instead: {leaf}: ${{oc.env:VAR}} with the value exported as VAR, or keep it in a "
+                   "secret store (AWS Secrets Manager, SSM) and name the secret in a *_ref key")
+
+
+def _string_leaves(node: Any, prefix: str = ""):
+    """(dotted key, string value, the other strings of its mapping or list) for every string in the tree."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in items]
+    strings = [v for _k, v in items if isinstance(v, str)]
+    for key, v in items:
+        if isinstance(v, str):
+            yield key, v, tuple(s for s in strings if s is not v)
+        else:
+            yield from _string_leaves(v, key)
+
+
 def _raw_leaves(node: Any, prefix: str = ""):
     if isinstance(node, dict):
         for k, v in node.items():
@@ -193,23 +219,44 @@ def _raw_leaves(node: Any, prefix: str = ""):
         yield prefix, node
 
 
-def _place(key: str, locator: LazyLocator, overrides: dict[str, str]) -> str:
-    """The override that set `key` (or a parent of it), else the YAML file:line."""
-    for k, line in overrides.items():
-        if key == k or key.startswith(k + "."):
-            return f"override '{line}'"
-    return locator.locate(key)
-
-
-def _secret_problems(raw: dict, locator: LazyLocator, overrides: dict[str, str]) -> list[Problem]:
-    problems = []
-    for key, value in _raw_leaves(raw):
+def _secret_problems(raw: dict, locator: LazyLocator, overrides: dict[str, str]) -> tuple[list[Problem], list[str]]:
+    """Secrets written into the config, by key name and by the shape of the value (mlops/recipe/_secrets.py),
+    and the texts that must not be shown in any message."""
+    problems, secrets = [], []
+    for key, value, siblings in _string_leaves(raw):
         leaf = key.rpartition(".")[2]
-        if schema.SECRET_KEY.search(leaf) and isinstance(value, str) and value and not value.startswith("${oc.env:"):
+        if not value or value.startswith("${oc.env:"):
+            continue
+        shapes = credential_shapes(value, key, siblings)
+        if shapes:
+            secrets += [value, *(text for _what, text in shapes)]
+            what = " and ".join(dict.fromkeys(w for w, _t in shapes))
+            hint = (f"`{leaf}` names where the secret is kept (a secret store's name or ARN, ssm:/path, or an "
+                    "environment variable's name), never the secret itself" if re.search(r"_(ref|env)$", leaf)
+                    else _REFERENCE_HINT.format(leaf=leaf))
+            problems.append(Problem(key, f"holds what looks like {what} (the value is not shown)",
+                                    _place(key, locator, overrides), hint))
+        elif schema.SECRET_KEY.search(leaf):
+            secrets.append(value)
             problems.append(Problem(key, "looks like a secret written into YAML", _place(key, locator, overrides),
                                     f"put it in an environment variable and refer to it: {leaf}: ${{oc.env:VAR}}, "
                                     "or name the variable in the matching *_env key"))
-    return problems
+    return problems, secrets
+
+
+def _scrubbed(problems: list[Problem], secrets: list[str]) -> list[Problem]:
+    """The problems with every secret text replaced: an override's text, or a type error's `got ...`,
+    would otherwise print it."""
+    texts = sorted({t for t in secrets if len(t) >= 4}, key=len, reverse=True)
+    if not texts:
+        return problems
+
+    def scrub(text: str) -> str:
+        for t in texts:
+            text = text.replace(t, "***")
+        return text
+
+    return [replace(p, message=scrub(p.message), where=scrub(p.where), hint=scrub(p.hint)) for p in problems]
 
 
 def _model_at(loc: tuple, data: Any) -> type[BaseModel] | None:
@@ -281,6 +328,12 @@ def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: Lazy
                                     f"did you mean `{close[0]}`?" if close else "install the package that provides "
                                     "it: it registers the flavor under the `mlops.flavors` entry point"))
             continue
+        if kind == "port_clash":
+            key = err["ctx"]["key"]
+            problems.append(Problem(key, err["msg"], _place(key, locator, overrides),
+                                    f"choose another port for one of them, e.g. {key}=<free port> (`ss -ltn` lists "
+                                    "the ports in use)"))
+            continue
         sig = (kind, repr(given))
         interpolated = isinstance(_raw_at(raw, loc), str) and str(_raw_at(raw, loc)).startswith("${")
         if interpolated and sig in reported:
@@ -307,6 +360,10 @@ def _pydantic_problems(exc: ValidationError, data: dict, raw: Any, locator: Lazy
 
 
 def _type_hint(kind: str, key: str) -> str:
+    if kind == "number_bool":
+        return "true/false is not a number: write the number itself"
+    if kind == "finite_number":
+        return "inf and nan are not allowed here: write a finite number"
     if kind.startswith(("int_", "float_")):
         return f"write a plain number, e.g. {key}=3e-4"
     if kind.startswith("literal_"):
@@ -347,7 +404,7 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
     """The checks after composition, on the composed tree `raw` (interpolations unresolved) and `resolve()`
     (it resolved): secret literals, interpolation, tracking flavor against its group, the schema.
     Returns the frozen Config or raises ConfigError with every problem. `load()` and `load_many()` share it."""
-    problems = _secret_problems(raw, locator, overrides)
+    problems, secrets = _secret_problems(raw, locator, overrides)
     try:
         data = resolve()
     except OmegaConfBaseException as exc:
@@ -360,7 +417,7 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
             hint = "an interpolation names a dotted key of the configuration, e.g. ${name} or ${data.target}"
         problems.append(Problem(key, f"cannot be resolved: {str(exc).splitlines()[0]}", _place(key, locator, overrides),
                                 hint))
-        raise ConfigError(problems) from None
+        raise ConfigError(_scrubbed(problems, secrets)) from None
     assert isinstance(data, dict)
     mixed: dict[str, Problem] = {}
     for section, (kind, _base, _default) in schema.SECTIONS.items():
@@ -377,6 +434,9 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
         config = schema.Config.model_validate(data)
     except ValidationError as exc:
         found = _pydantic_problems(exc, data, raw, locator, overrides)
+        # A flavor's own check of the same value (an sql URL with a password) says more than the generic scan.
+        specific = {p.key for p in found if p.key in {q.key for q in problems}}
+        problems = [q for q in problems if q.key not in specific]
         for section, problem in mixed.items():
             if any(p.key == section or p.key.startswith(section + ".") for p in found):
                 problems.append(problem)
@@ -384,9 +444,9 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
             if any(p.key == section or p.key.startswith(section + ".") for section in mixed):
                 continue  # consequences of the flavor mix-up reported above
             problems.append(p)
-        raise ConfigError(problems) from None
+        raise ConfigError(_scrubbed(problems, secrets)) from None
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(_scrubbed(problems, secrets))
     return config
 
 

@@ -19,21 +19,64 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
-    PositiveFloat,
-    PositiveInt,
     Tag,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
 NAME_PATTERN = r"^[a-z][a-z0-9_\-]{0,62}$"
 Port = Annotated[int, Field(ge=1, le=65535)]
+# Upper bounds say what is allowed: a size, count or timeout past these is a typo (an extra digit, a unit
+# mix-up), and would otherwise surface as an out-of-memory or a hang long after `mlops plan` said OK.
+DAY_S = 86_400
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+BatchSize = Annotated[int, Field(ge=1, le=1_000_000)]
+LayerSize = Annotated[int, Field(ge=1, le=65_536)]
+TimeoutS = Annotated[float, Field(gt=0, le=DAY_S)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # numpy and Lightning seeds are 32-bit unsigned
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field's type holds numbers anywhere (int, float, list[int], dict[str, float], X | None)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in getattr(annotation, "__args__", ()) or ()) or (
+        getattr(annotation, "__origin__", None) is Annotated and _numeric(annotation.__origin__))
+
+
+@functools.cache
+def _numeric_field(cls: type[BaseModel], name: str) -> bool:
+    field = cls.model_fields.get(name)
+    return field is not None and _numeric(field.annotation)
+
+
+def _has_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_has_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_bool(v) for v in value.values())
+    return False
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float setting (nested ones in lists and dicts included) is finite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads `true` as 1 for an int or float field: `model.lr=true` would train at lr=1.0.
+        if _has_bool(value) and _numeric_field(cls, info.field_name or ""):
+            raise PydanticCustomError("number_bool", "input should be a number, not a boolean")
+        return value
 
 
 # ---------------------------------------------------------------- data
@@ -42,14 +85,15 @@ class SplitConfig(_Strict):
 
     val: float = Field(0.15, gt=0, lt=0.5, description="Fraction of rows held out for validation.")
     test: float = Field(0.15, gt=0, lt=0.5, description="Fraction of rows held out for the test metrics.")
-    seed: int = Field(42, description="Seed of the split; the same seed and data give the same split.")
+    seed: Seed = Field(42, description="Seed of the split; the same seed and data give the same split.")
     stratify: bool = Field(True, description="Stratify on the target (classification only).")
 
 
 class ChecksConfig(_Strict):
     """What the validate step requires of every batch."""
 
-    min_rows: PositiveInt = Field(50, description="Fewer rows than this fail validation.")
+    min_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(
+        50, description="Fewer rows than this fail validation.")
     max_null_fraction: float = Field(
         0.05, ge=0, le=1, description="Largest fraction of nulls allowed in any feature column."
     )
@@ -247,7 +291,7 @@ class EarlyStoppingConfig(_Strict):
     enabled: bool = True
     monitor: str = Field("val_loss", description="A logged validation metric: val_loss, val_acc, val_rmse.")
     mode: Literal["min", "max"] = "min"
-    patience: PositiveInt = 5
+    patience: Annotated[int, Field(ge=1, le=100_000)] = 5
 
     @field_validator("monitor")
     @classmethod
@@ -263,8 +307,8 @@ class ModelConfig(_Strict):
 
     flavor: str = Field("tabular_mlp", description="The model flavor: `tabular_mlp`, or an installed plugin's.")
     task: Literal["classification", "regression"]
-    batch_size: PositiveInt = 64
-    max_epochs: PositiveInt = 30
+    batch_size: BatchSize = 64
+    max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
     @model_validator(mode="after")
@@ -281,9 +325,10 @@ class TabularMLPConfig(ModelConfig):
     """A tabular MLP, as a classifier or a regressor."""
 
     flavor: Literal["tabular_mlp"] = "tabular_mlp"
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64, 32], description="Hidden layer sizes.")
+    hidden: list[LayerSize] = Field(default_factory=lambda: [64, 32], max_length=256,
+                                    description="Hidden layer sizes.")
     dropout: float = Field(0.1, ge=0, lt=1)
-    lr: PositiveFloat = Field(1e-3, description="Learning rate (AdamW).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0)
 
 
@@ -292,12 +337,12 @@ class ComputeConfig(_Strict):
     """Where Lightning trains: passed to the Trainer."""
 
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"] = "auto"
-    devices: PositiveInt | Literal["auto"] = "auto"
-    num_nodes: PositiveInt = 1
+    devices: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    num_nodes: Annotated[int, Field(ge=1, le=1024)] = 1
     strategy: Literal["auto", "ddp", "ddp_spawn", "fsdp"] = "auto"
     precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
     deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers.")
+    num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers.")
 
 
 # ---------------------------------------------------------------- maturity
@@ -334,8 +379,9 @@ class MaturityConfig(_Strict):
     """The level decides what is automated; the rest says how the automation behaves (conf/maturity/_base.yaml)."""
 
     level: int = Field(ge=0, le=4, description="Azure MLOps maturity level, 0 (manual) to 4 (drift-triggered retraining).")
-    data_interval_s: PositiveFloat = Field(
-        300, description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
+    data_interval_s: float = Field(
+        300, gt=0, le=31 * DAY_S,
+        description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
         "new or changed data is ingested, validated and recorded as a dataset snapshot.")
     gate: GateConfig = GateConfig()
 
@@ -377,7 +423,7 @@ class ServerConfig(_Strict):
     flavor: str = Field("triton", description="The model-server flavor: `triton`, or an installed plugin's.")
     model_name: str = Field(pattern=NAME_PATTERN, description="Name of the served model.")
     host: str = Field("127.0.0.1", description="Bind address; local services stay on loopback.")
-    ready_timeout_s: PositiveFloat = 120
+    ready_timeout_s: TimeoutS = 120
 
     @field_validator("host")
     @classmethod
@@ -398,12 +444,14 @@ class ServingConfig(ServerConfig):
     http_port: Port = 8000
     grpc_port: Port = 8001
     metrics_port: Port = 8002
-    max_batch_size: PositiveInt = 256
-    preferred_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [16, 64])
-    max_queue_delay_us: int = Field(0, ge=0, description="Dynamic batching: longest wait to fill a batch. 0 still "
+    max_batch_size: BatchSize = 256
+    preferred_batch_sizes: list[BatchSize] = Field(default_factory=lambda: [16, 64], max_length=64)
+    max_queue_delay_us: int = Field(0, ge=0, le=10_000_000,
+                                    description="Dynamic batching: longest wait to fill a batch. 0 still "
                                     "batches the requests that queue while an instance is busy (bench/serving).")
-    instance_count: PositiveInt = 1
-    intra_op_threads: PositiveInt = Field(2, description="onnxruntime threads per model instance.")
+    instance_count: Annotated[int, Field(ge=1, le=256)] = 1
+    intra_op_threads: Annotated[int, Field(ge=1, le=1024)] = Field(
+        2, description="onnxruntime threads per model instance.")
 
     @model_validator(mode="after")
     def _batching(self) -> ServingConfig:
@@ -424,8 +472,9 @@ class DriftConfig(_Strict):
         "unshifted data at 1M rows.")
     possible: float = Field(0.15, gt=0, lt=1, description="Score from which a column is POSSIBLE_DRIFT.")
     drift: float = Field(0.4, gt=0, le=1, description="Score from which a column is DRIFT (raises a drift event).")
-    min_window_rows: PositiveInt = Field(200, description="Smaller windows get no verdict: too noisy to judge.")
-    repeat_after_windows: PositiveInt = Field(
+    min_window_rows: Annotated[int, Field(ge=1, le=1_000_000_000)] = Field(
+        200, description="Smaller windows get no verdict: too noisy to judge.")
+    repeat_after_windows: Annotated[int, Field(ge=1, le=100_000)] = Field(
         10, description="Level 4: while drift lasts, mlops.drift.detected is emitted again after this many windows "
         "(a retraining the gate rejected, or a rollback, gets another chance); at most once per window span.")
 
@@ -447,7 +496,7 @@ class MonitoringConfig(_Strict):
         0.1, gt=0, le=1, description="Fraction of served rows profiled. Triton's model only draws the sample; a "
         "worker process profiles it at low priority (~48k rows/s for 10 columns here). At 12k rows/s, 0.1 keeps "
         "1.2k rows/s for drift, a few percent of a core.")
-    window_s: PositiveFloat = Field(60, description="Length of one serving-traffic profile window, in seconds.")
+    window_s: float = Field(60, gt=0, le=DAY_S, description="Length of one serving-traffic profile window, in seconds.")
     drift: DriftConfig = DriftConfig()
     bounds: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="Physical bounds per numeric column, e.g. {age: [0, 120]}; a batch "
@@ -480,7 +529,7 @@ class LocalRegistryConfig(RegistryConfig):
 class PrefectServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: Port = 4200
-    start_timeout_s: PositiveFloat = 120
+    start_timeout_s: TimeoutS = 120
 
     _loopback = field_validator("host")(ServerConfig._loopback.__func__)  # type: ignore[attr-defined]
 
@@ -531,8 +580,9 @@ class ArtifactParams(_Strict):
 
     bucket: str | None = Field(None, description="Existing bucket: use it, create nothing (its policy stays yours).")
     kms_key_arn: str | None = Field(None, description="SSE-KMS key; default the AWS-managed `aws/s3` key.")
-    profile_retention_days: PositiveInt = Field(90, description="whylogs profiles under profiles/ expire after this.")
-    noncurrent_version_days: PositiveInt = Field(
+    profile_retention_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
+        90, description="whylogs profiles under profiles/ expire after this.")
+    noncurrent_version_days: Annotated[int, Field(ge=1, le=36_500)] = Field(
         365, description="Old versions of replaced objects expire after this (model versions are never deleted)."
     )
 
@@ -541,7 +591,8 @@ class TrainingParams(_Strict):
     """AWS Batch GPU compute (or Kubernetes Jobs) for Lightning; devices and nodes come from `compute`."""
 
     instance_types: list[str] = Field(default_factory=lambda: ["g4dn.xlarge", "g5.xlarge"], min_length=1)
-    max_vcpus: PositiveInt = Field(64, description="Upper bound of the Batch compute environment.")
+    max_vcpus: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        64, description="Upper bound of the Batch compute environment.")
     spot: bool = Field(True, description="Spot instances (single-node jobs; multi-node jobs use on-demand).")
     image: str | None = Field(None, description="Training image; default the stack's ECR repository, tag `latest`.")
 
@@ -558,8 +609,8 @@ class OrchestrationParams(_Strict):
         "mlops/prefect-api-key", description="Secret name/ARN (or `ssm:/path`) holding PREFECT_API_KEY; null: no key."
     )
     worker_image: str = "prefecthq/prefect:3.8.8-python3.11"
-    worker_cpu: PositiveInt = 512
-    worker_memory: PositiveInt = 1024
+    worker_cpu: Annotated[int, Field(ge=1, le=16_384)] = 512  # ECS task CPU units: 16 vCPU at most
+    worker_memory: Annotated[int, Field(ge=1, le=122_880)] = 1024  # MiB: Fargate's 120 GiB at most
 
 
 class ServingParams(_Strict):
@@ -567,9 +618,9 @@ class ServingParams(_Strict):
 
     mode: Literal["ecs", "sagemaker"] = "ecs"
     instance_type: str = Field("g4dn.xlarge", description="EC2 type (ecs) or SageMaker type, e.g. ml.g4dn.xlarge.")
-    min_capacity: PositiveInt = 1
-    max_capacity: PositiveInt = 4
-    target_requests_per_instance: PositiveInt = Field(200, description="Autoscaling target (requests/minute/instance).")
+    min_capacity: Annotated[int, Field(ge=1, le=1000)] = 1
+    max_capacity: Annotated[int, Field(ge=1, le=1000)] = 4
+    target_requests_per_instance: Count = Field(200, description="Autoscaling target (requests/minute/instance).")
     public: bool = Field(False, description="An internet-facing load balancer (needs `certificate_arn`: HTTPS only).")
     certificate_arn: str | None = None
     allowed_cidrs: list[str] = Field(
@@ -664,6 +715,19 @@ class ConfigBase(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _ports_differ(self) -> ConfigBase:
+        # Prefect and the model server run side by side on one machine (target=local): one port each.
+        prefect = self.target.prefect.port  # type: ignore[attr-defined]
+        serving = self.serving  # type: ignore[attr-defined]
+        for name in type(serving).model_fields:
+            if name.endswith("_port") and getattr(serving, name) == prefect:
+                raise PydanticCustomError(
+                    "port_clash", "is {port}, the same port as serving.{other}: Prefect and the model server each "
+                    "need a port of their own", {"key": "target.prefect.port", "port": prefect,
+                                                 "other": name})
+        return self
+
+    @model_validator(mode="after")
     def _level_4_monitors(self) -> ConfigBase:
         if self.maturity.level == 4 and self.monitoring.flavor == "none":  # type: ignore[attr-defined]
             raise ValueError("maturity 4 retrains on drift, which needs monitoring: set monitoring=whylogs "
@@ -733,7 +797,7 @@ def config_class() -> type[ConfigBase]:
         "name": (str, Field(pattern=NAME_PATTERN, description="Project/model name: lowercase letters, digits, _ "
                             "and -.")),
         "description": (str, ""),
-        "seed": (int, Field(42, description="Seeds Lightning (weights, shuffling).")),
+        "seed": (Seed, Field(42, description="Seeds Lightning (weights, shuffling).")),
         "data": sections["data"],
         "model": sections["model"],
         "compute": (ComputeConfig, ...),

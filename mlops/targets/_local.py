@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops import steps
+from mlops._names import UP_FLOW
 from mlops._process import Supervisor, wait_ports_free
 from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
-from mlops.targets import _prefect, _tracking_ui
+from mlops.targets import _prefect, _services, _tracking_ui
 from mlops.targets._base import Target
 
 if TYPE_CHECKING:
@@ -34,12 +36,34 @@ class LocalTarget(Target):
         ext = _prefect.external_api_url()
         url = _prefect.api_url(self.cfg)
         prefect_up = _prefect.healthy(url)
-        return [
+        services = [
             {"name": "prefect", "url": url,
              "action": "external" if ext else ("reuse" if prefect_up else "start")},
             {"name": self.cfg.serving.flavor, "url": self.server.url,
              "action": "reuse" if self.server.live() else "start"},
         ]
+        foreign = self.foreign_services() if any(svc["action"] == "reuse" for svc in services) else {}
+        for svc in services:
+            if svc["action"] == "reuse" and (note := foreign.get(svc["name"])):
+                svc.update(action="blocked", owner=note)
+        return services
+
+    def foreign_services(self) -> dict[str, str]:
+        """Services answering on this project's ports that another project (or anyone) started: name -> whose
+        it is and what to do. `up` refuses to run on them; `plan` says so."""
+        found = {}
+        api = _prefect.api_url(self.cfg)
+        if not _prefect.external_api_url() and _prefect.healthy(api):
+            note = _services.foreign("prefect", self.cfg.target.prefect.port, "target.prefect.port", self.state_dir,
+                                     api)
+            if note:
+                found["prefect"] = note
+        server_ports = [(k, p) for k, p in _services.service_ports(self.cfg).items() if k.startswith("serving.")]
+        if server_ports and self.server.live():
+            key, port = server_ports[0]
+            if note := _services.foreign(self.cfg.serving.flavor, port, key, self.state_dir):
+                found[self.cfg.serving.flavor] = note
+        return found
 
     # ------------------------------------------------------------ lifecycle
     def _ensure_prefect(self) -> None:
@@ -56,9 +80,24 @@ class LocalTarget(Target):
             _prefect.start_server(self.cfg, self.state_dir)
 
     def up(self, progress: bool = False, rerun: bool = False) -> dict[str, Any]:
+        try:
+            return self._up(progress, rerun)
+        except BaseException as exc:
+            # A crash before or around the flow (a service that did not start) is in the history too; the
+            # flow records its own failures (mlops.flows), with the step that failed.
+            if not getattr(exc, "mlops_recorded", False):
+                steps.log_run(self.stack, UP_FLOW, "up", outcome="interrupted" if isinstance(
+                    exc, KeyboardInterrupt) else "failed", reasons=[str(exc).strip() or type(exc).__name__], steps=[])
+            raise
+
+    def _up(self, progress: bool, rerun: bool) -> dict[str, Any]:
         from rich.console import Console
 
         console = Console(stderr=True, highlight=False, soft_wrap=True)
+        if foreign := self.foreign_services():
+            from mlops.errors import ServiceError
+
+            raise ServiceError(" ".join(foreign.values()) + ".")
         with console.status("starting Prefect server (about 20 s the first time) ..."):
             self._ensure_prefect()
         console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
@@ -70,6 +109,9 @@ class LocalTarget(Target):
             with console.status(f"starting the {ui.name} UI ..."):
                 _tracking_ui.start(ui, self.layout, self.cfg.target.prefect.start_timeout_s)
             console.print(f"  [green]✓[/] {ui.name:<9} {ui.url}")
+        # Remembered before the flow runs: a failed flow leaves the services running, and status/down find them.
+        _services.remember(self.cfg, self.project, self.state_dir,
+                           {"prefect": _prefect.api_url(self.cfg), server: self.server.url})
         if not rerun and self.cfg.maturity.level >= 1 and (current := self.champion_served()) is not None:
             console.print(f"  [green]✓[/] champion {current['model']}@{current['version']} is served; at level "
                           f"{self.cfg.maturity.level} new data is the deployments' job (--rerun runs the flow anyway)")
@@ -177,6 +219,7 @@ class LocalTarget(Target):
         if stopped["prefect"]:
             ports.append((self.cfg.target.prefect.host, self.cfg.target.prefect.port))
         busy = wait_ports_free(ports)
+        _services.forget(self.state_dir)
         if busy:
             from mlops.errors import ServiceError
 
@@ -186,10 +229,13 @@ class LocalTarget(Target):
 
     def status(self) -> dict[str, Any]:
         api = _prefect.api_url(self.cfg)
-        live = self.server.live()
+        # A service that answers on this project's port but is another project's is not this project's stack.
+        foreign = self.foreign_services()
+        live = self.server.live() and self.cfg.serving.flavor not in foreign
         st = {
             "services": {
-                "prefect": {"healthy": _prefect.healthy(api), "url": _prefect.ui_url(self.cfg), "api_url": api,
+                "prefect": {"healthy": _prefect.healthy(api) and "prefect" not in foreign,
+                            "url": _prefect.ui_url(self.cfg), "api_url": api,
                             "managed": _prefect.external_api_url() is None,
                             "pid": _prefect.prefect_service(self.state_dir).pid()},
                 self.cfg.serving.flavor: {"healthy": live, **self.server.urls()},
@@ -205,6 +251,8 @@ class LocalTarget(Target):
             "tracking": self.stack.tracker().ui_hint(),
         }
         st["services"].update(_tracking_ui.services(self.tracking_ui(), self.layout))
+        for name, note in foreign.items():
+            st["services"][name]["foreign"] = note
         return st
 
     def tracking_ui(self) -> Any:
