@@ -435,7 +435,8 @@ def validated(raw: dict, resolve: Callable[[], Any], chosen: dict[str, str], loc
     except ValidationError as exc:
         found = _pydantic_problems(exc, data, raw, locator, overrides)
         # A flavor's own check of the same value (an sql URL with a password) says more than the generic scan.
-        specific = {p.key for p in found if p.key in {q.key for q in problems}}
+        specific = {p.key for p in found if p.key in {q.key for q in problems}
+                    and re.search(r"password|secret|token|credential", p.message, re.I)}
         problems = [q for q in problems if q.key not in specific]
         for section, problem in mixed.items():
             if any(p.key == section or p.key.startswith(section + ".") for p in found):
