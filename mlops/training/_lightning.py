@@ -262,7 +262,7 @@ class LightningFamily:
             return [("model.module", f"{spec}'s forward fails on its example_input_array: {_first_line(exc)}",
                      "the example must be a batch the module takes")]
         if (problem := output_problem(out, model.task)) is not None:
-            return [("model.task", f"{spec}'s forward on its example_input_array {problem}",
+            return [("model.module", f"{spec}'s forward on its example_input_array {problem}",
                      "make forward fit the task, or set model.task to the one it fits")]
         return []
 
