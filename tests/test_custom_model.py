@@ -331,7 +331,7 @@ def test_the_example_package_is_a_flavor_that_goes_up_and_answers(tmp_path, exam
                      pythonpath=example_site)
         assert proc.returncode == 0, proc.stderr
         assert "churn_net version 1 is READY" in proc.stderr
-        (lineage_file,) = project.glob(".mlops/**/churn_net/1/lineage.json")
+        (lineage_file,) = project.glob(".mlops/registry/churn_net/versions/1/lineage.json")
         lineage = json.loads(lineage_file.read_text())
         source = example_site / "churn_example" / "model.py"
         assert lineage["module"]["module"] == "churn_example.model:ChurnNet"
