@@ -357,3 +357,29 @@ def test_the_example_readme_names_what_the_package_ships():
     for f in ("churn_example/model.py", "churn_example/flavor.py", "recipes/churn_net.yaml", "pyproject.toml"):
         assert f in text and (EXAMPLE / f).is_file()
     assert textwrap.dedent((EXAMPLE / "pyproject.toml").read_text()).count('churn_net = "churn_example.flavor:FLAVOR"')
+
+
+@pytest.mark.e2e
+def test_a_module_in_the_project_folder_goes_up_and_answers(tmp_path):
+    busy = [p for p in PORTS if not port_free("127.0.0.1", p)]
+    assert not busy, f"ports {busy} are in use"
+    site = _site_with_lightning(tmp_path / "site")
+    project = _project(tmp_path / "project", "models")
+    _recipe(project, "own", "models.churn:ChurnNet", "{hidden: 8}")
+    try:
+        proc = mlops(project, "up", "recipe=own", "compute.accelerator=cpu", *PORT_OVERRIDES, pythonpath=site)
+        assert proc.returncode == 0, proc.stderr
+        assert "own version 1 is READY" in proc.stderr
+        lineage = json.loads((project / ".mlops" / "registry" / "own" / "versions" / "1" / "lineage.json").read_text())
+        assert lineage["module"]["module"] == "models.churn:ChurnNet"
+        assert lineage["module"]["source_sha256"] == hashlib.sha256(
+            (project / "models" / "churn.py").read_bytes()).hexdigest()
+        rows = project / "rows.csv"
+        pd.read_csv(project / "recipes" / "data" / "churn.csv").head(4).drop(columns=["churned"]).to_csv(rows,
+                                                                                                      index=False)
+        pred = mlops(project, "predict", "recipe=own", "--input", str(rows), "--json", *PORT_OVERRIDES,
+                     pythonpath=site)
+        assert pred.returncode == 0, pred.stderr
+        assert len(json.loads(pred.stdout)["labels"]) == 4
+    finally:
+        mlops(project, "down", "recipe=own", *PORT_OVERRIDES, pythonpath=site, timeout=300)
