@@ -62,9 +62,10 @@ def test_the_built_ins_register_through_entry_points_like_any_flavor():
     found = {f for by_name in flavors.registered().values() for f in by_name.values()}
     assert {f"{f.implementation}" for f in found} >= {"mlops.tracking._mlflow:MlflowTracker",
                                                       "mlops.data._source:FileSource"}
-    assert len(declared) == len(found) == 13
+    assert len(declared) == len(found) == 14
     assert {kind: sorted(names) for kind, names in flavors.registered().items()} == {
-        "data_source": ["file", "parquet_dataset", "sklearn", "sql"], "model": ["tabular_mlp"], "server": ["triton"],
+        "data_source": ["file", "parquet_dataset", "sklearn", "sql"], "model": ["lightning", "tabular_mlp"],
+        "server": ["triton"],
         "tracker": ["mlflow", "neptune"], "monitor": ["none", "whylogs"], "model_store": ["local"],
         "target": ["aws", "local"]}
     assert all(f.distribution.startswith("mlops ") for f in found)

@@ -79,6 +79,8 @@ class Capture:
             return
         cols: dict[str, np.ndarray] = {}
         for spec in self.signature["inputs"]:
+            if "columns" not in spec:
+                continue  # a tensor input (a team's own model with its own datamodule) has no columns to profile
             block = np.concatenate([a[spec["name"]] for _t, a in pending])
             for j, column in enumerate(spec["columns"]):
                 # BYTES columns arrive as str objects (model.py decodes them for onnxruntime): one cast, no loop.

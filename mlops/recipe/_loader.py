@@ -473,6 +473,13 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
         data_problems = source.check(project, cache_dir=Layout(project / config.target.state_dir).cache)
         if data_problems:
             raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
+    if check_data and type(config.model).user_module:
+        # A team's own module is imported and run once on its example (torch and Lightning imported now, for
+        # such recipes only), so a wrong import path or output shape stops here, before anything starts.
+        family = flavors("model")[config.model.flavor].load()
+        model_problems = family.check(config.model, config.data, project)
+        if model_problems:
+            raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in model_problems])
     return config
 
 

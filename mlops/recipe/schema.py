@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -305,7 +305,12 @@ class ModelConfig(_Strict):
     """What every model flavor shares: the task and how the Trainer runs. A model flavor subclasses it with
     `flavor: Literal["<name>"]` and its own hyperparameters."""
 
-    flavor: str = Field("tabular_mlp", description="The model flavor: `tabular_mlp`, or an installed plugin's.")
+    # A flavor that trains a team's own LightningModule: the loader imports and checks it (read-only), and its
+    # test metrics are whatever its `test_step` logs, so the gate's metric names are checked after evaluation.
+    user_module: ClassVar[bool] = False
+
+    flavor: str = Field("tabular_mlp", description="The model flavor: `tabular_mlp`, `lightning` (a team's own "
+                        "LightningModule), or an installed plugin's.")
     task: Literal["classification", "regression"]
     batch_size: BatchSize = 64
     max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
@@ -330,6 +335,33 @@ class TabularMLPConfig(ModelConfig):
     dropout: float = Field(0.1, ge=0, lt=1)
     lr: float = Field(1e-3, gt=0, description="Learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0)
+
+
+IMPORT_PATH = r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$"
+
+
+class LightningModelConfig(ModelConfig):
+    """A team's own LightningModule, trained, gated, exported and served like the built-in MLP.
+
+    ```yaml
+    model:
+      flavor: lightning
+      module: acme_models.churn:ChurnNet        # importable from the project folder or an installed package
+      init_args: {hidden: 128, dropout: 0.2}
+      datamodule: acme_models.churn:ChurnData   # optional; default: the framework's (see mlops/training/_family.py)
+      task: classification
+    ```
+    """
+
+    user_module: ClassVar[bool] = True
+
+    flavor: Literal["lightning"] = "lightning"
+    module: str = Field(pattern=IMPORT_PATH, description="`package.module:Class`, a LightningModule subclass "
+                        "importable from the project folder or an installed package.")
+    init_args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments of its constructor.")
+    datamodule: str | None = Field(None, pattern=IMPORT_PATH, description="`package.module:Class`, a "
+                                   "LightningDataModule built with the split's raw frames (train=, val=, test=, "
+                                   "batch_size=); default: the framework's, which feeds preprocessed features.")
 
 
 # ---------------------------------------------------------------- compute
@@ -704,6 +736,8 @@ class ConfigBase(_Strict):
 
     @model_validator(mode="after")
     def _gate_metrics_exist(self) -> ConfigBase:
+        if type(self.model).user_module:  # type: ignore[attr-defined]
+            return self  # its metrics are what its test_step logs: checked after evaluation (steps.gate)
         known, gate = GATE_METRICS[self.model.task], self.maturity.gate  # type: ignore[attr-defined]
         named = [("maturity.gate.metric", gate.metric)] if gate.metric else []
         named += [(f"maturity.gate.floors.{k}", k) for k in gate.floors]

@@ -14,7 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-_NUMPY_DTYPE = {"FP32": np.float32, "BYTES": object}
+_NUMPY_DTYPE = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
+                "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_, "BYTES": object}
 
 
 class TritonPythonModel:
@@ -35,8 +36,10 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(
             os.path.join(version_dir, "model.onnx"), sess_options=options, providers=["CPUExecutionProvider"]
         )
-        self.inputs = [(i["name"], i["datatype"], len(i["columns"])) for i in signature["inputs"]]
-        self.columns = {i["name"]: list(i["columns"]) for i in signature["inputs"]}
+        # A tabular input's shape past the batch is its column count; a tensor input's is its dims (-1: any).
+        self.inputs = [(i["name"], i["datatype"], [len(i["columns"])] if "columns" in i else list(i["dims"]))
+                       for i in signature["inputs"]]
+        self.columns = {i["name"]: list(i.get("columns", [])) for i in signature["inputs"]}
         self.outputs = [o["name"] for o in signature["outputs"]]
         self.capture = None
         monitoring_dir = params.get("mlops.monitoring_dir", {}).get("string_value")
@@ -103,13 +106,14 @@ class TritonPythonModel:
 
     def _feed(self, request):
         feed, batch = {}, None
-        for name, datatype, width in self.inputs:
+        for name, datatype, dims in self.inputs:
             tensor = pb_utils.get_input_tensor_by_name(request, name)
             if tensor is None:
                 raise ValueError(f"input {name!r} is missing")
             array = tensor.as_numpy()
-            if array.ndim != 2 or array.shape[1] != width:
-                raise ValueError(f"input {name!r} has shape {list(array.shape)}, expected [batch, {width}]")
+            if array.ndim != len(dims) + 1 or any(d not in (-1, n) for d, n in zip(dims, array.shape[1:])):
+                expected = ", ".join(["batch", *(str(d) if d != -1 else "any" for d in dims)])
+                raise ValueError(f"input {name!r} has shape {list(array.shape)}, expected [{expected}]")
             if batch is not None and array.shape[0] != batch:
                 raise ValueError(f"inputs disagree on the batch size: {batch} rows and {array.shape[0]} rows")
             batch = array.shape[0]
@@ -133,8 +137,11 @@ def _check_finite(array, columns):
     # allowed (a missing value, imputed by the graph); inf would make every output of the row NaN.
     bad = np.isinf(array)
     if bad.any():
-        rows, cols = np.nonzero(bad)
-        shown = ", ".join(f"row {r} column {columns[c]!r}: {array[r, c]}" for r, c in list(zip(rows, cols))[:3])
+        where = list(zip(*np.nonzero(bad)))[:3]
+        if columns and array.ndim == 2:
+            shown = ", ".join(f"row {r} column {columns[c]!r}: {array[r, c]}" for r, c in where)
+        else:  # a tensor input: the element's index
+            shown = ", ".join(f"row {i[0]} element {list(i[1:])}: {array[i]}" for i in where)
         raise ValueError(f"{int(bad.sum())} non-finite or out-of-float32-range value(s) ({shown}); send finite "
                          "numbers, or null for a missing value")
 

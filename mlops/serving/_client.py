@@ -15,8 +15,49 @@ from mlops.errors import PredictError, ServiceError
 from mlops.features import bad_values, categorical_strings, numeric_array
 
 
+_NUMPY_DTYPE = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "UINT8": np.uint8, "INT8": np.int8,
+                "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_, "BYTES": object}
+
+
+def tensor_inputs(signature: dict, arrays: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The input tensors of a tensor signature (a model without named columns), checked against its names, ranks
+    and dims and cast to its dtypes; a lone array feeds a model of one input. Raises PredictError listing every
+    problem."""
+    specs = signature["inputs"]
+    if not isinstance(arrays, dict):
+        arrays = {specs[0]["name"]: arrays} if len(specs) == 1 else {}
+    problems, out = [], {}
+    for spec in specs:
+        name, dims = spec["name"], [len(spec["columns"])] if "columns" in spec else list(spec["dims"])
+        expected = "[" + ", ".join(["batch", *(str(d) if d != -1 else "any" for d in dims)]) + "]"
+        if name not in arrays:
+            problems.append(f"input {name!r} ({spec['datatype']} {expected}) is missing")
+            continue
+        array = np.asarray(arrays[name])
+        if array.ndim != len(dims) + 1 or any(d not in (-1, n) for d, n in zip(dims, array.shape[1:])):
+            problems.append(f"input {name!r} has shape {list(array.shape)}, expected {expected}")
+            continue
+        try:
+            out[name] = array.astype(_NUMPY_DTYPE[spec["datatype"]])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"input {name!r} cannot be read as {spec['datatype']}: {exc}")
+    batches = {len(a) for a in out.values()}
+    if len(batches) > 1:
+        problems.append(f"the inputs disagree on the batch size: {sorted(batches)}")
+    if not problems and not next(iter(batches), 0):
+        problems.append("there are no rows to predict")
+    if problems:
+        n = len(problems)
+        raise PredictError("\n".join([f"{n} problem{'s' if n > 1 else ''} with the arrays to predict:",
+                                      *(f"  - {p}." for p in problems)]))
+    return out
+
+
 def validate(signature: dict, frame: pd.DataFrame) -> None:
     """Raise :class:`PredictError` listing every way ``frame`` does not fit ``signature``."""
+    if any("columns" not in spec for spec in signature["inputs"]):
+        raise PredictError("this model takes tensors, not rows: give it arrays (.npy, or JSON lists) for its "
+                           "inputs " + ", ".join(repr(spec["name"]) for spec in signature["inputs"]) + ".")
     problems = []
     if len(frame) == 0:
         problems.append("there are no rows to predict")
@@ -67,7 +108,8 @@ def to_inputs(signature: dict, frame: pd.DataFrame) -> dict[str, np.ndarray]:
 
 
 def predict(
-    url: str, model_name: str, signature: dict, frame: pd.DataFrame, *, batch_size: int = 256, version: int | str = ""
+    url: str, model_name: str, signature: dict, frame: pd.DataFrame | np.ndarray | dict[str, np.ndarray], *,
+    batch_size: int = 256, version: int | str = ""
 ) -> dict:
     """Predict ``frame`` on ``model_name`` served at ``url`` (``host:port`` of Triton's HTTP endpoint).
 
@@ -79,13 +121,17 @@ def predict(
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
-    validate(signature, frame)
-    tensors = to_inputs(signature, frame)
+    if isinstance(frame, pd.DataFrame):
+        validate(signature, frame)
+        tensors = to_inputs(signature, frame)
+    else:  # arrays, for a model whose signature names tensors rather than columns
+        tensors = tensor_inputs(signature, frame)
+    rows = len(next(iter(tensors.values())))
     output = signature["outputs"][0]
     chunks = []
     client = httpclient.InferenceServerClient(url=url.split("://", 1)[-1].rstrip("/"))
     try:
-        for start in range(0, len(frame), batch_size):
+        for start in range(0, rows, batch_size):
             inputs = []
             for spec in signature["inputs"]:
                 part = tensors[spec["name"]][start : start + batch_size]

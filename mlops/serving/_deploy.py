@@ -237,13 +237,22 @@ def served_models(url: str) -> list[dict[str, Any]]:
     return [m for m in _server.served_models(url) if m.get("version")]
 
 
-def read_rows(path: Path) -> pd.DataFrame:
-    """Rows to score from a CSV file, or a JSON list of objects (or {"rows": [...]})."""
+def read_rows(path: Path) -> pd.DataFrame | Any:
+    """Rows to score from a CSV file, or a JSON list of objects (or {"rows": [...]}); for a model that takes
+    tensors, an array from a .npy file or a JSON list of lists, or a JSON object of them by input name."""
+    import numpy as np
+
     if not path.is_file():
         raise PredictError(f"--input {path}: no such file. Give a .csv with a header row, or a .json list of objects.")
     try:
+        if path.suffix.lower() == ".npy":
+            return np.load(path, allow_pickle=False)
         if path.suffix.lower() == ".json":
             data = json.loads(path.read_text())
+            if isinstance(data, list) and data and all(isinstance(r, list) for r in data):
+                return np.asarray(data)
+            if isinstance(data, dict) and "rows" not in data and all(isinstance(v, list) for v in data.values()):
+                return {k: np.asarray(v) for k, v in data.items()}
             rows = data.get("rows") if isinstance(data, dict) else data
             if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
                 raise ValueError('expected a list of objects, e.g. [{"col": 1.0, ...}], or {"rows": [...]}')

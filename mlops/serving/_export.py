@@ -6,6 +6,11 @@ hand-built ``ai.onnx.ml`` LabelEncoder maps strings to the train vocabulary's
 codes, because strings cannot pass through torch; it is merged in front of the
 torch-exported network. torch is imported only inside :func:`export_onnx`, so
 clients that only build inputs stay light.
+
+A team's own LightningModule (``model.flavor: lightning``) is exported the same way, through Lightning's
+``to_onnx``: with the framework's preprocessing in front when the framework fed it (the same raw-row inputs),
+or as its ``example_input_array`` takes tensors when its own datamodule did. Either way the signature is read
+off the graph (:func:`graph_signature`), so Triton's config and the client's checks fit any exported model.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_serializer
 
 from mlops._atomic import write_atomic
 from mlops.errors import PredictError
@@ -37,15 +42,34 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# ONNX TensorProto element types and the Triton datatypes they serve as.
+ONNX_DATATYPE = {1: "FP32", 2: "UINT8", 3: "INT8", 5: "INT16", 6: "INT32", 7: "INT64", 8: "BYTES", 9: "BOOL",
+                 10: "FP16", 11: "FP64"}
+Datatype = Literal["FP32", "FP16", "FP64", "UINT8", "INT8", "INT16", "INT32", "INT64", "BOOL", "BYTES"]
+
+
 class InputSpec(_Frozen):
-    name: Literal["numeric", "categorical"]
-    datatype: Literal["FP32", "BYTES"]
-    columns: list[str]
+    """One input tensor. A tabular input names the raw `columns` it carries (its width); any other input gives
+    its `dims` past the batch axis (-1: any size)."""
+
+    name: str
+    datatype: Datatype
+    columns: list[str] | None = None
+    dims: list[int] | None = None
+
+    @model_serializer(mode="wrap")
+    def _set_fields_only(self, handler):  # noqa: ANN001, ANN202
+        # A tabular input has no dims and a tensor input no columns: the unset one is absent, not null.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def shape(self) -> list[int]:
+        return [len(self.columns)] if self.columns is not None else list(self.dims or [])
 
 
 class OutputSpec(_Frozen):
-    name: Literal["probabilities", "prediction"]
-    datatype: Literal["FP32"]
+    name: str
+    datatype: Datatype
     dims: list[int]
 
 
@@ -71,6 +95,10 @@ class Signature(_Frozen):
 
 def signature_to_frame_inputs(signature: Signature, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """The model's input arrays for raw rows: float32 for ``numeric``, an object array of str for ``categorical``."""
+    if any(spec.columns is None for spec in signature.inputs):
+        raise PredictError("this model takes tensors, not rows: give it arrays (.npy or JSON lists) per input: "
+                           + "; ".join(f"{s.name}: {s.datatype} [batch, {', '.join(map(str, s.shape))}]"
+                                       for s in signature.inputs) + ".")
     missing = [c for spec in signature.inputs for c in spec.columns if c not in frame.columns]
     if missing:
         raise PredictError(
@@ -103,6 +131,36 @@ def signature_of(module: TabularMLP) -> Signature:
         inputs=inputs,
         outputs=[OutputSpec(name="prediction", datatype="FP32", dims=[1])],
     )
+
+
+def graph_signature(model, *, task: str, target: str, classes: list | None = None,  # noqa: ANN001 (onnx.ModelProto)
+                    columns: dict[str, list[str]] | None = None) -> Signature:
+    """The signature of an ONNX graph: its inputs' and outputs' names, dtypes and shapes (past the batch axis)
+    as the graph declares them, so any exportable model serves. `columns` names the raw columns of tabular
+    inputs; `classes` the classification output's labels."""
+    columns = columns or {}
+
+    def parts(value) -> tuple[str, list[int]]:  # noqa: ANN001 (onnx.ValueInfoProto)
+        tensor = value.type.tensor_type
+        if tensor.elem_type not in ONNX_DATATYPE:
+            raise PredictError(f"the exported graph's {value.name!r} has ONNX element type {tensor.elem_type}, "
+                               "which Triton cannot serve; use float, integer, bool or string tensors.")
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim][1:]
+        return ONNX_DATATYPE[tensor.elem_type], dims
+
+    inputs = []
+    for value in model.graph.input:
+        datatype, dims = parts(value)
+        cols = columns.get(value.name)
+        inputs.append(InputSpec(name=value.name, datatype=datatype, columns=list(cols)) if cols is not None
+                      else InputSpec(name=value.name, datatype=datatype, dims=dims))
+    # Tabular inputs in the order `columns` names them (numeric, then categorical), whatever order merging put
+    # the graph's inputs in; the rest after them, as the graph has them.
+    order = list(columns)
+    inputs.sort(key=lambda spec: order.index(spec.name) if spec.name in order else len(order))
+    outputs = [OutputSpec(name=v.name, datatype=parts(v)[0], dims=parts(v)[1]) for v in model.graph.output]
+    return Signature(task=task, target=target, inputs=inputs, outputs=outputs,  # type: ignore[arg-type]
+                     classes=list(classes) if task == "classification" and classes is not None else None)
 
 
 def _torch_graph(module: TabularMLP, output: str):  # noqa: ANN202 (onnx.ModelProto; onnx is imported lazily)
@@ -186,25 +244,55 @@ def _label_encoder_graph(categories: list[list[str]]):  # noqa: ANN202
     )
 
 
-def export_onnx(module: TabularMLP, path: Path) -> Signature:
-    """Write the module as an ONNX file at ``path`` (atomically) and return its signature.
+def _lightning_graph(module):  # noqa: ANN001, ANN202 (a team's LightningModule -> onnx.ModelProto, its columns)
+    """A team's module (model.flavor=lightning) through Lightning's ``to_onnx``: wrapped with the framework's
+    preprocessing when the framework fed it, its ``example_input_array`` traced, the batch axis dynamic."""
+    import onnx
 
-    The signature is also stored in the file's metadata under ``mlops.signature``.
+    from mlops.training._lightning import ServedModule
+
+    served = ServedModule(module)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        served.to_onnx(buffer, input_names=served.input_names, output_names=[served.output_name],
+                       dynamic_axes={n: {0: "batch"} for n in [*served.input_names, served.output_name]},
+                       opset_version=OPSET, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue()), served.columns()
+
+
+def export_onnx(module: TabularMLP, path: Path) -> Signature:
+    """Write the module as an ONNX file at ``path`` (atomically) and return its signature, read off the graph.
+
+    The signature is also stored in the file's metadata under ``mlops.signature``. `module` is the tabular MLP
+    or a team's own LightningModule as the `lightning` flavor loads it.
     """
     import onnx
     from onnx import compose
 
     path = Path(path)
-    signature = signature_of(module)
-    model = _torch_graph(module, signature.outputs[0].name)
-    if module.hparams.categorical:
+    meta = getattr(module, "_mlops", None)
+    if isinstance(meta, dict):  # model.flavor=lightning (mlops.training._lightning)
+        model, columns = _lightning_graph(module)
+        categories = (meta.get("preprocessing") or {}).get("categories", [])
+        task, target, classes = meta["task"], meta["target"], meta.get("classes")
+        if classes is None and task == "classification":
+            classes = list(range(model.graph.output[0].type.tensor_type.shape.dim[1].dim_value))
+    else:
+        hp = module.hparams
+        model = _torch_graph(module, signature_of(module).outputs[0].name)
+        columns = {"numeric": list(hp.numeric), "codes": list(hp.categorical)}
+        categories, task, target, classes = hp.categories, hp.task, hp.target, list(hp.classes)
+    if columns.get("codes"):
         model.ir_version = IR_VERSION
         model = compose.merge_models(
-            _label_encoder_graph(module.hparams.categories),
+            _label_encoder_graph(categories),
             model,
             io_map=[("codes", "codes")],
             producer_name="mlops",
         )
+    columns = {"numeric": columns.get("numeric", []), "categorical": columns.get("codes", [])} if columns else {}
+    signature = graph_signature(model, task=task, target=target, classes=classes, columns=columns)
     model.ir_version = IR_VERSION
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {SIGNATURE_KEY: signature.to_json()})

@@ -42,7 +42,9 @@ if TYPE_CHECKING:
 
 BACKEND_MODEL = Path(__file__).with_name("_backend_model.py")
 # Signature dtypes as model_config_pb2.DataType names (the enum is imported lazily, see _model_config_pb2).
-_TRITON_TYPE = {"FP32": "TYPE_FP32", "BYTES": "TYPE_STRING"}
+_TRITON_TYPE = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "FP64": "TYPE_FP64", "UINT8": "TYPE_UINT8",
+                "INT8": "TYPE_INT8", "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+                "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}
 
 
 MANIFEST = "MANIFEST.json"
@@ -246,10 +248,11 @@ def _model_config(model_name: str, signature: dict, serving: ServingConfig) -> M
     """What the local and the stock config share (name, tensors, batching): one builder, so the two agree."""
     pb2 = _model_config_pb2()
     config = pb2.ModelConfig(name=model_name, max_batch_size=serving.max_batch_size)
-    # The batch dimension is implied by max_batch_size > 0, so dims list the
-    # columns only: a request of shape [n, len(columns)] is accepted.
+    # The batch dimension is implied by max_batch_size > 0, so dims list the rest: the columns of a tabular
+    # input (a request of shape [n, len(columns)] is accepted), else the dims the ONNX graph declares.
     for i in signature["inputs"]:
-        config.input.add(name=i["name"], data_type=_TRITON_TYPE[i["datatype"]], dims=[len(i["columns"])])
+        dims = [len(i["columns"])] if "columns" in i else list(i["dims"])
+        config.input.add(name=i["name"], data_type=_TRITON_TYPE[i["datatype"]], dims=dims)
     for o in signature["outputs"]:
         config.output.add(name=o["name"], data_type=_TRITON_TYPE[o["datatype"]], dims=list(o["dims"]))
     config.dynamic_batching.SetInParent()  # present even when empty: its presence turns dynamic batching on

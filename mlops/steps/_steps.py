@@ -202,7 +202,8 @@ def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> Tr
                                                                        "mlops.key": snapshot.key})
     open_runs[run_id] = tracker
     tracker.log_params(cfg.model_dump(mode="json", include={"data", "model", "compute", "seed"}))
-    result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress)
+    result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress,
+                 project=Path(stack.project))
     return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
                         epochs=result.epochs, tracking_run_id=run_id)
 
@@ -245,6 +246,10 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
         "flow_run_id": run_id,
         **({"data_repairs": snapshot.repairs} if snapshot.repairs else {}),
     }
+    module_lineage = train_dir / "module.json"  # written by fit for a team's own module (model.flavor=lightning)
+    if module_lineage.is_file():
+        lineage["module"] = json.loads(module_lineage.read_text())
+        files["module.json"] = module_lineage
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
         tracker.log_dict(mv.lineage, "lineage.json")
@@ -305,6 +310,7 @@ def judge(spec: Gate, candidate: dict[str, float], champion: dict[str, float] | 
 def gate(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
     """Judge a candidate against the champion in the model store, and record the verdict as its status."""
     store = stack.model_store
+    _gate_metrics_logged(spec, metrics)
     champion = store.aliases(stack.cfg.name).get("champion")
     champion_metrics = store.get(stack.cfg.name, champion).lineage["metrics"] if champion else None
     verdict = judge(spec, metrics.values, champion_metrics, champion)
@@ -313,6 +319,20 @@ def gate(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetr
     else:
         store.set_status(stack.cfg.name, version.version, "rejected", verdict.reasons)
     return verdict
+
+
+def _gate_metrics_logged(spec: Gate, metrics: TestMetrics) -> None:
+    """A team's module logs its own test metrics: a gate on one it never logs is a config error, not a KeyError."""
+    from mlops.errors import ConfigError, Problem
+
+    named = [("maturity.gate.metric", spec.metric), *((f"maturity.gate.floors.{k}", k) for k in spec.floors),
+             *((f"maturity.gate.ceilings.{k}", k) for k in spec.ceilings)]
+    logged = ", ".join(sorted(metrics.values)) or "nothing"
+    problems = [Problem(key, f"the gate compares {name!r}, which the model's test_step never logs; it logs: "
+                        f"{logged}", "", "gate on a logged metric, or log it in test_step")
+                for key, name in named if name not in metrics.values]
+    if problems:
+        raise ConfigError(problems)
 
 
 def export(stack: Stack, version: RegisteredVersion) -> ExportedModel:

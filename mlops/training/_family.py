@@ -18,6 +18,43 @@ YAML::
 
 The framework's Trainer fits it (compute group, early stopping, checkpoints, tracking) and logs
 `val_loss` and the task's validation metric; `evaluate` computes the test metrics the gate compares.
+
+A family may also provide ``datamodule(module, split, batch_size, num_workers)`` (default: the tabular MLP's),
+``checkpoint_extras(module)`` (a dict saved in the checkpoint under ``"mlops"``), ``lineage(module)`` (added
+to the registered version's lineage as ``module``) and ``check(model, data, project)`` (read-only problems at
+config load, as ``(key, message, hint)``).
+
+A team's own LightningModule: ``model.flavor: lightning`` (mlops.training._lightning)
+--------------------------------------------------------------------------------------
+YAML::
+
+    model:
+      flavor: lightning                      # with `defaults: [{override /model: lightning}]` in the recipe
+      module: models.churn:ChurnNet          # models/churn.py next to recipes/, or an installed package
+      init_args: {hidden: 32}
+      task: classification
+
+The contract, when the framework's datamodule feeds it (no ``datamodule:``):
+
+- **Input.** Batches are ``(x, y)``. ``x`` is float32 ``[B, F]``: the ``data.numeric`` columns standardised
+  with the train split's mean and std (NaN → the mean), then each ``data.categorical`` column one-hot over
+  ``[unknown, *sorted train vocabulary]``: the tabular MLP's preprocessing, fitted on the train split only.
+- **Target.** ``y`` is int64 class indices into the sorted train classes (classification) or the float32
+  target in its own units (regression).
+- **Sizes.** If its constructor takes ``in_features`` and (classification) ``num_classes`` and ``init_args``
+  does not set them, the framework passes ``F`` and the number of classes.
+- **Output.** ``forward(x)`` returns ``[B, C]`` logits or probabilities (classification) or ``[B]`` / ``[B, 1]``
+  predictions (regression). Served, logits become probabilities (softmax) and predictions ``[B, 1]``.
+- **Example.** ``self.example_input_array`` is set (e.g. ``torch.zeros(2, in_features)``): the load-time check
+  runs forward on it, and the ONNX export traces with it.
+- **Metrics.** ``validation_step`` logs ``val_loss`` (or ``model.early_stopping.monitor``); ``test_step`` logs
+  the metrics the gate compares (``test_acc`` and ``test_rmse`` are the default gate metrics).
+- **Export.** The preprocessing is wrapped around the module in the exported graph, so served requests are the
+  raw ``numeric``/``categorical`` rows the tabular MLP takes.
+
+With ``datamodule: pkg.mod:Data`` it is built as ``Data(train=, val=, test=, batch_size=)`` from the split's raw
+frames and feeds the module whatever it likes; the served model then takes the tensors its
+``example_input_array`` names (``input``, or ``input_0..``, or the dict's keys), and classes are indices.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mlops._atomic import write_atomic
-from mlops.errors import MlopsError
+from mlops.errors import ConfigError, MlopsError, Problem
 from mlops.recipe.schema import Config
 from mlops.training._family import model_family
 from mlops.training._module import TabularDataModule, TabularMLP
@@ -27,6 +27,7 @@ from mlops.training._split import Split
 
 CHECKPOINT = "model.ckpt"
 HISTORY = "history.json"
+MODULE = "module.json"  # a team's own module: its import path and source hash, for the lineage
 
 
 @dataclass(frozen=True)
@@ -84,13 +85,24 @@ def _tabular_run() -> Iterator[None]:
 
 
 
+def _datamodule(family: object, module: pl.LightningModule, cfg: Config, split: Split) -> pl.LightningDataModule:
+    """The family's own datamodule when it has one (the `lightning` flavor's), else the tabular MLP's."""
+    make = getattr(family, "datamodule", None)
+    if make is not None:
+        return make(module, split, cfg.model.batch_size, cfg.compute.num_workers)
+    return TabularDataModule(module, split, cfg.model.batch_size, cfg.compute.num_workers)
+
+
 def fit(
-    cfg: Config, split: Split, out_dir: Path, *, loggers: list | None = None, progress: bool = False
+    cfg: Config, split: Split, out_dir: Path, *, loggers: list | None = None, progress: bool = False,
+    project: Path | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on ``split`` and keep the best epoch by ``cfg.model.early_stopping.monitor``.
 
     Writes ``out_dir/model.ckpt`` (the best weights, loadable by :func:`load_module`) and
     ``out_dir/history.json`` (one row of metrics per epoch). The same recipe and data give the same metrics.
+    A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
+    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -99,8 +111,12 @@ def fit(
         logging.getLogger(name).setLevel(logging.WARNING)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     family = model_family(cfg.model.flavor)
+    if project is not None and hasattr(family, "checkpoint_extras"):
+        from mlops.training._lightning import importable
+
+        importable(project)
     module = family.from_train(cfg.model, cfg.data, split.train)
-    data = TabularDataModule(module, split, cfg.model.batch_size, cfg.compute.num_workers)
+    data = _datamodule(family, module, cfg, split)
 
     es = cfg.model.early_stopping
     # A fixed scratch path, so every DDP rank agrees on where the best checkpoint is.
@@ -133,13 +149,28 @@ def fit(
     )
     checkpoint = out_dir / CHECKPOINT
     try:
-        with _tabular_run():
-            trainer.fit(module, datamodule=data)
+        try:
+            with _tabular_run():
+                trainer.fit(module, datamodule=data)
+        except Exception:
+            # Lightning's own words for a module that never logs the monitored metric name the callback, not
+            # the recipe key: say which key and which metrics it does log.
+            _missing_monitor(trainer, es.monitor, module)
+            raise
+        extras = getattr(family, "checkpoint_extras", None)
+        if extras is not None and trainer.is_global_zero:
+            # The team's class reloads its own weights; what the framework added rides along in the checkpoint.
+            saved = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+            saved["mlops"] = extras(module)
+            torch.save(saved, best.best_model_path)
+        trainer.strategy.barrier()
         trained = family.load_from_checkpoint(best.best_model_path, map_location="cpu").eval()
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             os.replace(best.best_model_path, checkpoint)
             write_atomic(out_dir / HISTORY, json.dumps(history.rows, indent=2))
+            if extras is not None:
+                write_atomic(out_dir / MODULE, json.dumps(family.lineage(trained), indent=2))
     finally:
         if trainer.is_global_zero:
             shutil.rmtree(work, ignore_errors=True)
@@ -166,7 +197,19 @@ def evaluate(cfg: Config, module: TabularMLP, split: Split) -> dict[str, float]:
         enable_model_summary=False,
         default_root_dir=tempfile.gettempdir(),
     )
-    data = TabularDataModule(module, split, cfg.model.batch_size, cfg.compute.num_workers)
+    data = _datamodule(model_family(cfg.model.flavor), module, cfg, split)
     with _tabular_run():
         (metrics,) = trainer.test(module, datamodule=data, verbose=False)
+    if not metrics:
+        raise ConfigError([Problem("model.module", f"{type(module).__name__}.test_step logs no metric, so there is "
+                                   "nothing to evaluate or gate on", "",
+                                   "log test metrics in test_step, e.g. self.log('test_acc', acc)")])
     return {k: float(v) for k, v in sorted(metrics.items())}
+
+
+def _missing_monitor(trainer: pl.Trainer, monitor: str, module: pl.LightningModule) -> None:
+    if monitor not in trainer.callback_metrics:
+        logged = ", ".join(sorted(trainer.callback_metrics)) or "nothing"
+        raise ConfigError([Problem("model.early_stopping.monitor", f"{type(module).__name__} never logs "
+                                   f"{monitor!r}, which early stopping and the best checkpoint follow; it logs: "
+                                   f"{logged}", "", f"self.log('{monitor}', loss) in validation_step")])

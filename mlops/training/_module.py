@@ -24,6 +24,34 @@ from mlops.recipe.schema import DataConfig, ModelConfig
 from mlops.training._split import Split
 
 
+def fit_preprocessing(task: str, data: DataConfig, train: pd.DataFrame) -> dict[str, Any]:
+    """The statistics of the framework's preprocessing, fitted on ``train`` only: numeric means and stds (std 0
+    becomes 1), sorted category vocabularies, sorted classes and the regression target's mean and std."""
+    num = numeric_array(train, data.numeric).astype(np.float64)
+    with np.errstate(all="ignore"):
+        mean = np.nan_to_num(np.nanmean(num, axis=0)) if data.numeric else np.zeros(0)
+        std = np.nan_to_num(np.nanstd(num, axis=0)) if data.numeric else np.zeros(0)
+    # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
+    std[std == 0] = 1.0
+    strings = categorical_strings(train, data.categorical)
+    categories = [sorted(set(strings[:, j]) - {""}) for j in range(len(data.categorical))]
+    y = train[data.target]
+    if task == "classification":
+        classes = sorted(pd.unique(y).tolist())
+        if len(classes) < 2:
+            raise DataError(
+                f"the training split has a single class {classes} in `data.target={data.target}`; "
+                "a classifier needs at least two. Check the target column or use task=regression."
+            )
+        target_mean, target_std = 0.0, 1.0
+    else:
+        classes = []
+        target_mean, target_std = float(y.mean()), float(y.std(ddof=0)) or 1.0
+    return {"numeric": list(data.numeric), "categorical": list(data.categorical), "num_mean": mean.tolist(),
+            "num_std": std.tolist(), "categories": categories, "classes": classes, "target_mean": target_mean,
+            "target_std": target_std}
+
+
 class TabularMLP(pl.LightningModule):
     """An MLP over standardised numeric columns and one-hot categorical columns.
 
@@ -90,33 +118,16 @@ class TabularMLP(pl.LightningModule):
     @classmethod
     def from_train(cls, model: ModelConfig, data: DataConfig, train: pd.DataFrame) -> TabularMLP:
         """Fit the preprocessing on ``train`` (and nothing else) and build an untrained module around it."""
-        num = numeric_array(train, data.numeric).astype(np.float64)
-        with np.errstate(all="ignore"):
-            mean = np.nan_to_num(np.nanmean(num, axis=0)) if data.numeric else np.zeros(0)
-            std = np.nan_to_num(np.nanstd(num, axis=0)) if data.numeric else np.zeros(0)
-        # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
-        std[std == 0] = 1.0
-        strings = categorical_strings(train, data.categorical)
-        categories = [sorted(set(strings[:, j]) - {""}) for j in range(len(data.categorical))]
-        y = train[data.target]
-        if model.task == "classification":
-            classes = sorted(pd.unique(y).tolist())
-            if len(classes) < 2:
-                raise DataError(
-                    f"the training split has a single class {classes} in `data.target={data.target}`; "
-                    "a classifier needs at least two. Check the target column or use task=regression."
-                )
-            target_mean, target_std = 0.0, 1.0
-        else:
-            classes = []
-            target_mean, target_std = float(y.mean()), float(y.std(ddof=0)) or 1.0
+        stats = fit_preprocessing(model.task, data, train)
+        mean, std, categories = stats["num_mean"], stats["num_std"], stats["categories"]
+        classes, target_mean, target_std = stats["classes"], stats["target_mean"], stats["target_std"]
         return cls(
             task=model.task,
             target=data.target,
             numeric=list(data.numeric),
             categorical=list(data.categorical),
-            num_mean=mean.tolist(),
-            num_std=std.tolist(),
+            num_mean=mean,
+            num_std=std,
             categories=categories,
             classes=classes,
             target_mean=target_mean,

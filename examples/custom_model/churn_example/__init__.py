@@ -1,0 +1,1 @@
+"""ChurnNet and the mlops flavor that publishes it (`model=churn_net`)."""
