@@ -6,7 +6,8 @@
     ├── ServiceError                exit 4   a local service (Prefect, Triton) failed to start, answer or stop
     ├── TargetUnavailable           exit 5   the target cannot be reached from here (no pulumi CLI, no credentials)
     ├── RegistryError               exit 6   a model version or alias does not exist, or would be overwritten
-    └── PredictError                exit 7   the rows sent to `mlops predict` do not fit the model's signature
+    ├── PredictError                exit 7   the rows sent to `mlops predict` do not fit the model's signature
+    └── GateRejected                exit 8   the version `up` trained fails the recipe's floors or ceilings (maturity.gate)
 
 The CLI prints ``str(error)`` (one paragraph, or one paragraph per problem)
 and exits with ``error.exit_code``; a traceback only with ``--debug``.
@@ -73,3 +74,8 @@ class RegistryError(MlopsError):
 class PredictError(MlopsError):
     exit_code = 7
     title = "bad input rows"
+
+
+class GateRejected(MlopsError):
+    exit_code = 8
+    title = "model rejected by the gate"

@@ -213,7 +213,7 @@ def test_up_never_serves_garbage(project):
     frame.loc[9, "monthly_charges"] = -1e308
     frame.to_csv(project / "garbage.csv", index=False)
     proc = mlops(project, "up", "recipe=churn", "data.path=garbage.csv", check=False)
-    # (Prefect's own task-failure log still prints a traceback above mlops' message: not this test's concern.)
+    assert "Traceback" not in proc.stderr + proc.stdout  # the run page has it; the terminal gets one paragraph
     assert proc.returncode == 3 and "READY" not in proc.stderr + proc.stdout and "mlops: data validation failed" \
         in proc.stderr
     assert "column 'monthly_charges' has 2 non-finite or out-of-float32-range value(s) (row 5: inf, row 9: " \
@@ -223,3 +223,17 @@ def test_up_never_serves_garbage(project):
     assert "not finite" in proc.stderr or "model.lr" in proc.stderr, proc.stderr
     after = _versions(project, "churn") if (project / ".mlops/registry/churn").is_dir() else []
     assert after == before
+
+
+def test_up_holds_the_model_to_the_recipes_floors_at_level_0(project):
+    """maturity 0 has no champion gate, but the recipe's floors still apply before anything is served."""
+    proc = mlops(project, "up", "recipe=churn", "seed=11", "model.max_epochs=2", "+maturity.gate.floors.test_acc=0.9999",
+                 check=False)
+    assert proc.returncode == 8 and "READY" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    assert "is below the floor 0.9999 <maturity.gate.floors.test_acc>" in proc.stderr
+    assert "It stays registered, marked rejected" in proc.stderr
+    latest = _versions(project, "churn")[-1]
+    status = json.loads((project / ".mlops/registry/churn/status.json").read_text())
+    assert status[latest]["status"] == "rejected"
+    served = [m for m in _status(project)["models"] if m["name"] == "churn" and str(m["version"]) == latest]
+    assert served == []

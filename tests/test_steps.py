@@ -298,3 +298,24 @@ def test_the_pipeline_serves_what_it_trained(tmp_path, inprocess_server):
     # The rows are checked against the version's signature before the model sees them.
     with pytest.raises(PredictError, match="'mean radius' is missing"):
         stack.server.predict(rows.drop(columns=["mean radius"]))
+
+
+def test_floors_hold_at_every_level_before_anything_is_served(tmp_path, inprocess_server):
+    """Level 0 (no automated gate): `up`'s run still holds the version to the recipe's floors and ceilings, and to
+    finite metrics; a version that fails is marked rejected and nothing is served."""
+    from mlops.errors import GateRejected
+    from mlops.plan import gate_spec
+
+    stack = _stack(tmp_path, "maturity=0", "+maturity.gate.floors.test_acc=0.9", "+maturity.gate.ceilings.test_loss=1")
+    assert compile_plan(stack.cfg).gates == ()  # no champion gate at level 0 ...
+    spec = gate_spec(stack.cfg)  # ... but the bounds apply
+    low = _register(stack, "k1", test_acc=0.8, test_loss=0.4)
+    with pytest.raises(GateRejected, match=r"churn@1 is not served: test_acc=0.8000 is below the floor 0.9"):
+        steps.hold_to_floors(stack, spec, low, TestMetrics(values={"test_acc": 0.8, "test_loss": 0.4}))
+    assert stack.model_store.statuses("churn")[1]["status"] == "rejected"
+    nan = _register(stack, "k2", test_acc=0.95, test_loss=float("nan"))
+    with pytest.raises(GateRejected, match="test_loss=nan is not a finite number"):
+        steps.hold_to_floors(stack, spec, nan, TestMetrics(values={"test_acc": 0.95, "test_loss": float("nan")}))
+    good = _register(stack, "k3", test_acc=0.95, test_loss=0.2)
+    assert steps.hold_to_floors(stack, spec, good, TestMetrics(values={"test_acc": 0.95, "test_loss": 0.2})).passed
+    assert stack.model_store.aliases("churn") == {} and stack.server.served() == []

@@ -59,7 +59,7 @@ from mlops.artifacts import (
 )
 from mlops.errors import DataError
 from mlops.flows import _report as report
-from mlops.plan import Gate, compile_plan
+from mlops.plan import Gate, compile_plan, gate_spec
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
 
@@ -206,6 +206,7 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
             version = _run("register", register, stack, snapshot, trained, metrics)
         finally:
             steps.end_open_runs("FAILED")
+        steps.hold_to_floors(stack, gate_spec(cfg), version, metrics)  # every level: floors before serving
         exported = _run("export", export, stack, version)
         served = _run("deploy", deploy, stack, exported)
     _log_run(stack, UP_FLOW, "up", version=version.version, steps=list(UP_STEPS))

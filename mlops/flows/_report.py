@@ -49,6 +49,24 @@ class _ConsoleQuiet(logging.Filter):
         return record.levelno >= logging.WARNING or not record.name.startswith(_RUN_LOGGERS)
 
 
+class _NoTraceback(logging.Filter):
+    """The run loggers' records (a failed task's traceback and its "Finished in state Failed(...)" among them)
+    go to the API, where the run page shows them; the terminal gets mlops' own progress and its one-paragraph
+    error instead (`--debug` for a traceback), so a failure is said once, never as a traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(_RUN_LOGGERS)
+
+
+def quiet_tracebacks() -> None:
+    """Keep run loggers' tracebacks off the terminal's handlers (not off the API's)."""
+    for handler in logging.getLogger().handlers + logging.getLogger("prefect").handlers:
+        if "APILogHandler" in type(handler).__name__:
+            continue
+        if not any(isinstance(f, _NoTraceback) for f in handler.filters):
+            handler.addFilter(_NoTraceback())
+
+
 def _enable_run_logs() -> None:
     # PREFECT_LOGGING_LEVEL=WARNING (targets/_prefect.py: a quiet terminal) also silences the run loggers, which
     # inherit it: the run page then says "This run didn't generate logs". Lift them to INFO and filter the
@@ -77,6 +95,7 @@ def log() -> Any:
     except MissingContextError:
         return _fallback
     _enable_run_logs()
+    quiet_tracebacks()
     return logger
 
 

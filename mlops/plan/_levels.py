@@ -109,14 +109,20 @@ def level_2(plan: Plan, cfg: Config) -> Plan:
     })
 
 
-def level_3(plan: Plan, cfg: Config) -> Plan:
-    """Deployment automated: the training deployment gates the candidate and deploys it if it passes."""
-    name = train_deployment(cfg.name)
+def gate_spec(cfg: Config) -> Gate:
+    """The recipe's gate (`maturity.gate`). Level 3+ judges every candidate with it against the champion; at
+    every level, `up`'s own run holds a version to its absolute floors and ceilings before serving it."""
     metric, direction = cfg.gate_metric
-    gate = Gate(name="champion", after="register", metric=metric, direction=direction,
+    return Gate(name="champion", after="register", metric=metric, direction=direction,
                 min_improvement=cfg.maturity.gate.min_improvement, floors=dict(cfg.maturity.gate.floors),
                 ceilings=dict(cfg.maturity.gate.ceilings), on_pass=f"promote and deploy to {cfg.serving.flavor}",
                 on_fail="mark the version rejected with the reasons; champion and served version unchanged")
+
+
+def level_3(plan: Plan, cfg: Config) -> Plan:
+    """Deployment automated: the training deployment gates the candidate and deploys it if it passes."""
+    name = train_deployment(cfg.name)
+    gate = gate_spec(cfg)
     deployments = tuple(
         d.model_copy(update={"steps": (*d.steps, "gate", "export", "deploy"), "parameters": {"release": True},
                              "emits": (*d.emits, GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED)})

@@ -8,6 +8,7 @@ from mlops.steps._steps import (
     evaluate,
     export,
     gate,
+    hold_to_floors,
     ingest,
     judge,
     latest_snapshot,
@@ -29,7 +30,7 @@ from mlops.steps._steps import (
 )
 
 __all__ = sorted([
-    "batch_profiler", "check_frame", "deploy", "end_open_runs", "evaluate", "export", "gate", "ingest", "judge", "latest_snapshot",
+    "batch_profiler", "check_frame", "deploy", "end_open_runs", "evaluate", "export", "gate", "hold_to_floors", "ingest", "judge", "latest_snapshot",
     "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "reference_profile", "register", "reopen_run",
     "require", "require_finite", "rollback", "train", "validate", "validated_snapshots",
 ])

@@ -307,6 +307,22 @@ def judge(spec: Gate, candidate: dict[str, float], champion: dict[str, float] | 
                        champion_version=champion_version)
 
 
+def hold_to_floors(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
+    """Every level: a version `up` would serve must reach the recipe's absolute floors and ceilings
+    (`maturity.gate.floors`, `.ceilings`) and have finite metrics, whatever the champion. A version that does not
+    is marked rejected with the reasons and GateRejected is raised: nothing is served."""
+    from mlops.errors import GateRejected
+
+    _gate_metrics_logged(spec, metrics)
+    verdict = judge(spec, metrics.values, None)
+    if not verdict.passed:
+        stack.model_store.set_status(stack.cfg.name, version.version, "rejected", verdict.reasons)
+        raise GateRejected(f"{stack.cfg.name}@{version.version} is not served: " + "; ".join(verdict.reasons)
+                           + ". It stays registered, marked rejected. Fix the data or the model, or change the "
+                           "bounds in the recipe's maturity.gate.")
+    return verdict
+
+
 def gate(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
     """Judge a candidate against the champion in the model store, and record the verdict as its status."""
     store = stack.model_store
