@@ -6,7 +6,8 @@
     ├── ServiceError                exit 4   a local service (Prefect, Triton) failed to start, answer or stop
     ├── TargetUnavailable           exit 5   the target cannot be reached from here (no pulumi CLI, no credentials)
     ├── RegistryError               exit 6   a model version or alias does not exist, or would be overwritten
-    └── PredictError                exit 7   the rows sent to `mlops predict` do not fit the model's signature
+    ├── PredictError                exit 7   the rows sent to `mlops predict` do not fit the model's signature
+    └── ProjectBusy                 exit 8   another command is changing the same project now (`--wait` waits)
 
 The CLI prints ``str(error)`` (one paragraph, or one paragraph per problem)
 and exits with ``error.exit_code``; a traceback only with ``--debug``.
@@ -73,3 +74,10 @@ class RegistryError(MlopsError):
 class PredictError(MlopsError):
     exit_code = 7
     title = "bad input rows"
+
+
+class ProjectBusy(MlopsError):
+    """Another `mlops` command holds the project lock (mlops._lock); the message names it."""
+
+    exit_code = 8
+    title = "project busy"
