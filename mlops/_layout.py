@@ -132,9 +132,14 @@ class Layout:
         """The model repository the local Triton serves."""
         return self.triton / "models"
 
+    @property
+    def serving_states(self) -> Path:
+        """The folder of the ``serving_state`` files: which models the local Triton serves."""
+        return self.triton / "serving"
+
     def serving_state(self, model_name: str) -> Path:
         """Which versions of a served model are champion and previous."""
-        return self.triton / "serving" / f"{model_name}.json"
+        return self.serving_states / f"{model_name}.json"
 
     @property
     def pulumi(self) -> Path:

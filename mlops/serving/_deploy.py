@@ -156,9 +156,14 @@ def deploy_version(cfg: Config, exported: dict[str, Any], state_dir: Path) -> di
 
 
 def ensure_triton(cfg: Config, state_dir: Path) -> None:
+    """Start Triton if it is not running. A start (the first, or after Triton died) loads every model that was
+    served, at the versions its config.pbtxt names (champion and previous), so serving is back without a deploy."""
     repo = _repo(state_dir)
     repo.mkdir(parents=True, exist_ok=True)
-    _server.TritonServer(state_dir).start(repo, cfg.serving)
+    server = _server.TritonServer(state_dir)
+    served = [] if server.pid() is not None else sorted(
+        p.stem for p in Layout(state_dir).serving_states.glob("*.json") if (repo / p.stem / "config.pbtxt").is_file())
+    server.start(repo, cfg.serving, models=served)
 
 
 def stop_triton(state_dir: Path, drain_s: float = _server.DRAIN_TIMEOUT_S) -> bool:
