@@ -11,14 +11,17 @@ file is removed and the target is left as it was.
     sha256_file(path)                 a file's sha256, read in chunks
     fsync_path(path)                  fsync one file or folder
     fsync_tree(folder)                fsync a folder and all it holds, before renaming it into place
+    with disk_full_is_an_error(path): a full disk (ENOSPC, EDQUOT) while writing under ``path`` becomes an
+        MlopsError that names the path, instead of a bare OSError and its traceback
 
 Temporary files are named ``.<name>.<random>.tmp``: hidden, and never matching a pattern such as
-``*.npz`` that a reader globs for. This module is the bottom layer: it imports only the standard
-library, so any part of mlops (the serving process included) can use it.
+``*.npz`` that a reader globs for. This module is near the bottom layer: it imports only the standard
+library and mlops.errors, so any part of mlops (the serving process included) can use it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -26,7 +29,45 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "fsync_path", "fsync_tree", "sha256_file", "write_atomic"]
+from mlops.errors import MlopsError
+
+__all__ = ["DiskFull", "atomic_path", "disk_full_is_an_error", "fsync_path", "fsync_tree", "sha256_file",
+           "write_atomic"]
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(MlopsError, OSError):
+    """No space left (or the quota is used up) where mlops was writing; what was being written was not kept.
+
+    An OSError too (with the errno), so a caller that handled the bare OSError before still does."""
+
+    title = "no space left"
+
+
+@contextmanager
+def disk_full_is_an_error(path: str | os.PathLike[str], what: str = "") -> Iterator[None]:
+    """Turn ENOSPC/EDQUOT raised in the block into :class:`DiskFull` naming ``path`` (other errors pass through).
+
+    The writers that use it (``atomic_path``, the registry, exports, the served repository) remove their
+    temporary files on the way out, so the message can promise that nothing half-written was left.
+    """
+    try:
+        yield
+    except DiskFull:
+        raise
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        where = exc.filename2 or exc.filename or path  # a copy names its source first, its target second
+        full = DiskFull(
+            f"no space left on the device while writing {what + ' to ' if what else ''}{where} "
+            f"({os.strerror(exc.errno)}). Nothing half-written was kept and what was there before is unchanged "
+            f"(the served model keeps serving). Free space on the file system of {path} (`df -h {path}`), "
+            "or move the project's state elsewhere with `target.state_dir=...`, then run the command again."
+        )
+        full.errno = exc.errno
+        raise full from exc
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
@@ -45,16 +86,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     raises, the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _reserve(path)
-    try:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)
+    with disk_full_is_an_error(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _reserve(path)
+        try:
+            yield tmp
+            fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_path(path.parent)
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

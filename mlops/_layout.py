@@ -21,6 +21,7 @@ Every module asks this for a path instead of joining strings onto ``state_dir``,
       runner/<model>.json  the Prefect runner's spec (+ .ready with the Plan digest)
       triton/              the local Triton: runtime, server.json, models/ (the served repository),
                            serving/<model_name>.json (champion and previous)
+      lock lock.json       the project lock: held (flock) by the command that changes the project, and who that is
       pulumi-stack.json    target=aws: the stack `up` provisioned, so `down` works from saved state alone
       prefect/ triton/ pulumi/ neptune/ mlflow.db mlartifacts/   each tool's own files
 
@@ -111,6 +112,16 @@ class Layout:
     def runner_spec(self, model: str) -> Path:
         return self.root / "runner" / f"{model}.json"
 
+    @property
+    def lock(self) -> Path:
+        """The file `up`, `down`, `run`, `deploy`, `promote` and `rollback` hold a flock on (mlops._lock)."""
+        return self.root / "lock"
+
+    @property
+    def lock_holder(self) -> Path:
+        """Who holds the lock: ``{"pid", "command", "since"}``, replaced atomically by each holder."""
+        return self.root / "lock.json"
+
     # ---------------------------------------------------------------- each tool's own files
     @property
     def prefect(self) -> Path:
@@ -131,9 +142,14 @@ class Layout:
         """The model repository the local Triton serves."""
         return self.triton / "models"
 
+    @property
+    def serving_states(self) -> Path:
+        """The folder of the ``serving_state`` files: which models the local Triton serves."""
+        return self.triton / "serving"
+
     def serving_state(self, model_name: str) -> Path:
         """Which versions of a served model are champion and previous."""
-        return self.triton / "serving" / f"{model_name}.json"
+        return self.serving_states / f"{model_name}.json"
 
     @property
     def pulumi(self) -> Path:

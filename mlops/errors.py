@@ -7,7 +7,8 @@
     ├── TargetUnavailable           exit 5   the target cannot be reached from here (no pulumi CLI, no credentials)
     ├── RegistryError               exit 6   a model version or alias does not exist, or would be overwritten
     ├── PredictError                exit 7   the rows sent to `mlops predict` do not fit the model's signature
-    └── GateRejected                exit 8   the version `up` trained fails the recipe's floors or ceilings (maturity.gate)
+    ├── ProjectBusy                 exit 8   another command is changing the same project now (`--wait` waits)
+    └── GateRejected                exit 9   the version `up` trained fails the recipe's floors or ceilings (maturity.gate)
 
 The CLI prints ``str(error)`` (one paragraph, or one paragraph per problem)
 and exits with ``error.exit_code``; a traceback only with ``--debug``.
@@ -76,6 +77,13 @@ class PredictError(MlopsError):
     title = "bad input rows"
 
 
-class GateRejected(MlopsError):
+class ProjectBusy(MlopsError):
+    """Another `mlops` command holds the project lock (mlops._lock); the message names it."""
+
     exit_code = 8
+    title = "project busy"
+
+
+class GateRejected(MlopsError):
+    exit_code = 9
     title = "model rejected by the gate"

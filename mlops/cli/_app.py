@@ -1,7 +1,7 @@
 """`mlops`: the command line. Every command validates the config before any side effect.
 
 Exit codes: 0 ok · 1 unexpected · 2 bad config or usage · 3 data failed validation ·
-4 a service failed · 5 target unavailable · 6 registry · 7 bad input rows.
+4 a service failed · 5 target unavailable · 6 registry · 7 bad input rows · 8 project busy (another command holds its lock).
 
 Each command imports the layers it uses inside its body (import cost: targets, serving and flows bring in
 pandas, Triton's client and Prefect), so `mlops --help` and the light commands start fast.
@@ -26,6 +26,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 OVERRIDES_HELP = "Hydra overrides: group=option (recipe=churn, stack=reasonable-scale, maturity=3) or key=value (model.lr=3e-4)."
 Overrides = Annotated[list[str] | None, typer.Argument(help=OVERRIDES_HELP, show_default=False)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+WaitFlag = Annotated[bool, typer.Option("--wait", help="If another command is changing this project, wait for it "
+                                        "to finish instead of failing with exit code 8.")]
 
 app = typer.Typer(
     name="mlops",
@@ -123,6 +125,16 @@ def _project() -> Path:
     return project_dir(_Options.project)
 
 
+def _locked(cfg, wait: bool):
+    """The project lock (mlops._lock) for a command that changes the project's state or services."""
+    from mlops._layout import Layout
+    from mlops._lock import project_lock
+
+    state_dir = (_project() / cfg.target.state_dir).resolve()
+    return project_lock(Layout(state_dir), wait=wait,
+                        on_wait=lambda who: err.print(f"waiting for {who} to finish ...", markup=False))
+
+
 def _print_json(obj: Any) -> None:
     """Strict JSON (RFC 8259 has no NaN or Infinity): a non-finite number becomes null, and its path is listed
     under "non_finite" so a reader knows the null is not a missing value."""
@@ -155,6 +167,7 @@ def up(
     overrides: Overrides = None,
     rerun: Annotated[bool, typer.Option("--rerun", help="Run the flow even when the served model is up to date "
                                         "(cached steps are still reused).")] = False,
+    wait: WaitFlag = False,
 ) -> None:
     """Start the services and run the recipe end to end: ingest, validate, train, evaluate, register, export, deploy.
 
@@ -167,7 +180,8 @@ def up(
     t0 = time.perf_counter()
     cfg = _load(overrides)
     target = get_target(cfg, _project())
-    result = target.up(progress=err.is_terminal, rerun=rerun)
+    with _locked(cfg, wait):
+        result = target.up(progress=err.is_terminal, rerun=rerun)
     took = time.perf_counter() - t0
     served = f"{result['model']} version {result['version']}"
     err.print(f"[bold green]up[/] in {took:.1f}s: {served} is READY "
@@ -180,7 +194,7 @@ def up(
 
 
 @app.command()
-def down(overrides: Overrides = None, json_: JsonFlag = False) -> None:
+def down(overrides: Overrides = None, json_: JsonFlag = False, wait: WaitFlag = False) -> None:
     """Stop every service `up` started and free their ports. Artifacts, registry and tracking data stay.
 
     Example: mlops down
@@ -188,7 +202,8 @@ def down(overrides: Overrides = None, json_: JsonFlag = False) -> None:
     from mlops.targets import get_target
 
     cfg = _load(overrides, check_data=False, needs_recipe=False)
-    stopped = get_target(cfg, _project()).down()
+    with _locked(cfg, wait):
+        stopped = get_target(cfg, _project()).down()
     if json_:
         _print_json(stopped)
     else:

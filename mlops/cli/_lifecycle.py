@@ -11,7 +11,7 @@ import typer
 
 from mlops._names import MANUAL_STEPS
 from mlops._layout import Layout
-from mlops.cli._app import JsonFlag, Overrides, _load, _print_json, _project, app, out
+from mlops.cli._app import JsonFlag, Overrides, WaitFlag, _load, _locked, _print_json, _project, app, out
 from mlops.errors import ConfigError, Problem
 
 Force = Annotated[bool, typer.Option("--force", help="Also promote a version the gate rejected.")]
@@ -54,36 +54,38 @@ def promote_version(cfg, version: int, by: str, force: bool = False) -> dict[str
     return {"model": cfg.name, "version": version, "endpoint": served.endpoint, "url": served.url}
 
 
-def _make_champion(ref: str, overrides: list[str] | None, force: bool, json_: bool, by: str) -> None:
+def _make_champion(ref: str, overrides: list[str] | None, force: bool, json_: bool, by: str, wait: bool) -> None:
     """`mlops deploy` (level 0) and `mlops promote` (level 2): the same act, named for who does it."""
     model, version = _ref(ref)
-    result = promote_version(_cfg_for(model, overrides), version, by, force)
+    cfg = _cfg_for(model, overrides)
+    with _locked(cfg, wait):
+        result = promote_version(cfg, version, by, force)
     _print_json(result) if json_ else out.print(f"{model}@{version} is the champion, served at {result['endpoint']}")
 
 
 @app.command()
 def deploy(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
-           force: Force = False, json_: JsonFlag = False) -> None:
+           force: Force = False, json_: JsonFlag = False, wait: WaitFlag = False) -> None:
     """Export a registered version, serve it on the model server and make it the champion (level 0: a person deploys).
 
     Example: mlops deploy breast_cancer@1
     """
-    _make_champion(ref, overrides, force, json_, by="mlops deploy")
+    _make_champion(ref, overrides, force, json_, by="mlops deploy", wait=wait)
 
 
 @app.command()
 def promote(ref: Annotated[str, typer.Argument(help="<model>@<version>")], overrides: Overrides = None,
-            force: Force = False, json_: JsonFlag = False) -> None:
+            force: Force = False, json_: JsonFlag = False, wait: WaitFlag = False) -> None:
     """Move the champion alias to a registered version and serve it (level 2: promotion is manual).
 
     Example: mlops promote breast_cancer@2
     """
-    _make_champion(ref, overrides, force, json_, by="mlops promote")
+    _make_champion(ref, overrides, force, json_, by="mlops promote", wait=wait)
 
 
 @app.command()
 def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).")], overrides: Overrides = None,
-             json_: JsonFlag = False) -> None:
+             json_: JsonFlag = False, wait: WaitFlag = False) -> None:
     """Restore the previous champion: the model server serves it again and the champion alias points back to it.
 
     Example: mlops rollback breast_cancer
@@ -94,9 +96,10 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
 
     cfg = _cfg_for(model, overrides)
     stack = Stack(cfg, _project())
-    frm, to, served = steps.rollback(stack)
-    RunLog(stack.layout.runs).record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
-                                             "version": to, "outcome": f"rolled back from {frm}"})
+    with _locked(cfg, wait):
+        frm, to, served = steps.rollback(stack)
+        RunLog(stack.layout.runs).record(model, {"flow": "mlops rollback", "trigger": "manual", "steps": ["deploy"],
+                                                 "version": to, "outcome": f"rolled back from {frm}"})
     if json_:
         _print_json({"model": model, "from": frm, "to": to, "endpoint": served.endpoint, "url": served.url})
     else:
@@ -105,7 +108,7 @@ def rollback(model: Annotated[str, typer.Argument(help="The model (recipe name).
 
 @app.command()
 def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
-        overrides: Overrides = None, json_: JsonFlag = False) -> None:
+        overrides: Overrides = None, json_: JsonFlag = False, wait: WaitFlag = False) -> None:
     """Run one step of the pipeline by hand, as a Prefect flow run (level 0: a person runs each step).
 
     Each step uses what the previous one left: ingest, then validate, train, evaluate, register;
@@ -129,11 +132,12 @@ def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
             f"{cfg.target.kind}`, offline with `mlops plan target={cfg.target.kind}`) and runs no pipeline step",
             f"override '{given[-1]}'" if given else "command line", f"run the step here: `{again}`")])
     target = get_target(cfg, _project())
-    target._ensure_prefect()
-    os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
-    from mlops.flows import step_flow
+    with _locked(cfg, wait):
+        target._ensure_prefect()
+        os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
+        from mlops.flows import step_flow
 
-    result = step_flow(cfg, str(target.project), str(target.state_dir), step)
+        result = step_flow(cfg, str(target.project), str(target.state_dir), step)
     if json_:
         _print_json(result)
     elif step == "register":

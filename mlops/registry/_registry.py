@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlops._atomic import fsync_path, fsync_tree, sha256_file, write_atomic
+from mlops._atomic import disk_full_is_an_error, fsync_path, fsync_tree, sha256_file, write_atomic
 from mlops.errors import RegistryError
 
 
@@ -112,22 +112,24 @@ class Registry:
             vdir = self._model_dir(model) / "versions"
             vdir.mkdir(parents=True, exist_ok=True)
             number = max((v.version for v in self.versions(model)), default=0) + 1
-            tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".incoming-"))
-            try:
-                for name, src in files.items():
-                    shutil.copy2(src, tmp / name)
-                full = {**lineage, "model": model, "version": number, "registered_at": time.time()}
-                (tmp / "lineage.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
-                manifest = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-                (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
-                for p in tmp.iterdir():
-                    p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-                fsync_tree(tmp)  # the files are on disk before the rename publishes them
-                os.rename(tmp, vdir / str(number))
-                fsync_path(vdir)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            # A full disk is a DiskFull naming the folder; the half-written version is removed either way.
+            with disk_full_is_an_error(vdir, f"{model} version {number}"):
+                tmp = Path(tempfile.mkdtemp(dir=vdir, prefix=".incoming-"))
+                try:
+                    for name, src in files.items():
+                        shutil.copy2(src, tmp / name)
+                    full = {**lineage, "model": model, "version": number, "registered_at": time.time()}
+                    (tmp / "lineage.json").write_text(json.dumps(full, indent=2, sort_keys=True, default=str))
+                    manifest = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+                    (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
+                    for p in tmp.iterdir():
+                        p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+                    fsync_tree(tmp)  # the files are on disk before the rename publishes them
+                    os.rename(tmp, vdir / str(number))
+                    fsync_path(vdir)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
             return ModelVersion(model, number, vdir / str(number), full)
 
     def verify(self, mv: ModelVersion) -> None:

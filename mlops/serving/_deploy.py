@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlops._atomic import fsync_path, fsync_tree, write_atomic
+from mlops._atomic import disk_full_is_an_error, fsync_path, fsync_tree, write_atomic
 from mlops._layout import Layout
 from mlops.errors import PredictError, RegistryError, ServiceError
 from mlops.recipe.schema import Config
@@ -41,19 +41,21 @@ def export_version(cfg: Config, version: dict[str, Any], state_dir: Path) -> dic
 
         mv = Registry(layout.registry).get(cfg.name, version["version"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".incoming-"))
-        try:
-            signature = export_onnx(load_module(mv.file("model.ckpt"), cfg.model.flavor), tmp / "model.onnx").to_dict()
-            (tmp / "signature.json").write_text(json.dumps(signature, indent=2))
-            # The same model.onnx, laid out for a stock Triton container's onnxruntime backend.
-            _repository.write_stock_repository(tmp / "triton-onnxruntime", cfg.serving.model_name, mv.version,
-                                               tmp / "model.onnx", signature, cfg.serving)
-            fsync_tree(tmp)
-            tmp.rename(out)
-            fsync_path(out.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with disk_full_is_an_error(out.parent, f"the export of {cfg.name} version {version['version']}"):
+            tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".incoming-"))
+            try:
+                module = load_module(mv.file("model.ckpt"), cfg.model.flavor)
+                signature = export_onnx(module, tmp / "model.onnx").to_dict()
+                (tmp / "signature.json").write_text(json.dumps(signature, indent=2))
+                # The same model.onnx, laid out for a stock Triton container's onnxruntime backend.
+                _repository.write_stock_repository(tmp / "triton-onnxruntime", cfg.serving.model_name, mv.version,
+                                                   tmp / "model.onnx", signature, cfg.serving)
+                fsync_tree(tmp)
+                tmp.rename(out)
+                fsync_path(out.parent)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     return {"model": cfg.name, "version": version["version"], "dir": str(out), "onnx": str(out / "model.onnx"),
             "signature": json.loads((out / "signature.json").read_text()),
             "stock_repository": str(out / "triton-onnxruntime")}
@@ -155,9 +157,14 @@ def deploy_version(cfg: Config, exported: dict[str, Any], state_dir: Path) -> di
 
 
 def ensure_triton(cfg: Config, state_dir: Path) -> None:
+    """Start Triton if it is not running. A start (the first, or after Triton died) loads every model that was
+    served, at the versions its config.pbtxt names (champion and previous), so serving is back without a deploy."""
     repo = _repo(state_dir)
     repo.mkdir(parents=True, exist_ok=True)
-    _server.TritonServer(state_dir).start(repo, cfg.serving)
+    server = _server.TritonServer(state_dir)
+    served = [] if server.pid() is not None else sorted(
+        p.stem for p in Layout(state_dir).serving_states.glob("*.json") if (repo / p.stem / "config.pbtxt").is_file())
+    server.start(repo, cfg.serving, models=served)
 
 
 def stop_triton(state_dir: Path, drain_s: float = _server.DRAIN_TIMEOUT_S) -> bool:

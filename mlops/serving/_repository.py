@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops._atomic import fsync_path, fsync_tree, sha256_file, write_atomic
+from mlops._atomic import disk_full_is_an_error, fsync_path, fsync_tree, sha256_file, write_atomic
 from mlops.errors import RegistryError
 from mlops.recipe.schema import ServingConfig
 
@@ -87,22 +87,24 @@ def publish(repo: Path, model_name: str, version: int, onnx_path: Path, signatur
                     _raise_immutable(version_dir, model_name, version, differs)
                 return version_dir
 
-        tmp = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=model_dir))
-        try:
-            tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
-            _copy(onnx_path, tmp / "model.onnx")
-            _copy(BACKEND_MODEL, tmp / "model.py")
-            (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
-            manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
-            (tmp / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
-            (tmp / COMMITTED).write_text(_sha256_text(manifest_text + "\n") + "\n", encoding="utf-8")
-            verify(tmp)  # a copy corrupted on the way is caught here, before it has a version number
-            _compile(tmp / "model.py")  # only a verified model.py is compiled
-            fsync_tree(tmp)  # on disk before the rename gives the version its number
-            os.rename(tmp, version_dir)
-            fsync_path(model_dir)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        # A full disk is a DiskFull naming the folder; the .publishing-* folder is removed either way.
+        with disk_full_is_an_error(model_dir, f"{model_name} version {version} for serving"):
+            tmp = Path(tempfile.mkdtemp(prefix=f".publishing-{version}-", dir=model_dir))
+            try:
+                tmp.chmod(0o755)  # mkdtemp's 0700 would hide the version from a server run as another user
+                _copy(onnx_path, tmp / "model.onnx")
+                _copy(BACKEND_MODEL, tmp / "model.py")
+                (tmp / "signature.json").write_text(_canonical(signature), encoding="utf-8")
+                manifest_text = json.dumps({**wanted, "model.py": sha256_file(BACKEND_MODEL)}, indent=2, sort_keys=True)
+                (tmp / MANIFEST).write_text(manifest_text + "\n", encoding="utf-8")
+                (tmp / COMMITTED).write_text(_sha256_text(manifest_text + "\n") + "\n", encoding="utf-8")
+                verify(tmp)  # a copy corrupted on the way is caught here, before it has a version number
+                _compile(tmp / "model.py")  # only a verified model.py is compiled
+                fsync_tree(tmp)  # on disk before the rename gives the version its number
+                os.rename(tmp, version_dir)
+                fsync_path(model_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     verify(version_dir)
     return version_dir
 

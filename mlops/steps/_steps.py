@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlops._atomic import write_atomic
+from mlops._atomic import disk_full_is_an_error, write_atomic
 from mlops._names import DRIFT_DETECTED, TRAFFIC_QUARANTINED
 from mlops.artifacts import (
     DatasetSnapshot,
@@ -353,12 +353,16 @@ def _gate_metrics_logged(spec: Gate, metrics: TestMetrics) -> None:
 
 def export(stack: Stack, version: RegisteredVersion) -> ExportedModel:
     """What serving the version needs (model.onnx + signature and the server's package), once per version."""
-    return stack.server.export(version)
+    with disk_full_is_an_error(stack.state_dir, f"the export of {version.model} version {version.version}"):
+        return stack.server.export(version)
 
 
 def deploy(stack: Stack, exported: ExportedModel, by: str) -> ServedModel:
-    """Serve the exported version (no failed request on the way), then move the champion alias to it."""
-    served = stack.server.deploy(exported)
+    """Serve the exported version (no failed request on the way), then move the champion alias to it.
+
+    A full disk while publishing (DiskFull) leaves the champion as it was, served and in the model store."""
+    with disk_full_is_an_error(stack.state_dir, f"{exported.model} version {exported.version} for serving"):
+        served = stack.server.deploy(exported)
     stack.model_store.promote(stack.cfg.name, exported.version, by=by)
     return served
 

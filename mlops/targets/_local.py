@@ -101,6 +101,7 @@ class LocalTarget(Target):
         with console.status("starting Prefect server (about 20 s the first time) ..."):
             self._ensure_prefect()
         console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
+        self._recover(console)
         server = self.cfg.serving.flavor
         with console.status(f"starting {server} ..."):
             self.server.start()
@@ -128,6 +129,17 @@ class LocalTarget(Target):
                       "prefect_ui": _prefect.ui_url(self.cfg)}
         result["automation"] = self.apply_plan(console)
         return result
+
+    def _recover(self, console: Any) -> None:
+        """Orphaned runs Crashed, never-judged candidates rejected (mlops.targets._recover)."""
+        os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
+        from mlops.targets._recover import recover
+
+        done = recover(self.stack)
+        if done["crashed"]:
+            console.print(f"  [yellow]![/] marked Crashed: {', '.join(done['crashed'])} (their process had ended)")
+        for v in done["rejected"]:
+            console.print(f"  [yellow]![/] {self.cfg.name}@{v} was left candidate by a run that ended: rejected")
 
     # ------------------------------------------------------------ the Plan's deployments (level 1+)
     def runner_service(self) -> Supervisor:

@@ -6,19 +6,23 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from mlops._atomic import write_atomic
+from mlops._atomic import fsync_path, write_atomic
 from mlops.errors import ConfigError, MlopsError, Problem
 from mlops.recipe.schema import Config
 from mlops.training._family import model_family
@@ -28,6 +32,9 @@ from mlops.training._split import Split
 CHECKPOINT = "model.ckpt"
 HISTORY = "history.json"
 MODULE = "module.json"  # a team's own module: its import path and source hash, for the lineage
+# The whole training state (weights, optimizer, loops, callbacks, RNGs) after the last finished epoch: a fit
+# killed mid-way resumes from it instead of epoch 0. Removed once the fit has finished.
+LAST = "last.ckpt"
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,7 @@ class FitResult:
     val_metrics: dict[str, float]
     epochs: int
     history: list[dict[str, float]]
+    resumed_after: int | None = None  # epochs an interrupted fit had finished, when this one resumed it
 
 
 class _History(pl.Callback):
@@ -49,6 +57,45 @@ class _History(pl.Callback):
         # By now the epoch's train metrics are reduced and this epoch's validation has run.
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
+
+    # Saved in last.ckpt, so a resumed fit's history still has the epochs before the interruption.
+    def state_dict(self) -> dict[str, list[dict[str, float]]]:
+        return {"rows": list(self.rows)}
+
+    def load_state_dict(self, state_dict: dict[str, list[dict[str, float]]]) -> None:
+        self.rows = list(state_dict["rows"])
+
+
+class _LastCheckpoint(pl.Callback):
+    """Save the full training state to ``path`` at the end of every epoch, atomically (a SIGKILL mid-write leaves
+    the previous epoch's file), after the other callbacks' epoch end (it is last in the list) so their state
+    (history, early stopping) is in it. The RNG states go in too: the resumed epochs shuffle and drop out as the
+    uninterrupted fit would have."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)  # every rank calls it; only global rank 0 writes
+        if trainer.is_global_zero:
+            fsync_path(tmp)
+            os.replace(tmp, self.path)
+            fsync_path(self.path.parent)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Tensors and plain tuples only: Lightning loads checkpoints with torch.load(weights_only=True).
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        return {"torch": torch.get_rng_state(), "python": random.getstate(),
+                "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Restored as Lightning restores the checkpoint, before it builds the resumed epoch's data iterator (whose
+        # shuffle seed is drawn from torch's RNG), as in the uninterrupted fit after this epoch's end.
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        random.setstate(state_dict["python"])
 
 
 class _FiniteMetrics(pl.Callback):
@@ -79,6 +126,8 @@ def _tabular_run() -> Iterator[None]:
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+            # A resumed fit finds its own best checkpoint so far in the scratch folder, on purpose.
+            warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
             yield
     finally:
         torch.set_num_threads(threads)
@@ -103,6 +152,10 @@ def fit(
     ``out_dir/history.json`` (one row of metrics per epoch). The same recipe and data give the same metrics.
     A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
     ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
+
+    ``out_dir`` is one training key's folder: while the fit runs, ``out_dir/last.ckpt`` holds the state after
+    the last finished epoch. If a fit was killed, the next fit into the same folder resumes from it (the
+    result's ``resumed_after`` says after how many epochs) and ends where the uninterrupted one would have.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -121,7 +174,11 @@ def fit(
     es = cfg.model.early_stopping
     # A fixed scratch path, so every DDP rank agrees on where the best checkpoint is.
     work = out_dir / ".fit-checkpoints"
-    shutil.rmtree(work, ignore_errors=True)
+    last = out_dir / LAST
+    resumed_after = _finished_epochs(last)
+    if resumed_after is None:
+        last.unlink(missing_ok=True)  # unreadable (it never is half-written, but a torch upgrade could do it)
+        shutil.rmtree(work, ignore_errors=True)  # on a resume the best checkpoint so far is in there: kept
     history = _History()
     best = ModelCheckpoint(
         dirpath=work, filename="best", monitor=es.monitor, mode=es.mode, save_top_k=1, save_weights_only=True
@@ -129,6 +186,7 @@ def fit(
     callbacks: list[pl.Callback] = [history, _FiniteMetrics(), best]
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
+    callbacks.append(_LastCheckpoint(last))
     c = cfg.compute
     trainer = pl.Trainer(
         accelerator=c.accelerator,
@@ -148,10 +206,13 @@ def fit(
         default_root_dir=out_dir,
     )
     checkpoint = out_dir / CHECKPOINT
+    if resumed_after is not None and trainer.is_global_zero:
+        print(f"  resuming training after epoch {resumed_after} of {cfg.model.max_epochs} from {last} "
+              "(left by an interrupted run)", file=sys.stderr, flush=True)
     try:
         try:
             with _tabular_run():
-                trainer.fit(module, datamodule=data)
+                trainer.fit(module, datamodule=data, ckpt_path=last if resumed_after is not None else None)
         except Exception:
             # Lightning's own words for a module that never logs the monitored metric name the callback, not
             # the recipe key: say which key and which metrics it does log.
@@ -171,17 +232,34 @@ def fit(
             write_atomic(out_dir / HISTORY, json.dumps(history.rows, indent=2))
             if extras is not None:
                 write_atomic(out_dir / MODULE, json.dumps(family.lineage(trained), indent=2))
-    finally:
-        if trainer.is_global_zero:
+            last.unlink(missing_ok=True)  # finished: the next fit of this key starts afresh
             shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        # A fit that raised keeps last.ckpt and the best checkpoint it names, like one that was killed: the next
+        # fit resumes. Without last.ckpt (killed in its first epoch) there is nothing to keep.
+        if trainer.is_global_zero and not last.is_file():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
 
     # ModelCheckpoint replaces its best only on a strict improvement, so the first best row is the saved epoch.
     pick = min if es.mode == "min" else max
     best_row = pick(history.rows, key=lambda r: r[es.monitor])
     val_metrics = {k: v for k, v in best_row.items() if k.startswith("val_")}
     return FitResult(
-        module=trained, checkpoint=checkpoint, val_metrics=val_metrics, epochs=len(history.rows), history=history.rows
+        module=trained, checkpoint=checkpoint, val_metrics=val_metrics, epochs=len(history.rows), history=history.rows,
+        resumed_after=resumed_after,
     )
+
+
+def _finished_epochs(last: Path) -> int | None:
+    """How many epochs the interrupted fit that left ``last`` had finished; None if there is none to resume."""
+    if not last.is_file():
+        return None
+    try:
+        state = torch.load(last, map_location="cpu", weights_only=False)
+        return int(state["epoch"]) + 1
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint means: start afresh
+        return None
 
 
 def evaluate(cfg: Config, module: TabularMLP, split: Split) -> dict[str, float]:
