@@ -229,7 +229,7 @@ def test_up_holds_the_model_to_the_recipes_floors_at_level_0(project):
     """maturity 0 has no champion gate, but the recipe's floors still apply before anything is served."""
     proc = mlops(project, "up", "recipe=churn", "seed=11", "model.max_epochs=2", "+maturity.gate.floors.test_acc=0.9999",
                  check=False)
-    assert proc.returncode == 8 and "READY" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
+    assert proc.returncode == 9 and "READY" not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
     assert "is below the floor 0.9999 <maturity.gate.floors.test_acc>" in proc.stderr
     assert "It stays registered, marked rejected" in proc.stderr
     latest = _versions(project, "churn")[-1]
