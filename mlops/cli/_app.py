@@ -69,7 +69,8 @@ def recipes() -> list[str]:
     """The recipes this project can run (recipes/*.yaml)."""
     from mlops.recipe._sources import Sources
 
-    return Sources.discover(_project()).options("recipe")
+    # The stub that stands in for a project without recipes (mlops/recipe/_stub) is not one of them.
+    return [r for r in Sources.discover(_project()).options("recipe") if not r.startswith("_")]
 
 
 def names_recipe(overrides: list[str] | None) -> bool:
@@ -94,6 +95,10 @@ def _with_recipe(overrides: list[str] | None, needs_recipe: bool) -> list[str]:
     if len(found) == 1 or (found and not needs_recipe):
         return [*overrides, f"recipe={found[0]}"]
     folder = _project() / "recipes"
+    if not found and not needs_recipe:
+        # No recipe yet: the project's state (nothing, or what a removed recipe left) with the framework's
+        # defaults; mlops/recipe/_stub/_project.yaml is offered as `recipe=_project` only in such a project.
+        return [*overrides, "recipe=_project"]
     if not found:
         raise ConfigError([Problem("", f"this project has no recipe: {folder} holds no *.yaml", "command line",
                                    "write recipes/<name>.yaml, or scaffold a project with `mlops init`")])

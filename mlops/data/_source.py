@@ -132,7 +132,11 @@ class FileSource(DataSource):
             if self._format(url) == "parquet":
                 frame = pd.read_parquet(fh)
                 return frame if nrows is None else frame.head(nrows)
-            return pd.read_csv(fh, nrows=nrows)
+            try:
+                return pd.read_csv(fh, nrows=nrows)
+            except pd.errors.EmptyDataError:
+                # An empty file holds no rows: the data gate says so with the numbers (exit 3), not a parser.
+                return pd.DataFrame(columns=[*self.config.features, self.config.target])
 
     def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
         import fsspec

@@ -115,7 +115,9 @@ class Sources:
             stack_dirs.append(Path(target() if callable(target) else target))
         if (project / "stacks").is_dir():
             stack_dirs.append(project / "stacks")
-        recipe_dirs = [project / "recipes"] if (project / "recipes").is_dir() else []
+        recipe_dirs = [project / "recipes"] if any((project / "recipes").glob("*.yaml")) else []
+        if not recipe_dirs:  # a project with no recipe yet: status, down, runs and stack list still work
+            recipe_dirs = [Path(__file__).resolve().parent / "_stub"]
         from mlops.flavors import conf_files
 
         roots = [path.parent.parent for by_name in conf_files().values() for path in by_name.values()]
