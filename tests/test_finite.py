@@ -209,7 +209,7 @@ def test_the_served_model_answers_400_for_a_request_with_inf(monkeypatch):
     from mlops.serving import _backend_model
 
     model = _backend_model.TritonPythonModel()
-    model.inputs = [("numeric", "FP32", 2)]
+    model.inputs = [("numeric", "FP32", [2])]  # a tabular input: its column count past the batch
     model.columns = {"numeric": ["tenure_months", "monthly_charges"]}
     model.outputs = ["probabilities"]
     model.capture = None

@@ -206,7 +206,13 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
             version = _run("register", register, stack, snapshot, trained, metrics)
         finally:
             steps.end_open_runs("FAILED")
-        steps.hold_to_floors(stack, gate_spec(cfg), version, metrics)  # every level: floors before serving
+        # Finite metrics at every level; the recipe's floors and ceilings too at level 0, which has no gate (from
+        # level 3 the gate applies them to every candidate; the first champion of a level-1+ project is the
+        # starting point that later candidates must beat).
+        spec = gate_spec(cfg)
+        if cfg.maturity.level > 0:
+            spec = spec.model_copy(update={"floors": {}, "ceilings": {}})
+        steps.hold_to_floors(stack, spec, version, metrics)
         exported = _run("export", export, stack, version)
         served = _run("deploy", deploy, stack, exported)
     _log_run(stack, UP_FLOW, "up", version=version.version, steps=list(UP_STEPS))

@@ -308,9 +308,9 @@ def judge(spec: Gate, candidate: dict[str, float], champion: dict[str, float] | 
 
 
 def hold_to_floors(stack: Stack, spec: Gate, version: RegisteredVersion, metrics: TestMetrics) -> GateVerdict:
-    """Every level: a version `up` would serve must reach the recipe's absolute floors and ceilings
-    (`maturity.gate.floors`, `.ceilings`) and have finite metrics, whatever the champion. A version that does not
-    is marked rejected with the reasons and GateRejected is raised: nothing is served."""
+    """A version `up` would serve must have finite metrics and reach the floors and ceilings of `spec` (the
+    recipe's `maturity.gate` at level 0), whatever the champion. A version that does not is marked rejected with
+    the reasons and GateRejected is raised: nothing is served."""
     from mlops.errors import GateRejected
 
     _gate_metrics_logged(spec, metrics)

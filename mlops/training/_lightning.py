@@ -25,12 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from mlops.errors import ConfigError, DataError, Problem
 from mlops.features import categorical_strings, numeric_array
 from mlops.recipe.schema import DataConfig, ModelConfig
-from mlops.training._module import fit_preprocessing
+from mlops.training._module import SplitDataModule, fit_preprocessing
 from mlops.training._split import Split
 
 CHECKPOINT_KEY = "mlops"
@@ -134,28 +134,17 @@ class TabularFeatures(nn.Module):
             return self(*self.encode(frame))
 
 
-class FeatureDataModule(pl.LightningDataModule):
+class FeatureDataModule(SplitDataModule):
     """The framework's datamodule for a team's module: batches ``(x float32 [B, F], y)`` of the three splits."""
 
     def __init__(self, features: TabularFeatures, target: str, classification: bool, split: Split,
                  batch_size: int, num_workers: int = 0):
-        super().__init__()
+        super().__init__(split, batch_size, num_workers)
         self.features, self.target, self.classification = features, target, classification
-        self.split, self.batch_size, self.num_workers = split, batch_size, num_workers
 
-    def _loader(self, frame: pd.DataFrame, shuffle: bool) -> DataLoader:
-        data = TensorDataset(self.features.matrix(frame), self.features.targets(frame, self.target,
-                                                                                 self.classification))
-        return DataLoader(data, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split.train, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.split.val, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.split.test, shuffle=False)
+    def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
+        return TensorDataset(self.features.matrix(frame), self.features.targets(frame, self.target,
+                                                                                self.classification))
 
 
 # ---------------------------------------------------------------- checks

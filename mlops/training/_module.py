@@ -224,16 +224,15 @@ class TabularMLP(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-class TabularDataModule(pl.LightningDataModule):
-    """The three splits, encoded by the module's own train-fitted preprocessing."""
+class SplitDataModule(pl.LightningDataModule):
+    """The three splits of a Split as DataLoaders; a subclass says how a frame becomes a TensorDataset."""
 
-    def __init__(self, module: TabularMLP, split: Split, batch_size: int, num_workers: int = 0):
+    def __init__(self, split: Split, batch_size: int, num_workers: int = 0):
         super().__init__()
-        self.module, self.split = module, split
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.split, self.batch_size, self.num_workers = split, batch_size, num_workers
 
     def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
-        return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
+        raise NotImplementedError
 
     def _loader(self, frame: pd.DataFrame, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -248,6 +247,17 @@ class TabularDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.split.test, shuffle=False)
+
+
+class TabularDataModule(SplitDataModule):
+    """The three splits, encoded by the module's own train-fitted preprocessing."""
+
+    def __init__(self, module: TabularMLP, split: Split, batch_size: int, num_workers: int = 0):
+        super().__init__(split, batch_size, num_workers)
+        self.module = module
+
+    def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
+        return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
 
 
 @torch.no_grad()
