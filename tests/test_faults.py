@@ -173,7 +173,7 @@ def test_prefect_killed_mid_run_is_recovered_by_the_next_up(projects):
     prefect_pid = int(Layout(a / ".mlops").pid("prefect").read_text())
     os.killpg(prefect_pid, signal.SIGKILL)
     try:
-        proc.wait(timeout=240)
+        proc.wait(timeout=20)
     except subprocess.TimeoutExpired:  # stuck retrying a dead API: what a user would then do
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
