@@ -163,3 +163,14 @@ FLAVOR = Flavor("server", "inprocess", InProcessServing, "tests._inprocess_serve
                 conf="tests._inprocess_server:_inprocess_conf/serving/inprocess.yaml",
                 description="Test-only: serves the checkpoint in the caller's process.",
                 distribution="the tests (tests/_inprocess_server.py)")
+
+
+def inprocess_stack(tmp_path: Path, *overrides: str) -> Any:
+    """The churn recipe on this flavor, its state under `tmp_path` (the `inprocess_server` fixture registers it)."""
+    from mlops.recipe import load
+    from mlops.stack import Stack
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load(["recipe=churn", "serving=inprocess", f"target.state_dir={tmp_path / 'state'}", *overrides], root,
+               check_data=False)
+    return Stack(cfg, root)

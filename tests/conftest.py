@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -44,3 +48,18 @@ def builtin_sources():
         schema.config_class.cache_clear()
         yield missing
     schema.config_class.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def churn():
+    """recipes/data/churn.csv as a frame (read-only: tests copy before they change it)."""
+    import pandas as pd
+
+    return pd.read_csv(ROOT / "recipes/data/churn.csv")
+
+
+@pytest.fixture(scope="session")
+def profiler():
+    from mlops.monitoring import make_profiler
+
+    return make_profiler("whylogs")

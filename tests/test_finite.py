@@ -18,33 +18,21 @@ import pandas as pd
 import pytest
 from _traffic import traffic
 
+from _inprocess_server import inprocess_stack
+
 from mlops import steps
 from mlops.artifacts import DatasetSnapshot, TestMetrics, TrainedModel
 from mlops.errors import DataError, MlopsError, PredictError
 from mlops.features import FLOAT32_MAX, bad_values, repair
-from mlops.recipe import load
 from mlops.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTREMES = [np.inf, -np.inf, 1e39, -1e308, 3.5e38]
 
 
-@pytest.fixture(scope="module")
-def churn():
-    return pd.read_csv(ROOT / "recipes/data/churn.csv")
 
 
-@pytest.fixture(scope="module")
-def profiler():
-    from mlops.monitoring import make_profiler
-
-    return make_profiler("whylogs")
-
-
-def _stack(tmp_path: Path, *overrides: str) -> Stack:
-    cfg = load(["recipe=churn", "serving=inprocess", f"target.state_dir={tmp_path / 'state'}", *overrides], ROOT,
-               check_data=False)
-    return Stack(cfg, ROOT)
+_stack = inprocess_stack  # the churn recipe on the in-process server, state under tmp_path
 
 
 def _poison(churn: pd.DataFrame, cells: dict[tuple[int, str], float]) -> pd.DataFrame:

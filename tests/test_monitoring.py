@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from _traffic import replay
 
@@ -19,14 +18,6 @@ DATA = FileData(source="file", path="recipes/data/churn.csv", target="churned",
 MON = MonitoringConfig()
 
 
-@pytest.fixture(scope="module")
-def profiler():
-    return make_profiler("whylogs")
-
-
-@pytest.fixture(scope="module")
-def churn():
-    return pd.read_csv(ROOT / "recipes/data/churn.csv")
 
 
 @pytest.fixture(scope="module")

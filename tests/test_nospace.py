@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from _inprocess_server import inprocess_stack
+
 from mlops import steps
 from mlops._atomic import DiskFull
 from mlops._layout import Layout
 from mlops.artifacts import RegisteredVersion
 from mlops.errors import MlopsError
-from mlops.recipe import load
 from mlops.stack import Stack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,9 +56,7 @@ def fill(disk: Path) -> Path:
     return filler
 
 
-def _stack(tmp_path: Path) -> Stack:
-    cfg = load(["recipe=churn", "serving=inprocess", f"target.state_dir={tmp_path / 'state'}"], ROOT, check_data=False)
-    return Stack(cfg, ROOT)
+_stack = inprocess_stack  # the churn recipe on the in-process server, state under tmp_path
 
 
 def _register(stack: Stack, key: str, size: int = 1 * KB):

@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 from _traffic import replay
 
+from _inprocess_server import inprocess_stack
+
 from mlops import steps
 from mlops.artifacts import RegisteredVersion, TestMetrics
 from mlops.errors import DataError, RegistryError, ServiceError
@@ -26,22 +28,9 @@ from mlops.stack import Stack
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def churn():
-    return pd.read_csv(ROOT / "recipes/data/churn.csv")
 
 
-@pytest.fixture(scope="module")
-def profiler():
-    from mlops.monitoring import make_profiler
-
-    return make_profiler("whylogs")
-
-
-def _stack(tmp_path: Path, *overrides: str) -> Stack:
-    cfg = load(["recipe=churn", "serving=inprocess", f"target.state_dir={tmp_path / 'state'}", *overrides], ROOT,
-               check_data=False)
-    return Stack(cfg, ROOT)
+_stack = inprocess_stack  # the churn recipe on the in-process server, state under tmp_path
 
 
 def _register(stack: Stack, key: str, **metrics: float) -> RegisteredVersion:
