@@ -116,7 +116,10 @@ def test_capture_samples_served_arrays_into_windows(tmp_path, churn):
     assert 120 < make_profiler("whylogs").rows(view) < 280  # about half of 400
     regions = {i.value for i in view.get_column("region").get_metric("frequent_items").strings}
     assert regions <= {"north", "south", "east", "west"}  # decoded, not "b'north'"
-    assert "output:p(yes)" in view.get_columns()
+    # The outputs as the worker summarises them: the predicted class and its probability.
+    assert {"output.class", "output.confidence"} <= set(view.get_columns()) and "probabilities" not in str(
+        list(view.get_columns()))
+    assert {i.value for i in view.get_column("output.class").get_metric("frequent_items").strings} == {"no"}
 
 
 def test_the_worker_profiles_a_poll_of_spool_in_one_call_per_window(tmp_path):
@@ -202,3 +205,108 @@ def test_one_worker_drains_a_spool_at_a_time(tmp_path, profiler):
     assert first.wait(60) == 0
     [(_start, path)] = windows(out)
     assert profiler.rows(profiler.read(path)) == 300  # each row once
+
+
+# ---------------------------------------------------------------- tensor inputs and served outputs
+IMAGE_SIGNATURE = {"task": "classification", "inputs": [{"name": "image", "datatype": "UINT8", "dims": [8, 8, 1]}],
+                   "outputs": [{"name": "probabilities", "datatype": "FP32", "dims": [10]}], "classes": list(range(10))}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """sklearn's digits as the uint8 NHWC images image_classifier serves, shuffled, and a classifier of them."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    data = load_digits()
+    order = np.random.default_rng(0).permutation(len(data.images))
+    images = (data.images[order] * 255 / 16).round().astype(np.uint8)[..., None]
+    model = LogisticRegression(max_iter=2000).fit(images[:900].reshape(900, -1) / 255, data.target[order][:900])
+    return images, lambda batch: model.predict_proba(batch.reshape(len(batch), -1) / 255).astype(np.float32)
+
+
+def _worker_window(tmp_path, profiler, signature, inputs, outputs):
+    """What the profiling worker makes of arrays spooled by the backend: the window's profile."""
+    import json
+
+    from mlops.monitoring import TrafficProfiler
+    from mlops.monitoring._spool import drain, write_chunk
+
+    n = len(next(iter(inputs.values())))
+    arrays = {**{f"input.{k}": v for k, v in inputs.items()}, **{f"output.{k}": v for k, v in outputs.items()}}
+    write_chunk(tmp_path / "spool", arrays, np.full(n, 30.0), 1, signature=json.dumps(signature))
+    traffic = TrafficProfiler(profiler, tmp_path / "windows", sample_rate=1.0, window_s=60)
+    assert drain(tmp_path / "spool", traffic) == n
+    traffic.close()
+    [(_start, path)] = windows(tmp_path / "windows")
+    return path
+
+
+def test_darkened_images_drift_and_a_fresh_sample_does_not(profiler, tmp_path, digits):
+    import pandas as pd
+
+    from mlops.monitoring._summaries import served_columns, split_columns
+
+    images, predict = digits
+    ref_images = images[:900]
+    reference = profiler.profile(pd.DataFrame(served_columns(IMAGE_SIGNATURE, {"image": ref_images},
+                                                             {"probabilities": predict(ref_images)})))
+    inputs, outputs = split_columns(profiler.columns(reference), features=[])
+    assert inputs == ["input.image.brightness", "input.image.channel0_mean", "input.image.contrast",
+                      "input.image.height", "input.image.width"]
+    assert outputs == ["output.class", "output.confidence"]
+    fresh, dark = images[900:], (images[900:] * 0.3).astype(np.uint8)
+    history = {}
+    for name, batch in (("fresh", fresh), ("dark", dark)):
+        (tmp_path / name).mkdir()
+        _worker_window(tmp_path / name, profiler, IMAGE_SIGNATURE, {"image": batch}, {"probabilities": predict(batch)})
+        [history[name]] = drift_history(profiler, reference, tmp_path / name / "windows", inputs, MON.drift, outputs)
+    assert history["fresh"]["rows"] == len(fresh)
+    assert history["fresh"]["drift"] == [] and history["fresh"]["output_drift"] == [], history["fresh"]
+    assert {"input.image.brightness", "input.image.contrast"} <= set(history["dark"]["drift"])
+    assert history["dark"]["columns"]["input.image.width"]["category"] == "NO_DRIFT"  # same size, darker
+    # The classifier never saw dark digits: its answers move too, reported apart from the inputs.
+    assert "output.confidence" in history["dark"]["output_drift"]
+    page = render_html("digits@1", profiler, reference, profiler.read(windows(tmp_path / "dark" / "windows")[-1][1]),
+                       [history["dark"]], inputs, MON.drift, outputs)
+    assert "Output drift over time" in page and "Input drift over time" in page
+    assert page.count("data:image/png;base64,") == 2 + len(inputs) + len(outputs)
+
+
+def test_float_tensors_are_summarised_per_sample():
+    from mlops.monitoring._summaries import served_columns
+
+    signature = {"task": "regression", "inputs": [{"name": "input", "datatype": "FP32", "dims": [2, 3]}],
+                 "outputs": [{"name": "prediction", "datatype": "FP32", "dims": [1]}]}
+    x = np.array([[[0, 1, 2], [3, 4, 5]], [[1, 1, 1], [1, 1, 1]]], np.float32)
+    cols = served_columns(signature, {"input": x}, {"prediction": np.array([[0.5], [2.0]], np.float32)})
+    assert sorted(cols) == ["input.input.max", "input.input.mean", "input.input.min", "input.input.std",
+                            "output.prediction"]
+    np.testing.assert_allclose(cols["input.input.mean"], [2.5, 1.0])
+    np.testing.assert_allclose(cols["input.input.max"], [5, 1])
+    np.testing.assert_allclose(cols["input.input.std"], [np.std(np.arange(6)), 0])
+    np.testing.assert_allclose(cols["output.prediction"], [0.5, 2.0])
+
+
+def test_a_shift_of_the_predicted_classes_is_output_drift_alone(profiler, tmp_path, churn):
+    """Same inputs, other answers (a model served with a wrong threshold, or the world's label mix moving)."""
+    from mlops.monitoring._summaries import served_columns, split_columns
+
+    signature = {"task": "classification", "inputs": [{"name": "numeric", "datatype": "FP32", "columns": DATA.numeric}],
+                 "outputs": [{"name": "probabilities", "datatype": "FP32", "dims": [2]}], "classes": ["no", "yes"]}
+    rng = np.random.default_rng(0)
+
+    def answers(n, p_yes):  # probabilities whose argmax is "yes" for about p_yes of the rows
+        yes = rng.random(n) < p_yes
+        p = np.where(yes, rng.uniform(0.55, 0.95, n), rng.uniform(0.05, 0.45, n)).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+    ref_rows = churn.iloc[:800]
+    reference = profiler.profile(ref_rows.assign(**served_columns(signature, {}, {"probabilities": answers(800, 0.2)})))
+    inputs, outputs = split_columns(profiler.columns(reference), DATA.features)
+    assert inputs == DATA.features and outputs == ["output.class", "output.confidence"]
+    served = churn.iloc[800:]
+    _worker_window(tmp_path, profiler, signature, {"numeric": served[DATA.numeric].to_numpy(np.float32)},
+                   {"probabilities": answers(len(served), 0.8)})
+    [window] = drift_history(profiler, reference, tmp_path / "windows", DATA.numeric, MON.drift, outputs)
+    assert window["drift"] == [] and window["output_drift"] == ["output.class"], window

@@ -14,7 +14,7 @@ from mlops.cli._app import _print_json as print_json
 from mlops.cli._app import _project as project
 from mlops.errors import DataError
 
-monitor_app = typer.Typer(help="Monitoring: drift of served traffic against the training data.",
+monitor_app = typer.Typer(help="Monitoring: drift of served traffic and predictions against the reference.",
                           no_args_is_help=True, rich_markup_mode=None)
 
 
@@ -66,12 +66,15 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", help="Write a self-contained HTML report (PNG charts).")]
     = None,
 ) -> None:
-    """Drift per column of the served model's traffic windows against its training data, and over time.
+    """Drift of the served model's traffic windows against its reference, per input column and per output, and
+    over time. Inputs: the recipe's features (a tensor model: per-sample summaries such as an image's brightness);
+    outputs: the predicted class and its confidence, or the predicted value.
 
     Example: mlops monitor report recipe=breast_cancer --html drift.html
     """
     from mlops import steps
     from mlops.monitoring import drift_history, render_html, windows
+    from mlops.monitoring._summaries import split_columns
     from mlops.stack import Stack
 
     cfg = load_config(overrides, check_data=False)
@@ -82,7 +85,9 @@ def report(
                         f"run `mlops up recipe={cfg.name}` first.")
     window_dir = stack.layout.windows(cfg.name, version)
     profiler = steps.batch_profiler(stack)
-    history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
+    # Inputs: the recipe's features, or a tensor model's per-sample summaries; outputs: the predictions' summaries.
+    inputs, outputs = split_columns(profiler.columns(reference), cfg.data.features)
+    history = drift_history(profiler, reference, window_dir, inputs, cfg.monitoring.drift, outputs)
     if html is not None:
         latest = None
         for _start, path in reversed(windows(window_dir)):  # the latest window that can be read
@@ -94,10 +99,11 @@ def report(
         from mlops._atomic import write_atomic
 
         write_atomic(html, render_html(f"{cfg.name}@{version}: drift", profiler, reference, latest, history,
-                                       cfg.data.features, cfg.monitoring.drift))
+                                       inputs, cfg.monitoring.drift, outputs))
         err.print(f"wrote {html}")
     if json_:
-        print_json({"model": cfg.name, "version": version, "windows": history})
+        print_json({"model": cfg.name, "version": version, "inputs": inputs, "outputs": outputs,
+                    "retrain_on_output_drift": cfg.monitoring.drift.retrain_on_output_drift, "windows": history})
         return
     if not history:
         out.print(f"{cfg.name}@{version}: no serving-traffic windows yet under {window_dir}")
@@ -108,6 +114,12 @@ def report(
         if "skipped" in h or "non_finite" in h:
             why = h.get("skipped") or f"non-finite or out-of-float32-range values in {', '.join(h['non_finite'])}"
             out.print(f"  window {h['window']}: not scored: {why}", markup=False)
-    for col, d in last["columns"].items():
-        score = "-" if d["score"] is None else f"{d['score']:.3f}"
-        out.print(f"  {col:<28} {score:>6}  {d['category']}")
+    for section, key in (("inputs", "columns"), ("outputs", "outputs")):
+        if last.get(key):
+            out.print(f"  {section}:")
+        for col, d in last.get(key, {}).items():
+            score = "-" if d["score"] is None else f"{d['score']:.3f}"
+            out.print(f"    {col:<28} {score:>6}  {d['category']}", markup=False)
+    if last.get("output_drift") and not last["drift"] and not cfg.monitoring.drift.retrain_on_output_drift:
+        out.print("  the outputs drift but the inputs do not: reported, no retraining "
+                  "<monitoring.drift.retrain_on_output_drift=false>", markup=False)

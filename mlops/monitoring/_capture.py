@@ -17,6 +17,7 @@ Windows land in ``<monitoring_dir>/<version>/windows/<start>.bin``, the spool in
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ class Capture:
     def __init__(self, signature: dict[str, Any], windows_dir: Path, sample_rate: float, window_s: float,
                  python: str | None = None, spool_s: float = 1.0, max_spooled: int = 600, profiler: str = "whylogs"):
         self.signature = signature
+        self._signature_text = json.dumps(signature)
         self.sample_rate = sample_rate
         self.spool = Path(windows_dir).parent / "spool"
         self.spool_s = spool_s
@@ -63,7 +65,7 @@ class Capture:
         with self._lock:
             self._pending.append((time.time(), arrays))
 
-    # ---------------------------------------------------------------- background: columns, then a spool file
+    # ---------------------------------------------------------------- background: the arrays, then a spool file
     def _run(self) -> None:
         while not self._stop.wait(self.spool_s):
             self._spool()
@@ -77,24 +79,17 @@ class Capture:
         if self.spool.is_dir() and sum(1 for _ in self.spool.glob("*.npz")) >= self.max_spooled:
             self.dropped += sum(len(next(iter(a.values()))) for _t, a in pending)
             return
-        cols: dict[str, np.ndarray] = {}
-        for spec in self.signature["inputs"]:
-            if "columns" not in spec:
-                continue  # a tensor input (a team's own model with its own datamodule) has no columns to profile
-            block = np.concatenate([a[spec["name"]] for _t, a in pending])
-            for j, column in enumerate(spec["columns"]):
-                # BYTES columns arrive as str objects (model.py decodes them for onnxruntime): one cast, no loop.
-                cols[column] = block[:, j].astype(str) if spec["datatype"] == "BYTES" else block[:, j]
-        for spec in self.signature["outputs"]:
-            block = np.concatenate([a[spec["name"]] for _t, a in pending])
-            if spec["name"] == "probabilities":
-                for j, cls_ in enumerate(self.signature.get("classes", [])):
-                    cols[f"output:p({cls_})"] = block[:, j]
-            else:
-                cols["output:prediction"] = block[:, 0]
+        # The arrays as served, one per input and output; the worker summarises them (served_columns): image
+        # statistics cost O(pixels), and this thread shares the GIL with `execute`.
+        arrays: dict[str, np.ndarray] = {}
+        for kind, specs in (("input", self.signature["inputs"]), ("output", self.signature["outputs"])):
+            for spec in specs:
+                block = np.concatenate([a[spec["name"]] for _t, a in pending])
+                # BYTES inputs arrive as str objects (model.py decodes them): fixed-width text, stored without pickle.
+                arrays[f"{kind}.{spec['name']}"] = block.astype(str) if block.dtype == object else block
         served_at = np.concatenate([np.full(len(next(iter(a.values()))), t) for t, a in pending])
         self._seq += 1
-        write_chunk(self.spool, cols, served_at, self._seq)
+        write_chunk(self.spool, arrays, served_at, self._seq, signature=self._signature_text)
 
     def close(self, timeout: float = 20) -> None:
         """Spool what is pending, then let the worker profile it and write the open window."""

@@ -93,6 +93,10 @@ class Profiler(ABC):
     @abstractmethod
     def drift(self, reference: Any, current: Any, columns: list[str], cfg: DriftConfig) -> dict[str, ColumnDrift]: ...
 
+    def columns(self, profile: Any) -> list[str]:
+        """The names of the profiled columns."""
+        raise NotImplementedError(f"{type(self).__name__} does not list a profile's columns")
+
     @abstractmethod
     def histogram(self, profile: Any, column: str) -> tuple[list[float], list[float]] | dict[str, float]:
         """Numeric: (bin edges, counts); categorical: {value: count}. For reports."""
@@ -124,6 +128,9 @@ class WhylogsProfiler(Profiler):
             return 0
         first = next(iter(cols.values()))
         return int(first.get_metric("counts").n.value)
+
+    def columns(self, profile: Any) -> list[str]:
+        return [str(c) for c in profile.get_columns()]
 
     def write(self, profile: Any, path: Path) -> None:
         with atomic_path(path) as tmp, warnings.catch_warnings():

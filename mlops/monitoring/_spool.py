@@ -28,15 +28,20 @@ import numpy as np
 from mlops._atomic import atomic_path
 
 TIME_COLUMN = "__served_at__"
+SIGNATURE = "__signature__"
 
 
-def write_chunk(spool: Path, columns: dict[str, np.ndarray], served_at: np.ndarray, seq: int) -> Path:
-    """One spool file, atomically: the worker never reads half of one."""
+def write_chunk(spool: Path, columns: dict[str, np.ndarray], served_at: np.ndarray, seq: int,
+                signature: str | None = None) -> Path:
+    """One spool file, atomically: the worker never reads half of one. With `signature` (the model's, as JSON)
+    `columns` are the served arrays by ``input.<name>`` / ``output.<name>``, summarised by the worker
+    (mlops.monitoring._summaries); without, they are profiled as they are."""
     spool.mkdir(parents=True, exist_ok=True)
     name = f"{time.time():.3f}-{os.getpid()}-{seq}.npz"
     # The temporary name ends in .tmp, so drain's "*.npz" never picks up a file still being written.
     with atomic_path(spool / name) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **columns, **{TIME_COLUMN: served_at})
+        extra = {} if signature is None else {SIGNATURE: np.array(signature)}
+        np.savez(fh, **columns, **{TIME_COLUMN: served_at}, **extra)
     return spool / name
 
 
@@ -54,6 +59,8 @@ def drain(spool: Path, traffic) -> int:
             path.unlink(missing_ok=True)
             continue
         served_at = data.pop(TIME_COLUMN)
+        if SIGNATURE in data:
+            data = _summarised(data)
         frame = pd.DataFrame({k: (v.astype(object) if v.dtype.kind == "U" else v) for k, v in data.items()})
         # Rows belong to the window of the moment they were served.
         start = served_at - served_at % traffic.window_s
@@ -66,6 +73,17 @@ def drain(spool: Path, traffic) -> int:
     for path in read:
         path.unlink(missing_ok=True)
     return sum(len(f) for frames in by_window.values() for f in frames)
+
+
+def _summarised(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import json
+
+    from mlops.monitoring._summaries import served_columns
+
+    signature = json.loads(str(data.pop(SIGNATURE)))
+    inputs = {k.removeprefix("input."): v for k, v in data.items() if k.startswith("input.")}
+    outputs = {k.removeprefix("output."): v for k, v in data.items() if k.startswith("output.")}
+    return served_columns(signature, inputs, outputs)
 
 
 def _yield_cpu() -> None:

@@ -509,6 +509,11 @@ class DriftConfig(_Strict):
     repeat_after_windows: Annotated[int, Field(ge=1, le=100_000)] = Field(
         10, description="Level 4: while drift lasts, mlops.drift.detected is emitted again after this many windows "
         "(a retraining the gate rejected, or a rollback, gets another chance); at most once per window span.")
+    retrain_on_output_drift: bool = Field(
+        False, description="Level 4: a DRIFT of the served outputs alone (output.class, output.confidence, "
+        "output.prediction) raises mlops.drift.detected too. Off: output drift is reported (`mlops monitor report`, "
+        "the judged ledger) but retrains only with input drift, since predictions also move with the real "
+        "world's label mix, which retraining on the same data does not change.")
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftConfig:

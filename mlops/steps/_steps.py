@@ -233,7 +233,7 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
     train_dir = Path(trained.dir)
     files = {"model.ckpt": Path(trained.checkpoint), "history.json": train_dir / "history.json"}
     if stack.monitor is not None:
-        files["reference_profile.bin"] = _reference_profile(stack, snapshot, train_dir)
+        files["reference_profile.bin"] = _reference_profile(stack, snapshot, train_dir, Path(trained.checkpoint))
     lineage = {
         "key": snapshot.key,
         "config_hash": config_hash(cfg),
@@ -270,14 +270,38 @@ def require_finite(metrics: dict[str, float], what: str) -> None:
                          "model.lr.")
 
 
-def _reference_profile(stack: Stack, snapshot: DatasetSnapshot, train_dir: Path) -> Path:
-    """The training split's profile: the reference that drift is measured against."""
+def _reference_profile(stack: Stack, snapshot: DatasetSnapshot, train_dir: Path, checkpoint: Path) -> Path:
+    """The training split's profile, with the model's served outputs on the validation split (and a tensor
+    model's input summaries) merged in: the reference that input and output drift are measured against."""
     path = train_dir / "reference_profile.bin"
     if not path.exists():
         monitor = stack.monitor
         assert monitor is not None
-        monitor.write(monitor.profile(_split(stack, snapshot).train), path)  # atomic: see Profiler.write
+        split = _split(stack, snapshot)
+        profile = monitor.profile(split.train)
+        if len(split.val):
+            profile = monitor.merge(profile, monitor.profile(_served_reference(stack, split.val, checkpoint)))
+        monitor.write(profile, path)  # atomic: see Profiler.write
     return path
+
+
+# Rows of the validation split that the reference of served outputs is predicted on, at most: plenty for a
+# Hellinger distance over 30 bins, and seconds of torch whatever the data's size.
+REFERENCE_PREDICTIONS_MAX = 20_000
+
+
+def _served_reference(stack: Stack, val: Any, checkpoint: Path) -> Any:
+    """The summaries (mlops.monitoring._summaries) of what the model answers on `val`, as a frame to profile."""
+    import pandas as pd
+
+    from mlops.monitoring._summaries import served_columns
+    from mlops.serving._export import served_predictions
+    from mlops.training import load_module
+
+    if len(val) > REFERENCE_PREDICTIONS_MAX:
+        val = val.sample(REFERENCE_PREDICTIONS_MAX, random_state=stack.cfg.data.split.seed)
+    signature, inputs, outputs = served_predictions(load_module(checkpoint, stack.cfg.model.flavor), val)
+    return pd.DataFrame(served_columns(signature, inputs, outputs))
 
 
 # ---------------------------------------------------------------- release
@@ -412,6 +436,7 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
     """
     from mlops.monitoring import windows
     from mlops.monitoring._batch import quarantine, render_failures
+    from mlops.monitoring._summaries import split_columns
 
     cfg, layout = stack.cfg, stack.layout
     version = stack.model_store.aliases(cfg.name).get("champion")
@@ -427,13 +452,15 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
         return {"judged": [], "version": version}
     profiler = stack.monitor
     reference = profiler.read(ref_path)
+    # Input columns (the recipe's features, or a tensor model's summaries) and the served outputs' summaries.
+    inputs, outputs = split_columns(profiler.columns(reference), cfg.data.features)
     judged = []
     for start, path in pending:
         try:
             view = profiler.read(path)
             report = profiler.validate_profile(view, reference, cfg.data, cfg.monitoring,
-                                               required=cfg.data.features)
-            scores = profiler.drift(reference, view, cfg.data.features, cfg.monitoring.drift) if report.ok else {}
+                                               required=[c for c in inputs if c in cfg.data.features])
+            scores = profiler.drift(reference, view, inputs + outputs, cfg.monitoring.drift) if report.ok else {}
         except Exception as exc:  # one window that cannot be read or scored is reported and skipped, once
             reason = f"{type(exc).__name__}: {exc}"
             log(outcome="skipped traffic window", version=version, window=start, reasons=[reason])
@@ -451,9 +478,17 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
                                        "problems": problems})
             log(outcome="quarantined traffic", version=version, window=start, reasons=problems)
         else:
-            drifted = sorted(c for c, d in scores.items() if d.category == "DRIFT")
-            verdict.update(outcome="drift" if drifted else "ok", drifted=drifted,
+            drifted = sorted(c for c in inputs if scores[c].category == "DRIFT")
+            output_drifted = sorted(c for c in outputs if scores[c].category == "DRIFT")
+            # Output drift alone retrains only with monitoring.drift.retrain_on_output_drift (see its description).
+            if cfg.monitoring.drift.retrain_on_output_drift:
+                drifted = sorted([*drifted, *output_drifted])
+            verdict.update(outcome="drift" if drifted else "output_drift" if output_drifted else "ok",
+                           drifted=drifted, output_drifted=output_drifted,
                            scores={c: d.score for c, d in scores.items()})
+            if output_drifted and not drifted:
+                log(outcome="output drift", version=version, window=start, drifted=output_drifted,
+                    scores={c: round(v, 3) for c in output_drifted if (v := scores[c].score) is not None})
             last = ledger["drift_event"]
             if drifted and (last is None or start - last >= cfg.monitoring.drift.repeat_after_windows
                             * cfg.monitoring.window_s):
