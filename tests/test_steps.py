@@ -256,6 +256,33 @@ def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_
     assert steps.monitor(stack, "test", emit=emit)["judged"] == [] and len(events) == 2
 
 
+@pytest.mark.parametrize("retrain_on_output_drift", [False, True])
+def test_output_drift_alone_retrains_only_when_configured(tmp_path, churn, profiler, inprocess_server,
+                                                           retrain_on_output_drift):
+    """Unshifted inputs, shifted answers: reported as output drift; mlops.drift.detected only if configured."""
+    from mlops._names import DRIFT_DETECTED
+    from mlops.monitoring import TrafficProfiler
+
+    stack = _stack(tmp_path, "monitoring.window_s=60",
+                   f"monitoring.drift.retrain_on_output_drift={str(retrain_on_output_drift).lower()}")
+    features = stack.cfg.data.features
+    rng = np.random.default_rng(0)
+    ref = churn[features].assign(**{"output.class": np.where(rng.random(len(churn)) < 0.2, "yes", "no")})
+    version = _champion_with_reference(stack, profiler, ref)
+    traffic = TrafficProfiler(profiler, stack.layout.windows(stack.cfg.name, version), sample_rate=1.0, window_s=60)
+    traffic.submit(churn[features].assign(**{"output.class": np.where(rng.random(len(churn)) < 0.8, "yes", "no")}),
+                   at=0.0)
+    traffic.close()
+    events = []
+    [judged] = steps.monitor(stack, "test", emit=lambda event, payload: events.append((event, payload)))["judged"]
+    assert judged["output_drifted"] == ["output.class"]
+    if retrain_on_output_drift:
+        assert judged["outcome"] == "drift" and judged["drifted"] == ["output.class"]
+        assert [(e, p["drifted"]) for e, p in events] == [(DRIFT_DETECTED, ["output.class"])]
+    else:
+        assert judged["outcome"] == "output_drift" and judged["drifted"] == [] and events == []
+
+
 # ---------------------------------------------------------------- the whole pipeline, served in process
 def test_the_pipeline_serves_what_it_trained(tmp_path, inprocess_server):
     from mlops.errors import PredictError
@@ -274,6 +301,13 @@ def test_the_pipeline_serves_what_it_trained(tmp_path, inprocess_server):
         steps.end_open_runs("FAILED")
     assert version.new and stack.model_store.get(cfg.name, version.version).lineage["metrics"]["test_acc"] == \
         metrics.values["test_acc"]
+    # The reference holds the training split's columns and the model's answers on the validation split.
+    mv = stack.model_store.get(cfg.name, version.version)
+    reference = steps.batch_profiler(stack).read(mv.file("reference_profile.bin"))
+    assert {"mean radius", "output.class", "output.confidence"} <= set(reference.get_columns())
+    val_rows = reference.get_column("output.confidence").get_metric("counts").n.value
+    assert 0 < val_rows < reference.get_column("mean radius").get_metric("counts").n.value  # val, not train
+    assert {i.value for i in reference.get_column("output.class").get_metric("frequent_items").strings} == {"0", "1"}
     stack.server.start()
     served = steps.deploy(stack, steps.export(stack, version), by="test")
     assert served.champion == version.version and stack.model_store.aliases(cfg.name)["champion"] == version.version
