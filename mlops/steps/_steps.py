@@ -78,7 +78,7 @@ def ingest(stack: Stack) -> DatasetSnapshot:
 
     cfg = stack.cfg
     frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
-    frame = frame[[*cfg.data.features, cfg.data.target]]
+    frame = frame[cfg.data.columns]
     # An explicit data.checks.non_finite=drop|clip repairs the rows before they are snapshotted, so no split
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
