@@ -41,7 +41,9 @@ def builtin_sources():
     from mlops import flavors
     from mlops.recipe import builtin, schema
 
-    missing = [f for f in (builtin.SQL, builtin.PARQUET_DATASET) if f.name not in flavors.registered()[f.kind]]
+    missing = [f for f in (builtin.SQL, builtin.PARQUET_DATASET, builtin.IMAGE_FOLDER, builtin.IMAGE_TABLE,
+                           builtin.SKLEARN_IMAGES, builtin.IMAGE_CLASSIFIER)
+               if f.name not in flavors.registered()[f.kind]]
     with pytest.MonkeyPatch.context() as m:
         for flavor in missing:
             m.setitem(flavors.registered()[flavor.kind], flavor.name, flavor)

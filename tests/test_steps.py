@@ -342,3 +342,29 @@ def test_floors_hold_at_every_level_before_anything_is_served(tmp_path, inproces
     good = _register(stack, "k3", test_acc=0.95, test_loss=0.2)
     assert steps.hold_to_floors(stack, spec, good, TestMetrics(values={"test_acc": 0.95, "test_loss": 0.2})).passed
     assert stack.model_store.aliases("churn") == {} and stack.server.served() == []
+
+
+def test_an_image_models_reference_holds_image_summaries_and_its_answers(tmp_path):
+    """The digits CNN: no named features, so drift is scored on per-image summaries and on the answers."""
+    from mlops.monitoring._summaries import split_columns
+    from mlops.training import split_frame
+
+    cfg = load(["recipe=digits", "model.max_epochs=1", f"target.state_dir={tmp_path / 'state'}"], ROOT)
+    stack = Stack(cfg, ROOT)
+    try:
+        snapshot = steps.ingest(stack)
+        steps.validate(stack, snapshot)
+        trained = steps.train(stack, snapshot)
+        version = steps.register(stack, snapshot, trained, steps.evaluate(stack, snapshot, trained))
+    finally:
+        steps.end_open_runs("FAILED")
+    profiler = steps.batch_profiler(stack)
+    reference = profiler.read(stack.model_store.get(cfg.name, version.version).file("reference_profile.bin"))
+    inputs, outputs = split_columns(profiler.columns(reference), cfg.data.features)
+    assert inputs == ["input.image.brightness", "input.image.channel0_mean", "input.image.contrast",
+                      "input.image.height", "input.image.width"]
+    assert outputs == ["output.class", "output.confidence"]
+    brightness = reference.get_column("input.image.brightness").to_summary_dict()
+    val = split_frame(pd.read_parquet(snapshot.path), cfg.data, cfg.model.task).val
+    assert brightness["counts/n"] == len(val)  # the validation split's images, as served (uint8, 8x8 grey)
+    assert 40 < brightness["distribution/mean"] < 120

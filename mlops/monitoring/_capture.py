@@ -80,16 +80,21 @@ class Capture:
             self.dropped += sum(len(next(iter(a.values()))) for _t, a in pending)
             return
         # The arrays as served, one per input and output; the worker summarises them (served_columns): image
-        # statistics cost O(pixels), and this thread shares the GIL with `execute`.
-        arrays: dict[str, np.ndarray] = {}
-        for kind, specs in (("input", self.signature["inputs"]), ("output", self.signature["outputs"])):
-            for spec in specs:
-                block = np.concatenate([a[spec["name"]] for _t, a in pending])
-                # BYTES inputs arrive as str objects (model.py decodes them): fixed-width text, stored without pickle.
-                arrays[f"{kind}.{spec['name']}"] = block.astype(str) if block.dtype == object else block
-        served_at = np.concatenate([np.full(len(next(iter(a.values()))), t) for t, a in pending])
-        self._seq += 1
-        write_chunk(self.spool, arrays, served_at, self._seq, signature=self._signature_text)
+        # statistics cost O(pixels), and this thread shares the GIL with `execute`. One file per shape: an image
+        # model serves any height and width, and arrays of different sizes do not stack.
+        shapes: dict[tuple, list[tuple[float, dict[str, np.ndarray]]]] = {}
+        for t, a in pending:
+            shapes.setdefault(tuple((k, v.shape[1:]) for k, v in a.items()), []).append((t, a))
+        for group in shapes.values():
+            arrays: dict[str, np.ndarray] = {}
+            for kind, specs in (("input", self.signature["inputs"]), ("output", self.signature["outputs"])):
+                for spec in specs:
+                    block = np.concatenate([a[spec["name"]] for _t, a in group])
+                    # BYTES inputs arrive as str objects (model.py decodes them): fixed-width text, no pickle.
+                    arrays[f"{kind}.{spec['name']}"] = block.astype(str) if block.dtype == object else block
+            served_at = np.concatenate([np.full(len(next(iter(a.values()))), t) for t, a in group])
+            self._seq += 1
+            write_chunk(self.spool, arrays, served_at, self._seq, signature=self._signature_text)
 
     def close(self, timeout: float = 20) -> None:
         """Spool what is pending, then let the worker profile it and write the open window."""

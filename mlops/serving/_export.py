@@ -328,52 +328,67 @@ def export_onnx(module: TabularMLP, path: Path) -> Signature:
 
 
 def served_predictions(module, frame: pd.DataFrame, batch_size: int = 1024  # noqa: ANN001 (a LightningModule)
-                       ) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """What the exported graph would answer for ``frame``'s rows, computed in torch before any export:
-    (a signature dict with the outputs' names and the classes, the served-form tensor inputs, the outputs).
+                       ) -> tuple[dict, list[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]]:
+    """What the exported graph would answer for ``frame``'s rows, computed in torch before any export: a signature
+    dict (the outputs' names and the classes) and batches of (served-form tensor inputs, outputs).
 
     The register step profiles these as the reference of the served outputs (mlops.monitoring._summaries), so
     drift on a window's predictions compares like with like. Tabular inputs come back empty: the training
-    split's own profile holds those columns. A team's module with its own datamodule is fed that datamodule's
-    validation batches over ``frame``; their tensors are what it serves, so they come back as the inputs."""
+    split's own profile holds those columns. An image model's inputs are the decoded uint8 HWC images, one
+    batch per size; a team's module with its own datamodule is fed that datamodule's validation batches over
+    ``frame``, whose tensors are what it serves."""
     import torch
 
     meta = getattr(module, "_mlops", None)
+    if getattr(module, "serves_images", False):  # model.flavor=image_classifier
+        from mlops.features import decode_all
+        from mlops.training._images import predict_images
+
+        hp = module.hparams
+        signature = {"task": "classification", "classes": list(hp.classes), "inputs": [{"name": "image"}],
+                     "outputs": [{"name": "probabilities"}]}
+        by_shape: dict[tuple[int, ...], list[np.ndarray]] = {}
+        for image in decode_all(frame, hp.in_channels):
+            by_shape.setdefault(image.shape, []).append(image)
+        batches = []
+        for images in by_shape.values():
+            for i in range(0, len(images), batch_size):
+                block = np.stack(images[i : i + batch_size])
+                batches.append(({"image": block}, {"probabilities": predict_images(module, block)}))
+        return signature, batches
     if not isinstance(meta, dict):  # the tabular MLP
         from mlops.training import predict_frame
 
+        signature = signature_of(module).to_dict()
         out = predict_frame(module, frame)
-        return signature_of(module).to_dict(), {}, {signature_of(module).outputs[0].name: out.reshape(len(out), -1)}
+        return signature, [({}, {signature["outputs"][0]["name"]: out.reshape(len(out), -1)})]
     from mlops.training._lightning import ServedModule
 
     served = ServedModule(module)
-    signature: dict = {"task": meta["task"], "inputs": [], "outputs": [{"name": served.output_name}]}
-    inputs: dict[str, list[np.ndarray]] = {}
-    outputs: list[np.ndarray] = []
+    signature = {"task": meta["task"], "inputs": [], "outputs": [{"name": served.output_name}]}
+    if meta["task"] == "classification":
+        classes = meta.get("classes")
+        signature["classes"] = list(classes) if classes is not None else None
+    batches = []
     with torch.no_grad():
         if served.features is not None:
             given = dict(zip(("numeric", "codes"), served.features.encode(frame), strict=True))
-            batches = [tuple(t[i : i + batch_size] for t in (given[n] for n in served.input_names))
+            tensors = [tuple(t[i : i + batch_size] for t in (given[n] for n in served.input_names))
                        for i in range(0, len(frame), batch_size)]
+            batches = [({}, {served.output_name: served(*x).cpu().numpy()}) for x in tensors]
         else:
             from mlops.training import model_family
             from mlops.training._split import Split
 
             data = model_family("lightning").datamodule(module, Split(frame, frame, frame), batch_size)
             data.setup("validate")
-            batches = []
+            signature["inputs"] = [{"name": n} for n in served.input_names]
             for batch in data.val_dataloader():
                 x = batch[0] if isinstance(batch, (tuple, list)) else batch
                 x = [x[n] for n in served.input_names] if isinstance(x, dict) else list(x) \
                     if isinstance(x, (tuple, list)) else [x]
-                batches.append(tuple(x))
-                for name, tensor in zip(served.input_names, x, strict=True):
-                    inputs.setdefault(name, []).append(tensor.cpu().numpy())
-            signature["inputs"] = [{"name": n} for n in served.input_names]
-        for tensors in batches:
-            outputs.append(served(*tensors).cpu().numpy())
-    out = np.concatenate(outputs) if outputs else np.zeros((0, 1), np.float32)
-    classes = meta.get("classes")
-    if meta["task"] == "classification":
-        signature["classes"] = list(classes) if classes is not None else list(range(out.shape[1]))
-    return signature, {n: np.concatenate(v) for n, v in inputs.items()}, {served.output_name: out}
+                batches.append(({n: t.cpu().numpy() for n, t in zip(served.input_names, x, strict=True)},
+                                {served.output_name: served(*x).cpu().numpy()}))
+    if signature.get("classes", 0) is None and batches:  # a team's datamodule: classes are indices
+        signature["classes"] = list(range(next(iter(batches[0][1].values())).shape[1]))
+    return signature, batches

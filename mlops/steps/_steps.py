@@ -300,8 +300,9 @@ def _served_reference(stack: Stack, val: Any, checkpoint: Path) -> Any:
 
     if len(val) > REFERENCE_PREDICTIONS_MAX:
         val = val.sample(REFERENCE_PREDICTIONS_MAX, random_state=stack.cfg.data.split.seed)
-    signature, inputs, outputs = served_predictions(load_module(checkpoint, stack.cfg.model.flavor), val)
-    return pd.DataFrame(served_columns(signature, inputs, outputs))
+    signature, batches = served_predictions(load_module(checkpoint, stack.cfg.model.flavor), val)
+    return pd.concat([pd.DataFrame(served_columns(signature, inputs, outputs)) for inputs, outputs in batches],
+                     ignore_index=True)
 
 
 # ---------------------------------------------------------------- release
