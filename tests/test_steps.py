@@ -258,7 +258,7 @@ def test_drift_is_announced_once_then_again_only_after_repeat_after_windows(tmp_
 
 @pytest.mark.parametrize("retrain_on_output_drift", [False, True])
 def test_output_drift_alone_retrains_only_when_configured(tmp_path, churn, profiler, inprocess_server,
-                                                           retrain_on_output_drift):
+                                                           retrain_on_output_drift, monkeypatch, capsys):
     """Unshifted inputs, shifted answers: reported as output drift; mlops.drift.detected only if configured."""
     from mlops._names import DRIFT_DETECTED
     from mlops.monitoring import TrafficProfiler
@@ -281,6 +281,33 @@ def test_output_drift_alone_retrains_only_when_configured(tmp_path, churn, profi
         assert [(e, p["drifted"]) for e, p in events] == [(DRIFT_DETECTED, ["output.class"])]
     else:
         assert judged["outcome"] == "output_drift" and judged["drifted"] == [] and events == []
+        _output_drift_in_the_report(tmp_path, features, monkeypatch, capsys)
+
+
+def _output_drift_in_the_report(tmp_path, features, monkeypatch, capsys):
+    """`mlops monitor report`, in this process: the outputs apart from the inputs, as JSON, text and HTML."""
+    import sys
+
+    from mlops.cli import main
+
+    def cli(*args):
+        monkeypatch.setattr(sys, "argv", ["mlops", "-C", str(ROOT), "monitor", "report", "recipe=churn",
+                                          f"target.state_dir={tmp_path / 'state'}", *args])
+        with pytest.raises(SystemExit) as done:
+            main()
+        out, err = capsys.readouterr()
+        assert done.value.code == 0, err
+        return out
+
+    report = json.loads(cli("--json"))
+    assert report["inputs"] == features and report["outputs"] == ["output.class"]
+    assert report["retrain_on_output_drift"] is False
+    [window] = report["windows"]
+    assert window["drift"] == [] and window["output_drift"] == ["output.class"]
+    assert window["outputs"]["output.class"]["category"] == "DRIFT"
+    text = cli("--html", str(tmp_path / "drift.html"))
+    assert "outputs:" in text and "no retraining <monitoring.drift.retrain_on_output_drift=false>" in text
+    assert "Output drift over time" in (tmp_path / "drift.html").read_text()
 
 
 # ---------------------------------------------------------------- the whole pipeline, served in process
