@@ -28,7 +28,7 @@ PREFECT_PORT, HTTP, GRPC, METRICS = 8623, 8624, 8625, 8626
 API = f"http://127.0.0.1:{PREFECT_PORT}/api"
 COMMON = ["recipe=digits_folder", f"target.prefect.port={PREFECT_PORT}", f"serving.http_port={HTTP}",
           f"serving.grpc_port={GRPC}", f"serving.metrics_port={METRICS}", "model.max_epochs=3",
-          "maturity.gate.floors.test_acc=0.5", "maturity.data_interval_s=3600",  # new images arrive only via drift
+          "maturity.data_interval_s=3600",  # new images arrive only via drift
           # Short windows, every served image profiled, judged as they close; the event fires once.
           "monitoring.window_s=4", "monitoring.sample_rate=1.0", "monitoring.drift.min_window_rows=100",
           "monitoring.drift.repeat_after_windows=200"]
@@ -46,6 +46,9 @@ model:
   channels: 16
   depth: 2
   batch_size: 32
+maturity:
+  gate:
+    floors: {test_acc: 0.5}  # 3 epochs on 1,200 images; the gate then compares each candidate with the champion
 """
 pytestmark = pytest.mark.e2e
 

@@ -11,6 +11,7 @@ config.pbtxt parameters, written by mlops.serving when monitoring is on:
     parameters { key: "mlops.sample_rate" value { string_value: "0.1" } }
     parameters { key: "mlops.window_s" value { string_value: "60" } }
     parameters { key: "mlops.python" value { string_value: "<the python that runs mlops>" } }
+    parameters { key: "mlops.path" value { string_value: "<the folder mlops is imported from>" } }
 
 Windows land in ``<monitoring_dir>/<version>/windows/<start>.bin``, the spool in ``.../<version>/spool/``.
 """
@@ -18,6 +19,7 @@ Windows land in ``<monitoring_dir>/<version>/windows/<start>.bin``, the spool in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,10 +50,16 @@ class Capture:
         self._lock = threading.Lock()
         self._seq = 0
         self._stop = threading.Event()
+        # The worker imports the mlops this module came from (a checkout's too), whatever PYTHONPATH the stub was
+        # given; an installed one is in site-packages, which the worker's python has already.
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ)
+        if root.name not in ("site-packages", "dist-packages"):
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)
         self.worker = subprocess.Popen(
             # Inside Triton's stub sys.executable is not a Python; mlops puts its venv's bin first on PATH.
             [python or shutil.which("python3") or sys.executable, "-m", "mlops.monitoring._spool", str(self.spool), str(windows_dir),
-             str(window_s), profiler], stdin=subprocess.PIPE)
+             str(window_s), profiler], stdin=subprocess.PIPE, env=env)
         self._thread = threading.Thread(target=self._run, name="mlops-capture-spool", daemon=True)
         self._thread.start()
 

@@ -14,6 +14,7 @@ In YAML: ``monitoring: {flavor: whylogs, sample_rate: 0.1}``.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -109,6 +110,9 @@ class WhylogsProfiler(Profiler):
         # whylogs itself is imported by the first method that needs it (4 s here), so building a profiler
         # (and starting the profiling worker beside a model) does not wait for it.
         os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+        # A constant column (an image model's height and width) makes whylogs' Hellinger binning warn on every
+        # score that it uses one bucket; the score (0 when both are the same constant) is right, the line is noise.
+        logging.getLogger("whylogs.viz.utils.quantile_stats").setLevel(logging.ERROR)
 
     def profile(self, frame: pd.DataFrame) -> Any:
         import whylogs as why

@@ -9,6 +9,7 @@ only what the serving environment has: numpy, onnxruntime and the backend's
 
 import json
 import os
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +45,10 @@ class TritonPythonModel:
         self.capture = None
         monitoring_dir = params.get("mlops.monitoring_dir", {}).get("string_value")
         if monitoring_dir:
+            # The mlops that wrote this config (the stub ignores PYTHONPATH); already on the path when installed.
+            root = params.get("mlops.path", {}).get("string_value")
+            if root and root not in sys.path:
+                sys.path.insert(0, root)
             # Sampled rows are spooled by a thread; a worker process profiles them, off the request path.
             from mlops.monitoring._capture import Capture
 

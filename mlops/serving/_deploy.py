@@ -76,7 +76,10 @@ def _capture_params(cfg: Config, state_dir: Path) -> dict[str, str] | None:
     return {"monitoring_dir": str(Layout(state_dir).model_monitoring(cfg.name)),
             "sample_rate": str(cfg.monitoring.sample_rate),
             "window_s": str(cfg.monitoring.window_s), "python": sys.executable,
-            "profiler": cfg.monitoring.flavor}
+            "profiler": cfg.monitoring.flavor,
+            # Where this mlops is imported from: Triton's stub embeds Python and ignores PYTHONPATH, so a
+            # checkout run with PYTHONPATH would otherwise capture with another (the installed) mlops.
+            "path": str(Path(__file__).resolve().parents[2])}
 
 
 def serve_version(cfg: Config, state_dir: Path, version: int) -> dict[str, Any]:
