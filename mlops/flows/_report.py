@@ -309,11 +309,13 @@ def monitored(stack: Stack, result: dict[str, Any]) -> None:
         start, outcome = w["window"], w["outcome"]
         log().info(f"window {start} of {cfg.name}@{version}: {w.get('rows', '?')} rows, {outcome}"
                    + (f", drifted {w['drifted']}" if w.get("drifted") else "")
+                   + (f", outputs drifted {w['output_drifted']}" if w.get("output_drifted") else "")
                    + (f", quarantined in {w['quarantine']}" if w.get("quarantine") else "")
                    + " <monitoring.drift>")
         scores = w.get("scores") or {}
         rows = [{"column": c, "score": None if s is None else round(s, 4),
-                 "drift": "DRIFT" if c in w.get("drifted", []) else "ok"} for c, s in sorted(scores.items())]
+                 "drift": "DRIFT" if c in w.get("drifted", []) or c in w.get("output_drifted", []) else "ok"}
+                for c, s in sorted(scores.items())]
         _safely("the drift table", create_table_artifact, table=rows or [{"column": "(all)", "score": None,
                                                                          "drift": outcome}],
                 key=artifact_key(cfg.name, "drift"),
@@ -329,15 +331,17 @@ def _write_drift_report(stack: Stack, version: int) -> Path:
     from mlops import steps
     from mlops._atomic import write_atomic
     from mlops.monitoring import drift_history, render_html, windows
+    from mlops.monitoring._summaries import split_columns
 
     cfg = stack.cfg
     _v, reference = steps.reference_profile(stack)
     profiler = steps.batch_profiler(stack)
     window_dir = stack.layout.windows(cfg.name, version)
-    history = drift_history(profiler, reference, window_dir, cfg.data.features, cfg.monitoring.drift)
+    inputs, outputs = split_columns(profiler.columns(reference), cfg.data.features)
+    history = drift_history(profiler, reference, window_dir, inputs, cfg.monitoring.drift, outputs)
     stored = windows(window_dir)
     latest = profiler.read(stored[-1][1]) if stored else None
     path = stack.layout.drift_report(cfg.name, version)
     write_atomic(path, render_html(f"{cfg.name}@{version}: drift", profiler, reference, latest, history,
-                                   cfg.data.features, cfg.monitoring.drift))
+                                   inputs, cfg.monitoring.drift, outputs))
     return path
