@@ -14,12 +14,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _live import prefect_events, wait_for
 
 from mlops._process import port_free
 
@@ -85,21 +85,6 @@ def runs(project: Path, pythonpath: str) -> list[dict]:
     return json.loads(mlops(project, pythonpath, "runs", "--json").stdout)
 
 
-def events(name: str) -> list[dict]:
-    req = urllib.request.Request(f"{API}/events/filter", method="POST", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"filter": {"event": {"name": [name]}}}).encode())
-    return json.loads(urllib.request.urlopen(req, timeout=10).read())["events"]
-
-
-def wait_for(what: str, fn, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := fn()):
-            return value
-        time.sleep(2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-
-
 def test_level_4_darkened_digits_drift_and_the_retrain_is_gated(tmp_path, sources_path):
     from mlops.serving._client import predict
 
@@ -122,16 +107,16 @@ def test_level_4_darkened_digits_drift_and_the_retrain_is_gated(tmp_path, source
             assert len(answer["labels"]) == len(dark[start : start + 50])
         detected = wait_for("drift detected", lambda: [r for r in runs(project, sources_path)
                                                        if r["flow"] == "mlops-monitor"
-                                                       and r.get("outcome") == "drift detected"], timeout=120)
+                                                       and r.get("outcome") == "drift detected"], timeout=120, poll_s=2)
         assert detected[0]["version"] == 1
         assert {"input.image.brightness", "input.image.contrast"} <= set(detected[0]["drifted"])
         retrain = wait_for("the retrain's verdict", lambda: [
             r for r in runs(project, sources_path) if r["flow"] == "mlops-train"
             and r["trigger"] == "event:mlops.drift.detected" and r.get("outcome") in ("deployed", "rejected")],
-            timeout=400)
+            timeout=400, poll_s=2)
         assert retrain[0]["drift_window"] == detected[0]["window"] and retrain[0]["version"] == 2
         assert retrain[0]["gate"]["champion_version"] == 1  # the gate compared it with the champion
-        (event,) = events("mlops.drift.detected")
+        (event,) = prefect_events(API, "mlops.drift.detected")
         assert event["payload"]["scores"]["input.image.brightness"] >= 0.4
     finally:
         mlops(project, sources_path, "down")

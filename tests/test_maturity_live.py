@@ -21,6 +21,7 @@ import pytest
 
 from mlops._process import port_free
 from _client_thread import ClientThread
+from _live import prefect_events, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_PORT, HTTP, GRPC, METRICS = 4310, 8310, 8311, 8312
@@ -99,20 +100,7 @@ def runs(project: Path) -> list[dict]:
 
 
 def events(name: str) -> list[dict]:
-    import urllib.request
-
-    req = urllib.request.Request(f"{API}/events/filter", method="POST", headers={"Content-Type": "application/json"},
-                                 data=json.dumps({"filter": {"event": {"name": [name]}}}).encode())
-    return json.loads(urllib.request.urlopen(req, timeout=10).read())["events"]
-
-
-def wait_for(what: str, fn, timeout: float = 150.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := fn()):
-            return value
-        time.sleep(1)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+    return prefect_events(API, name)
 
 
 @pytest.fixture(scope="module")
