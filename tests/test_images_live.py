@@ -110,6 +110,8 @@ def test_level_4_darkened_digits_drift_and_the_retrain_is_gated(tmp_path, source
                                                        and r.get("outcome") == "drift detected"], timeout=120, poll_s=2)
         assert detected[0]["version"] == 1
         assert {"input.image.brightness", "input.image.contrast"} <= set(detected[0]["drifted"])
+        assert isinstance(detected[0]["output_drifted"], list)  # the answers' drift, reported beside the inputs'
+
         retrain = wait_for("the retrain's verdict", lambda: [
             r for r in runs(project, sources_path) if r["flow"] == "mlops-train"
             and r["trigger"] == "event:mlops.drift.detected" and r.get("outcome") in ("deployed", "rejected")],

@@ -512,8 +512,9 @@ def monitor(stack: Stack, trigger: str, emit: Emit = lambda event, payload: None
                             * cfg.monitoring.window_s):
                 ledger["drift_event"] = start
                 emit(DRIFT_DETECTED, {"model": cfg.name, "version": version, "window": start, "drifted": drifted,
-                                      "scores": verdict["scores"]})
+                                      "output_drifted": output_drifted, "scores": verdict["scores"]})
                 log(outcome="drift detected", version=version, window=start, drifted=drifted,
+                    output_drifted=output_drifted,
                     scores={c: round(v, 3) for c in drifted if (v := verdict["scores"][c]) is not None})
         ledger["windows"][str(start)] = verdict
         judged.append({"window": start, **verdict})
