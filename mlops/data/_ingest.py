@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -16,6 +17,13 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
     """The source as a DataFrame, read by its flavor. `cache_dir` keeps slow sources (read-only unless
     `write_cache`)."""
     return make_source(data).read(project, nrows=nrows, cache_dir=cache_dir, write_cache=write_cache)
+
+
+def read_after(data: DataConfig, project: Path, after: Any) -> pd.DataFrame:
+    """`data.incremental`: the rows above the watermark `after` (every row when None), filtered by the source
+    where it can (a SQL WHERE, an Arrow filter)."""
+    assert data.incremental is not None
+    return make_source(data).read_after(project, data.incremental.column, after)
 
 
 def check_columns(data: DataConfig, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:

@@ -144,14 +144,15 @@ def _datamodule(family: object, module: pl.LightningModule, cfg: Config, split: 
 
 def fit(
     cfg: Config, split: Split, out_dir: Path, *, loggers: list | None = None, progress: bool = False,
-    project: Path | None = None,
+    project: Path | None = None, init_from: Path | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on ``split`` and keep the best epoch by ``cfg.model.early_stopping.monitor``.
 
     Writes ``out_dir/model.ckpt`` (the best weights, loadable by :func:`load_module`) and
     ``out_dir/history.json`` (one row of metrics per epoch). The same recipe and data give the same metrics.
     A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
-    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
+    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from. `init_from`: a
+    checkpoint whose weights the fit starts from (mlops.training._warm).
 
     ``out_dir`` is one training key's folder: while the fit runs, ``out_dir/last.ckpt`` holds the state after
     the last finished epoch. If a fit was killed, the next fit into the same folder resumes from it (the
@@ -169,6 +170,10 @@ def fit(
 
         importable(project)
     module = family.from_train(cfg.model, cfg.data, split.train)
+    if init_from is not None:  # model.init_from: champion; a resumed fit restores last.ckpt over it anyway
+        from mlops.training._warm import warm_start
+
+        module = warm_start(family, module, Path(init_from))
     data = _datamodule(family, module, cfg, split)
 
     es = cfg.model.early_stopping

@@ -1,0 +1,199 @@
+"""`data.incremental`, `data.window` and `model.init_from: champion`, in process: real DuckDB, Arrow, Lightning and
+the model store; no services. Rows are appended to the source between ingests, as a warehouse would get them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from mlops import steps
+from mlops.errors import ConfigError, DataError
+from mlops.recipe import load
+from mlops.stack import Stack
+
+ROOT = Path(__file__).resolve().parents[1]
+START = pd.Timestamp("2024-01-01")
+
+
+def _rows(churn: pd.DataFrame, lo: int, hi: int) -> pd.DataFrame:
+    """Rows lo..hi of churn.csv, row i updated i hours after START."""
+    part = churn.iloc[lo:hi].copy()
+    part["updated_at"] = [START + pd.Timedelta(hours=i) for i in range(lo, hi)]
+    return part
+
+
+def _db(path: Path, frame: pd.DataFrame) -> None:
+    with duckdb.connect(str(path)) as con:
+        con.register("f", frame)
+        if con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'").fetchone()[0]:
+            con.execute("INSERT INTO events SELECT * FROM f")
+        else:
+            con.execute("CREATE TABLE events AS SELECT * FROM f")
+
+
+def _sql_stack(tmp_path: Path, *overrides: str, check_data: bool = False) -> Stack:
+    cfg = load(["recipe=warehouse", f"data.url=duckdb:///{tmp_path / 'w.duckdb'}", "data.query=SELECT * FROM events",
+                "+data.incremental.column=updated_at", "data.checks.min_rows=100", "maturity=1",
+                "model.max_epochs=2", "monitoring=none", f"target.state_dir={tmp_path / 'state'}", *overrides],
+               ROOT, check_data=check_data)
+    return Stack(cfg, ROOT)
+
+
+def _ingest(stack: Stack, full: bool = False):
+    snapshot = steps.ingest(stack, full)
+    if snapshot.incremental.get("new_rows") != 0:
+        steps.validate(stack, snapshot)
+        steps.record_snapshot(stack, snapshot, "test")
+    return snapshot
+
+
+def test_each_ingest_reads_only_the_rows_past_the_watermark(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path)
+    first = _ingest(stack)
+    assert first.rows == 600 and first.incremental["after"] is None
+    assert first.incremental["watermark"] == (START + pd.Timedelta(hours=599)).isoformat()
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 600, 680))  # rows arrive between two ingests
+    second = _ingest(stack)
+    assert (second.rows, second.incremental["new_rows"]) == (80, 80)
+    assert second.incremental["after"] == first.incremental["watermark"]
+    assert second.incremental["chain"] == first.incremental["chain"]
+    new = pd.read_parquet(second.path)
+    assert new["updated_at"].min() == START + pd.Timedelta(hours=600) and len(new) == 80
+
+    # Nothing past the watermark: no new snapshot; the chain's latest comes back with new_rows 0.
+    again = steps.ingest(stack)
+    assert again.incremental["new_rows"] == 0 and again.fingerprint == second.fingerprint
+    assert [d["fingerprint"] for d in steps.chain(stack)] == [first.fingerprint, second.fingerprint]
+    index = steps.validated_snapshots(stack)
+    assert index[second.fingerprint]["incremental"]["watermark"] == (START + pd.Timedelta(hours=679)).isoformat()
+
+    # The training set is the union of the chain (no data.window), its snapshots in the lineage.
+    data = steps.training_data(stack, second)
+    assert data.rows == 680 and data.window["rule"] == "all"
+    assert [(s["fingerprint"], s["rows"]) for s in data.window["snapshots"]] == [(first.fingerprint, 600),
+                                                                                (second.fingerprint, 80)]
+    assert list(pd.read_parquet(data.path).columns) == [*stack.cfg.data.features, "churned"]
+
+
+def test_a_small_delta_is_validated_as_rows_and_the_window_as_a_training_set(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path, "data.checks.min_rows=500")
+    _ingest(stack)
+    _db(tmp_path / "w.duckdb", _rows(churn, 600, 603))  # 3 rows: fewer than min_rows, maybe one class
+    delta = _ingest(stack)
+    assert delta.rows == 3
+    small = _sql_stack(tmp_path, "data.checks.min_rows=500", "+data.window.rows=200")
+    with pytest.raises(DataError, match=r"training window .* has 200 rows, fewer than data.checks.min_rows=500"):
+        steps.training_data(small, delta)
+
+
+def test_the_window_selects_the_latest_rows_or_days(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path)
+    first = _ingest(stack)
+    _db(tmp_path / "w.duckdb", _rows(churn, 600, 700))
+    second = _ingest(stack)
+
+    by_rows = steps.training_data(_sql_stack(tmp_path, "+data.window.rows=250"), second)
+    assert by_rows.rows == 250
+    assert [(s["fingerprint"], s["rows"]) for s in by_rows.window["snapshots"]] == [(first.fingerprint, 150),
+                                                                                   (second.fingerprint, 100)]
+    assert by_rows.window["rule"] == {"rows": 250}
+    expected = _rows(churn, 450, 700)[[*stack.cfg.data.features, "churned"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(by_rows.path), expected, check_dtype=False)
+
+    # Inside the latest snapshot only: the older one is not even read.
+    recent = steps.training_data(_sql_stack(tmp_path, "+data.window.rows=100"), second)
+    assert [s["fingerprint"] for s in recent.window["snapshots"]] == [second.fingerprint]
+
+    # 5 days = 120 hours back from the newest row (hour 699): hours 579..699.
+    by_days = steps.training_data(_sql_stack(tmp_path, "+data.window.days=5"), second)
+    assert by_days.rows == 121 and by_days.window["snapshots"][0]["rows"] == 21
+    assert by_days.key != by_rows.key != steps.training_data(stack, second).key
+
+
+def test_full_refresh_rereads_everything_and_starts_a_new_chain(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path)
+    first = _ingest(stack)
+    _db(tmp_path / "w.duckdb", _rows(churn, 600, 650))
+    _ingest(stack)
+    full = _ingest(stack, full=True)
+    assert full.rows == 650 and full.incremental["after"] is None
+    assert full.incremental["chain"] != first.incremental["chain"]
+    assert [d["fingerprint"] for d in steps.chain(stack)] == [full.fingerprint]
+    assert steps.training_data(stack, full).window["snapshots"] == [
+        {"fingerprint": full.fingerprint, "watermark": full.incremental["watermark"], "rows": 650}]
+    # The next incremental read continues the new chain.
+    _db(tmp_path / "w.duckdb", _rows(churn, 650, 660))
+    nxt = _ingest(stack)
+    assert nxt.rows == 10 and nxt.incremental["chain"] == full.incremental["chain"]
+
+
+def test_level_0_reads_everything(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path, "maturity=0")
+    snapshot = steps.ingest(stack)
+    assert snapshot.rows == 600 and snapshot.incremental == {}
+
+
+def test_parquet_dataset_and_csv_sources_read_incrementally(tmp_path, churn):
+    folder = tmp_path / "events"
+    folder.mkdir()
+    _rows(churn, 0, 300).to_parquet(folder / "part-0.parquet")
+    base = ["recipe=churn", "+data.incremental.column=updated_at", "data.checks.min_rows=50", "data.checks.max_null_fraction=0.3", "maturity=1",
+            "monitoring=none", f"target.state_dir={tmp_path / 'state'}"]
+    cfg = load([*base, "data.source=parquet_dataset", f"data.path={folder}"], ROOT)
+    stack = Stack(cfg, ROOT)
+    assert _ingest(stack).rows == 300
+    _rows(churn, 300, 340).to_parquet(folder / "part-1.parquet")
+    assert _ingest(stack).rows == 40
+
+    csv = tmp_path / "rows.csv"
+    _rows(churn, 0, 300).to_csv(csv, index=False)
+    stack = Stack(load([*base, f"data.path={csv}", f"target.state_dir={tmp_path / 'state-csv'}"], ROOT), ROOT)
+    assert _ingest(stack).incremental["watermark"] == (START + pd.Timedelta(hours=299)).isoformat()
+    _rows(churn, 300, 320).to_csv(csv, mode="a", header=False, index=False)
+    assert _ingest(stack).rows == 20
+
+
+# ---------------------------------------------------------------- config errors (exit 2, file:line)
+def _problems(overrides: list[str]) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load(overrides, ROOT)
+    assert exc.value.exit_code == 2
+    return [p.render() for p in exc.value.problems]
+
+
+def test_config_errors_name_the_key_and_line(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 100))
+    url = f"data.url=duckdb:///{tmp_path / 'w.duckdb'}"
+    [unknown] = _problems(["recipe=warehouse", url, "data.query=SELECT * FROM events",
+                           "+data.incremental.column=updatd_at"])
+    assert unknown.startswith("override '+data.incremental.column=updatd_at': `data.incremental.column` column "
+                              "'updatd_at' is not in the data; its columns are: ")
+    [window] = _problems(["recipe=churn", "+data.window.days=7"])
+    assert window.startswith("recipes/churn.yaml:7: `data` data.window selects over incremental snapshots and "
+                             "needs data.incremental: {column: <an updated-at timestamp column>}")
+    [both] = _problems(["recipe=churn", "+data.incremental.column=x", "+data.window.days=7", "+data.window.rows=9"])
+    assert "give exactly one of `rows` (the latest N rows) or `days` (the last D days)" in both
+    [bundled] = _problems(["recipe=breast_cancer", "+data.incremental.column=x"])
+    assert "source=sklearn is a fixed bundled dataset" in bundled and bundled.startswith("recipes/breast_cancer.yaml:")
+    [init] = _problems(["recipe=churn", "model.init_from=best"])
+    assert init.startswith("override 'model.init_from=best': `model.init_from`") and "'none' or 'champion'" in init
+
+
+def test_a_days_window_needs_a_timestamp_column(tmp_path, churn):
+    frame = _rows(churn, 0, 200)
+    frame["updated_at"] = range(200)
+    _db(tmp_path / "w.duckdb", frame)
+    stack = _sql_stack(tmp_path, "+data.window.days=3")
+    with pytest.raises(ConfigError, match=r"`data.window.days` counts days of data.incremental.column='updated_at', "
+                                          r"which holds int64 values"):
+        steps.training_data(stack, _ingest(stack))
