@@ -197,3 +197,56 @@ def test_a_days_window_needs_a_timestamp_column(tmp_path, churn):
     with pytest.raises(ConfigError, match=r"`data.window.days` counts days of data.incremental.column='updated_at', "
                                           r"which holds int64 values"):
         steps.training_data(stack, _ingest(stack))
+
+
+# ---------------------------------------------------------------- warm start (model.init_from: champion)
+def _fit_register(stack: Stack, snapshot):
+    try:
+        trained = steps.train(stack, snapshot)
+        metrics = steps.evaluate(stack, snapshot, trained)
+        return trained, steps.register(stack, snapshot, trained, metrics)
+    finally:
+        steps.end_open_runs("FAILED")
+
+
+def _first_epoch_loss(trained) -> float:
+    import json
+
+    return json.loads((Path(trained.dir) / "history.json").read_text())[0]["train_loss"]
+
+
+def test_init_from_champion_warm_starts_on_the_new_window(tmp_path, churn):
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 700))
+    warm = ("model.init_from=champion", "model.max_epochs=3")
+    stack = _sql_stack(tmp_path, *warm)
+    first = steps.training_data(stack, _ingest(stack))
+    assert first.warm_from is None  # no champion yet: from scratch, and the lineage says so
+    _, v1 = _fit_register(stack, first)
+    assert stack.model_store.get("warehouse", v1.version).lineage["warm_start"] == {"from_version": None}
+    stack.model_store.promote("warehouse", v1.version, by="test")
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 700, 1000))
+    delta = _ingest(stack)
+    data = steps.training_data(stack, delta)
+    assert data.warm_from == v1.version and data.rows == 1000
+    trained, v2 = _fit_register(stack, data)
+    lineage = stack.model_store.get("warehouse", v2.version).lineage
+    assert lineage["warm_start"] == {"from_version": v1.version}
+    assert [s["fingerprint"] for s in lineage["data_window"]["snapshots"]] == [first.window["snapshots"][0][
+        "fingerprint"], delta.fingerprint]
+
+    scratch_stack = _sql_stack(tmp_path, "model.max_epochs=3", f"target.state_dir={tmp_path / 'scratch'}")
+    scratch = steps.training_data(scratch_stack, data.model_copy(update={"warm_from": None}))
+    scratch_trained = steps.train(scratch_stack, scratch.model_copy(update={"key": "scratch", "warm_from": None}))
+    steps.end_open_runs("FINISHED")
+    assert _first_epoch_loss(trained) < _first_epoch_loss(scratch_trained)
+
+    # The champion trained this config on this very window: no warm start from itself, the same key.
+    stack.model_store.promote("warehouse", v2.version, by="test")
+    assert steps.training_data(stack, delta).key == data.key
+
+    # Another architecture cannot load the champion's weights: exit 2, naming what differs.
+    other = _sql_stack(tmp_path, *warm, "model.hidden=[8]")
+    with pytest.raises(ConfigError, match=r"`model.init_from` is `champion`, but the champion .* does not have this "
+                                          r"model's architecture: hidden: champion \[32, 16\], recipe \[8\]"):
+        _fit_register(other, steps.training_data(other, delta))
