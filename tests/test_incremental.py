@@ -250,3 +250,80 @@ def test_init_from_champion_warm_starts_on_the_new_window(tmp_path, churn):
     with pytest.raises(ConfigError, match=r"`model.init_from` is `champion`, but the champion .* does not have this "
                                           r"model's architecture: hidden: champion \[32, 16\], recipe \[8\]"):
         _fit_register(other, steps.training_data(other, delta))
+
+
+def test_data_refresh_has_help_with_an_example():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "mlops.cli", "data", "refresh", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Example: mlops data refresh" in proc.stdout and "--full" in proc.stdout
+
+
+# ---------------------------------------------------------------- live: level 3, incremental + warm start
+from test_sources import sources_path  # noqa: E402,F401  (the fixture: the sql flavor for CLI subprocesses)
+
+LIVE_PORTS = (4640, 8640, 8641, 8642)
+LIVE = ["recipe=warehouse_incremental", f"target.prefect.port={LIVE_PORTS[0]}", f"serving.http_port={LIVE_PORTS[1]}",
+        f"serving.grpc_port={LIVE_PORTS[2]}", f"serving.metrics_port={LIVE_PORTS[3]}", "model.max_epochs=3",
+        "maturity.data_interval_s=86400", "monitoring=none"]
+
+
+def _append_customers(db: Path, n: int) -> None:
+    """n new customers (copies of the first n, new ids), written an hour apart after everything there."""
+    with duckdb.connect(str(db)) as con:
+        con.execute(f"CREATE TEMP TABLE new AS SELECT customer_id, 'N' || customer_id AS id FROM customers "
+                    f"ORDER BY customer_id LIMIT {n}")
+        con.execute("INSERT INTO customers SELECT n.id, c.tenure_months, c.contract, c.payment_method, c.region "
+                    "FROM customers c JOIN new n USING (customer_id)")
+        con.execute("INSERT INTO usage SELECT n.id, u.monthly_charges, u.support_calls, u.data_gb, u.churned, "
+                    "(SELECT max(updated_at) FROM usage) + to_hours(CAST(row_number() OVER (ORDER BY n.id) AS "
+                    "BIGINT)) FROM usage u JOIN new n USING (customer_id)")
+
+
+@pytest.mark.e2e
+def test_level_3_refresh_ingests_only_new_rows_warm_starts_and_gates(tmp_path, sources_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from mlops._process import port_free
+
+    assert all(port_free("127.0.0.1", p) for p in LIVE_PORTS), f"ports {LIVE_PORTS} are in use"
+    shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PYTHONPATH": sources_path}
+
+    def mlops(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "mlops.cli", *args, *LIVE], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"mlops {' '.join(args)}: {proc.stderr}"
+        return proc
+
+    def train_runs() -> list[dict]:
+        return [r for r in json.loads(mlops("runs", "--json").stdout) if r.get("flow") == "mlops-train"]
+
+    try:
+        assert "warehouse_incremental version 1 is READY" in mlops("up").stderr
+        _append_customers(tmp_path / "recipes/data/warehouse.duckdb", 150)
+        refreshed = json.loads(mlops("data", "refresh", "--json").stdout)
+        assert refreshed["new"] and refreshed["rows"] == 150 and refreshed["incremental"]["after"] == \
+            "2024-02-19T23:00:00"
+        deadline = time.monotonic() + 240
+        while not (done := [r for r in train_runs() if r.get("outcome") in ("deployed", "rejected")]):
+            assert time.monotonic() < deadline, f"no gated training run: {train_runs()}"
+            time.sleep(2)
+        assert done[0]["version"] == 2 and "gate" in done[0]
+        stack = Stack(load([*LIVE], tmp_path, check_data=False), tmp_path)
+        lineage = stack.model_store.get("warehouse_incremental", 2).lineage
+        assert lineage["warm_start"] == {"from_version": 1}
+        window = lineage["data_window"]
+        assert window["rows"] == 1000 and [s["rows"] for s in window["snapshots"]][-1] == 150
+        again = json.loads(mlops("data", "refresh", "--json").stdout)
+        assert again["new"] is False and again["new_rows"] == 0 and "no rows past the watermark" in again["message"]
+    finally:
+        subprocess.run([sys.executable, "-m", "mlops.cli", "down", *LIVE], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert all(port_free("127.0.0.1", p) for p in LIVE_PORTS)
