@@ -130,6 +130,11 @@ def test_full_refresh_rereads_everything_and_starts_a_new_chain(tmp_path, churn)
     assert [d["fingerprint"] for d in steps.chain(stack)] == [full.fingerprint]
     assert steps.training_data(stack, full).window["snapshots"] == [
         {"fingerprint": full.fingerprint, "watermark": full.incremental["watermark"], "rows": 650}]
+    # The same rows read in full again are a new chain too (the snapshot is recorded again, last).
+    same = _ingest(stack, full=True)
+    assert same.fingerprint == full.fingerprint and same.incremental["chain"] != full.incremental["chain"]
+    assert [d["incremental"]["chain"] for d in steps.chain(stack)] == [same.incremental["chain"]]
+    full = same
     # The next incremental read continues the new chain.
     _db(tmp_path / "w.duckdb", _rows(churn, 650, 660))
     nxt = _ingest(stack)

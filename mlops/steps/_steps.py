@@ -78,7 +78,7 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     With `data.incremental` (level 1+) only the rows past the current chain's watermark are read, and the
     snapshot holds just those; none past it gives back the chain's latest snapshot, `new_rows` 0. `full` reads
     everything and starts a new chain (`mlops data refresh --full`)."""
-    from mlops.data import fingerprint, read_after, read_frame, repair_frame, watermark
+    from mlops.data import read_after, read_frame, repair_frame, watermark
 
     cfg = stack.cfg
     inc = cfg.data.incremental if incremental(stack) else None
@@ -103,14 +103,22 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     # An explicit data.checks.non_finite=drop|clip repairs the rows before they are snapshotted, so no split
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
+    fp, path = _snapshot_file(stack, frame)
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+                           repairs=repairs, incremental=about)
+
+
+def _snapshot_file(stack: Stack, frame: Any) -> tuple[str, Path]:
+    """The frame's content fingerprint and its Parquet snapshot, written once per content (atomically)."""
+    from mlops.data import fingerprint
+
     fp = fingerprint(frame)
-    path = stack.layout.snapshot(cfg.name, fp)
+    path = stack.layout.snapshot(stack.cfg.name, fp)
     if not path.exists():
         buf = io.BytesIO()
         frame.to_parquet(buf, index=False)
         write_atomic(path, buf.getvalue())
-    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
-                           repairs=repairs, incremental=about)
+    return fp, path
 
 
 def incremental(stack: Stack) -> bool:
@@ -139,7 +147,7 @@ def training_data(stack: Stack, snapshot: DatasetSnapshot) -> DatasetSnapshot:
     """What `train` fits on: with `data.incremental`, the `data.window` over the chain up to `snapshot` (one
     content-hashed snapshot, the ids and watermarks of the snapshots in it recorded); otherwise `snapshot`. With
     `model.init_from: champion` the champion's version joins the training key, since training starts from it."""
-    from mlops.data import fingerprint, window_frame
+    from mlops.data import window_frame
 
     cfg = stack.cfg
     training = snapshot
@@ -161,12 +169,7 @@ def training_data(stack: Stack, snapshot: DatasetSnapshot) -> DatasetSnapshot:
                             f"data.checks.min_rows={cfg.data.checks.min_rows} (data.window="
                             f"{window.model_dump(exclude_none=True) if window else 'all'}, over {len(used)} "
                             "snapshot(s)). Hint: widen data.window, or wait for more rows.")
-        fp = fingerprint(frame)
-        path = stack.layout.snapshot(cfg.name, fp)
-        if not path.exists():
-            buf = io.BytesIO()
-            frame.to_parquet(buf, index=False)
-            write_atomic(path, buf.getvalue())
+        fp, path = _snapshot_file(stack, frame)
         about = {"column": inc.column, "rule": window.model_dump(exclude_none=True) if window else "all",
                  "chain": snapshot.incremental["chain"], "rows": len(frame), "snapshots": used}
         training = DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
@@ -274,8 +277,8 @@ def validated_snapshots(stack: Stack) -> dict[str, dict[str, Any]]:
 def record_snapshot(stack: Stack, snapshot: DatasetSnapshot, trigger: str) -> bool:
     """Record a validated snapshot; False if it was already recorded (nothing new)."""
     index = validated_snapshots(stack)
-    if snapshot.fingerprint in index and (snapshot.incremental.get("after") is not None or not snapshot.incremental
-                                          or snapshot.incremental == index[snapshot.fingerprint].get("incremental")):
+    if snapshot.fingerprint in index and (snapshot.incremental.get("chain") ==
+                                          index[snapshot.fingerprint].get("incremental", {}).get("chain")):
         return False
     index.pop(snapshot.fingerprint, None)  # a full read of the same rows again starts a new chain: moved last
     index[snapshot.fingerprint] = {**snapshot.model_dump(), "validated_at": time.time(), "trigger": trigger}
