@@ -160,12 +160,38 @@ def test_parquet_dataset_and_csv_sources_read_incrementally(tmp_path, churn):
     _rows(churn, 300, 340).to_parquet(folder / "part-1.parquet")
     assert _ingest(stack).rows == 40
 
+    pq = tmp_path / "rows.parquet"  # source: file, Parquet: the filter goes to the reader (row-group statistics)
+    _rows(churn, 0, 300).to_parquet(pq)
+    stack = Stack(load([*base, f"data.path={pq}", f"target.state_dir={tmp_path / 'state-pq'}"], ROOT), ROOT)
+    assert _ingest(stack).rows == 300
+    pd.concat([_rows(churn, 0, 300), _rows(churn, 300, 330)]).to_parquet(pq)
+    assert _ingest(stack).rows == 30
+
     csv = tmp_path / "rows.csv"
     _rows(churn, 0, 300).to_csv(csv, index=False)
     stack = Stack(load([*base, f"data.path={csv}", f"target.state_dir={tmp_path / 'state-csv'}"], ROOT), ROOT)
     assert _ingest(stack).incremental["watermark"] == (START + pd.Timedelta(hours=299)).isoformat()
     _rows(churn, 300, 320).to_csv(csv, mode="a", header=False, index=False)
     assert _ingest(stack).rows == 20
+
+
+def test_up_with_no_rows_past_the_watermark_keeps_the_champion_and_says_so(tmp_path, churn, inprocess_server):
+    from mlops.flows import _pipeline
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path, "serving=inprocess")
+    first = _ingest(stack)
+    assert _pipeline._no_new_rows(stack, first) is None  # new rows: train
+    ckpt = tmp_path / "w.ckpt"
+    ckpt.write_bytes(b"weights")
+    mv = stack.model_store.register("warehouse", {"model.ckpt": ckpt}, {"key": "k", "metrics": {"test_acc": 0.8}})
+    stack.model_store.promote("warehouse", mv.version, by="test")
+    nothing = steps.ingest(stack)
+    result = _pipeline._no_new_rows(stack, nothing)
+    assert result["new_version"] is False and result["version"] == mv.version and result["new_rows"] == 0
+    assert result["message"] == ("no rows past the watermark updated_at=2024-01-25T23:00:00 "
+                                 "<data.incremental.column>: no new snapshot, nothing retrained")
+    assert steps.validated_snapshots(stack).keys() == {first.fingerprint}
 
 
 # ---------------------------------------------------------------- config errors (exit 2, file:line)
