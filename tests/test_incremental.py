@@ -224,7 +224,13 @@ def test_a_days_window_needs_a_timestamp_column(tmp_path, churn):
     frame = _rows(churn, 0, 200)
     frame["updated_at"] = range(200)
     _db(tmp_path / "w.duckdb", frame)
-    stack = _sql_stack(tmp_path, "+data.window.days=3")
+    [problem] = _problems(["recipe=warehouse", f"data.url=duckdb:///{tmp_path / 'w.duckdb'}",
+                           "data.query=SELECT * FROM events", "+data.incremental.column=updated_at",
+                           "+data.window.days=3"])
+    assert problem == ("override '+data.window.days=3': `data.window.days` counts days of data.incremental.column="
+                       "'updated_at', which holds int64 values like 0, not timestamps. Hint: use data.window.rows "
+                       "for a numeric column, or an updated_at timestamp column")
+    stack = _sql_stack(tmp_path, "+data.window.days=3")  # the training step says so too (a config not checked)
     with pytest.raises(ConfigError, match=r"`data.window.days` counts days of data.incremental.column='updated_at', "
                                           r"which holds int64 values"):
         steps.training_data(stack, _ingest(stack))

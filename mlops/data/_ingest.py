@@ -31,7 +31,8 @@ def check_columns(data: DataConfig, project: Path, cache_dir: Path | None = None
 
     Returns (dotted key, message, hint) triples; empty when all is well.
     """
-    return make_source(data).check(project, cache_dir)
+    source = make_source(data)
+    return source.check(project, cache_dir) or source.check_window(project, cache_dir)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

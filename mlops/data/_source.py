@@ -63,6 +63,28 @@ class DataSource(ABC):
                      "check the source's settings")]
         return missing_columns(self.config, [str(c) for c in head.columns])
 
+    def check_window(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
+        """Run at config load after `check` passed: `data.window.days` counts days of the incremental column,
+        which must hold timestamps (ISO text in a CSV)."""
+        import pandas as pd
+
+        data = self.config
+        if data.incremental is None or data.window is None or data.window.days is None:
+            return []
+        column = self.read(project, nrows=5, cache_dir=cache_dir)[data.incremental.column]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            return []
+        if column.dtype == object:
+            try:
+                pd.to_datetime(column, format="ISO8601")
+                return []
+            except (ValueError, TypeError):
+                pass
+        like = f" like {column.iloc[0]!r}" if len(column) else ""
+        return [("data.window.days", f"counts days of data.incremental.column={data.incremental.column!r}, which "
+                 f"holds {column.dtype} values{like}, not timestamps",
+                 "use data.window.rows for a numeric column, or an updated_at timestamp column")]
+
     def describe(self) -> str:
         return self.config.describe()
 
@@ -157,7 +179,10 @@ class FileSource(DataSource):
         if self._format(url) != "parquet":
             frame = self.read(project)
             if frame[column].dtype == object:  # CSV has no types: ISO dates compare as timestamps, not as text
-                frame[column] = pd.to_datetime(frame[column], format="ISO8601")
+                try:
+                    frame[column] = pd.to_datetime(frame[column], format="ISO8601")
+                except (ValueError, TypeError):
+                    pass  # not dates: compared as text
             return frame if after is None else frame[frame[column] > after].reset_index(drop=True)
         if after is None:
             return self.read(project)
