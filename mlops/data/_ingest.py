@@ -49,9 +49,19 @@ def read_batch(path: Path, data: DataConfig, project: Path) -> pd.DataFrame:
     recipe's columns and checks, pointed at `path`. Whatever cannot be read is a DataError saying what was
     read and what to try (delimiter, encoding, format), never a parser's traceback."""
     from mlops.errors import DataError
-    from mlops.recipe.schema import FileData
+    from mlops.recipe.schema import FileData, ImageData, ImageFolderData
 
     path = Path(path)
+    if isinstance(data, ImageData):  # an image recipe's batch: a folder of class folders, read as image_folder
+        if not path.is_dir():
+            raise DataError(f"--input {path}: an image recipe's batch is a folder with one subfolder of PNG/JPEG "
+                            "images per class (as source=image_folder reads), not a file.")
+        folder = ImageFolderData(source="image_folder", path=str(path.resolve()), target=data.target,
+                                 image=data.image, split=data.split, checks=data.checks)
+        try:
+            return make_source(folder).read(project)
+        except ValueError as exc:
+            raise DataError(f"--input {path}: {exc}.") from None
     fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     where = f"--input {path}"
     if not path.is_file():

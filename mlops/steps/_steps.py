@@ -41,6 +41,7 @@ from mlops.artifacts import (
 from mlops.errors import DataError, MlopsError
 from mlops.plan import Gate
 from mlops.recipe.keys import config_hash, training_key
+from mlops.recipe.schema import ImageData
 from mlops.stack import Stack
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -90,7 +91,7 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
 
         after = bound(last["incremental"]["watermark"], last["incremental"]["type"]) if last else None
         frame = read_after(cfg.data, stack.project, after)
-    used = [*cfg.data.features, cfg.data.target]
+    used = list(cfg.data.columns)
     frame = frame[used if inc is None or inc.column in used else [*used, inc.column]]
     about: dict[str, Any] = {}
     if inc is not None:
@@ -162,7 +163,7 @@ def training_data(stack: Stack, snapshot: DatasetSnapshot) -> DatasetSnapshot:
                 total += entries[start]["rows"]
             entries = entries[start:]
         frame, used = window_frame([(d, _frame_at(d["path"])) for d in entries], inc.column, window)
-        features = [*cfg.data.features, cfg.data.target]
+        features = list(cfg.data.columns)
         frame = frame[features]
         if len(frame) < cfg.data.checks.min_rows:
             raise DataError(f"the training window of recipe {cfg.name!r} has {len(frame)} rows, fewer than "
@@ -214,11 +215,11 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     frame = _frame(snapshot)
     # New rows on top of a chain are checked as rows; the row count and classes are the training window's.
     delta = snapshot.incremental.get("after") is not None
-    report, batch, problems = check_frame(stack, frame[[*cfg.data.features, cfg.data.target]] if
+    report, batch, problems = check_frame(stack, frame[cfg.data.columns] if
                                           snapshot.incremental else frame, f"the batch {snapshot.path}", delta=delta)
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
-                           source=cfg.data.describe())
+                           source=cfg.data.describe(), **({"bad_files": report.bad_files} if report.bad_files else {}))
         raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))
@@ -237,12 +238,28 @@ def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None
     cfg = stack.cfg
     report = validate_frame(frame, cfg.data, cfg.model.task, delta=delta)
     problems = list(report.problems)
+    if isinstance(cfg.data, ImageData) and len(frame) and (classes := champion_classes(stack)) is not None:
+        from mlops.data._images import unseen_labels
+
+        problems += unseen_labels(frame, cfg.data.target, classes)  # a class folder the champion never saw
     batch = None
     if (stack.monitor is not None if with_profile is None else with_profile) and len(frame):
         batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
         if not batch.ok:
             problems.append(render_failures(batch, source))
     return report, batch, problems
+
+
+def champion_classes(stack: Stack) -> list[Any] | None:
+    """The classes the champion was trained on (from its checkpoint), or None without a champion."""
+    store, name = stack.model_store, stack.cfg.name
+    champion = store.aliases(name).get("champion")
+    if champion is None:
+        return None
+    import torch  # for import cost: only an image recipe with a champion reads a checkpoint here
+
+    saved = torch.load(store.get(name, champion).file("model.ckpt"), map_location="cpu", weights_only=False)
+    return saved.get("hyper_parameters", {}).get("classes")
 
 
 def reference_profile(stack: Stack) -> tuple[int | None, Any | None]:
