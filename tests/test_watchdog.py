@@ -63,6 +63,19 @@ def test_a_dead_server_is_restarted_after_the_misses_and_an_event_says_so(dog):
     assert wd.check() == "ok"
 
 
+def test_a_server_that_runs_but_does_not_answer_is_restarted_only_after_hung_s(dog):
+    wd, clock, events = dog("maturity.watchdog.hung_s=10")
+    wd.server.hang()
+    seen = []
+    for _ in range(7):
+        seen.append(wd.check())
+        clock.t += 2
+    # first miss at t=0; from the 2nd (misses=2) it is unresponsive until 10 s have passed, then restarted
+    assert seen == ["miss", "unresponsive", "unresponsive", "unresponsive", "unresponsive", "restarted", "ok"]
+    assert [e for e, _, _ in events] == [SERVER_RESTARTED] and events[0][2]["down_s"] == 10
+    assert wd.server.live()
+
+
 def test_a_crash_loop_backs_off_gives_up_then_rearms_when_the_server_answers_again(dog):
     wd, clock, events = dog("maturity.watchdog.misses=1", "maturity.watchdog.max_restarts=3",
                             "maturity.watchdog.backoff_s=1", "maturity.watchdog.window_s=60")

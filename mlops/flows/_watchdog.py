@@ -2,8 +2,9 @@
 
 The Prefect runner (mlops.flows._serve) runs it in a thread beside the deployments it serves, from level 3
 on (`maturity.watchdog.enabled`). Every `maturity.watchdog.poll_s` it asks the stack's server whether it
-answers (`ModelServer.live`, so any server flavor); after `misses` failed checks in a row the server is down,
-and the watchdog restarts it::
+answers (`ModelServer.live`, so any server flavor); after `misses` failed checks in a row the server is down:
+gone (its process ended: `ModelServer.running` is false), or hung (its process runs but has not answered for
+`hung_s`; a server that is only slow under load is left alone until then). Then the watchdog restarts it::
 
     Watchdog(Stack(cfg, project, state_dir)).run(stop)     # in the runner; `stop` is a threading.Event
 
@@ -23,8 +24,8 @@ How, and why so:
   so in `mlops status` and emits ``mlops.server.gave-up``. It re-arms by itself once the server answers
   again (`mlops up` starts it).
 - **What it did is state.** ``Layout.watchdog(<recipe>)`` (``runner/<recipe>.watchdog.json``, written
-  atomically on every change) holds its status (watching, down, backoff, deferred, gave-up), the restarts in
-  the window and the last restart; `mlops status` shows it. Each restart emits ``mlops.server.restarted`` on
+  atomically on every change) holds its status (watching, unresponsive, down, backoff, deferred, gave-up),
+  the restarts in the window and the last restart; `mlops status` shows it. Each restart emits ``mlops.server.restarted`` on
   the model's resource (``mlops.model.<recipe>``, mlops._names) and logs a line in the runner's log.
 """
 
@@ -109,7 +110,8 @@ class Watchdog:
 
     # ------------------------------------------------------------ one poll
     def check(self) -> str:
-        """Look once and act; returns what happened: ok, miss, gave-up, backoff, deferred, restarted, failed."""
+        """Look once and act; returns what happened: ok, miss, unresponsive, gave-up, backoff, deferred,
+        restarted, failed."""
         now = self.clock()
         if self.server.live():
             if self.state["status"] == "gave-up":
@@ -124,9 +126,13 @@ class Watchdog:
             return "miss"
         if self.state["status"] == "gave-up":
             return "gave-up"
+        if self.server.running() and now - self.down_since < self.wd.hung_s:
+            self._set("unresponsive", reason=f"its process runs but has not answered for {now - self.down_since:.0f} "
+                      f"s; restarted after <maturity.watchdog.hung_s={self.wd.hung_s:g}>")
+            return "unresponsive"
         self._window(now)
         if len(self.restarts) >= self.wd.max_restarts:
-            return self._give_up(now)
+            return self._give_up()
         wait = self._backoff()
         if self.last_attempt is not None and now - self.last_attempt < wait:
             self._set("backoff", next_attempt=self.last_attempt + wait,
@@ -162,7 +168,7 @@ class Watchdog:
             champion = self.stack.model_store.aliases(self.cfg.name).get("champion")
             if champion is not None and not self.server.champion_served(champion):
                 raise ServiceError(f"{self.flavor} started but does not serve the champion "
-                                 f"{self.cfg.name}@{champion}")
+                                   f"{self.cfg.name}@{champion}")
         except (MlopsError, OSError) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             self.log.error("restarting %s failed (attempt %d): %s", self.flavor, attempt, reason)
@@ -181,7 +187,7 @@ class Watchdog:
         self._emit(SERVER_RESTARTED, {"model": self.cfg.name, "server": self.flavor, **restart})
         return "restarted"
 
-    def _give_up(self, now: float) -> str:
+    def _give_up(self) -> str:
         reason = (f"{self.flavor} died {len(self.restarts)} times within {self.wd.window_s:g} s "
                   f"<maturity.watchdog.max_restarts={self.wd.max_restarts}>: a crash loop, so the watchdog stopped "
                   f"restarting it. Read its log ({self.layout.log(self.flavor)}), "

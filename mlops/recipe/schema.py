@@ -413,14 +413,16 @@ class WatchdogConfig(_Strict):
     ```yaml
     maturity:
       watchdog:
-        poll_s: 2           # one health check every 2 s; 2 misses in a row = down
+        poll_s: 1           # one health check a second; 2 misses in a row = down
         max_restarts: 5     # within window_s; then it gives up (mlops status says so) until the server answers again
     ```
     """
 
     enabled: bool = Field(True, description="Level 3+: restart a model server that died (off: `mlops up` does it).")
-    poll_s: float = Field(2.0, gt=0, le=300, description="Seconds between two health checks of the model server.")
+    poll_s: float = Field(1.0, gt=0, le=300, description="Seconds between two health checks of the model server.")
     misses: int = Field(2, ge=1, le=100, description="Failed health checks in a row before the server counts as down.")
+    hung_s: float = Field(30.0, ge=0, le=3600, description="A server whose process runs but does not answer is "
+                          "restarted only after this long (a busy server is not killed); one that is gone at once.")
     backoff_s: float = Field(1.0, ge=0, le=600, description="Wait before the second restart within window_s; it "
                              "doubles with each further one (the first restart is immediate).")
     max_backoff_s: float = Field(30.0, ge=0, le=3600, description="The longest wait between two restarts.")
