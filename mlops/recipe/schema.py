@@ -549,6 +549,30 @@ class GateConfig(_Strict):
                                        "value, e.g. {test_loss: 0.5}.")
 
 
+class WatchdogConfig(_Strict):
+    """Level 3+: the runner watches the model server and restarts it, with the champion, when it dies.
+
+    ```yaml
+    maturity:
+      watchdog:
+        poll_s: 1           # one health check a second; 2 misses in a row = down
+        max_restarts: 5     # within window_s; then it gives up (mlops status says so) until the server answers again
+    ```
+    """
+
+    enabled: bool = Field(True, description="Level 3+: restart a model server that died (off: `mlops up` does it).")
+    poll_s: float = Field(1.0, gt=0, le=300, description="Seconds between two health checks of the model server.")
+    misses: int = Field(2, ge=1, le=100, description="Failed health checks in a row before the server counts as down.")
+    hung_s: float = Field(30.0, ge=0, le=3600, description="A server whose process runs but does not answer is "
+                          "restarted only after this long (a busy server is not killed); one that is gone at once.")
+    backoff_s: float = Field(1.0, ge=0, le=600, description="Wait before the second restart within window_s; it "
+                             "doubles with each further one (the first restart is immediate).")
+    max_backoff_s: float = Field(30.0, ge=0, le=3600, description="The longest wait between two restarts.")
+    max_restarts: int = Field(5, ge=1, le=1000, description="Restarts within window_s before the watchdog gives up "
+                              "(a crash loop); it re-arms once the server answers again, e.g. after `mlops up`.")
+    window_s: float = Field(600.0, gt=0, le=DAY_S, description="The window max_restarts counts restarts in.")
+
+
 class MaturityConfig(_Strict):
     """The level decides what is automated; the rest says how the automation behaves (conf/maturity/_base.yaml)."""
 
@@ -558,6 +582,7 @@ class MaturityConfig(_Strict):
         description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
         "new or changed data is ingested, validated and recorded as a dataset snapshot.")
     gate: GateConfig = GateConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 # ---------------------------------------------------------------- tracking
