@@ -376,6 +376,13 @@ class ComputeConfig(_Strict):
     deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers.")
 
+    @model_validator(mode="after")
+    def _strategy_fits_accelerator(self) -> ComputeConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU "
+                             "use strategy=ddp (one process per compute.devices)")
+        return self
+
 
 # ---------------------------------------------------------------- maturity
 LOWER_IS_BETTER = ("test_loss", "test_rmse", "test_mae")

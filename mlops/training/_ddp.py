@@ -148,7 +148,9 @@ def launch(cfg: Config, split: Split, out_dir: Path, project: Path | None, last:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     spec = work / _SPEC
-    write_atomic(spec, pickle.dumps({"cfg": cfg, "split": split, "out_dir": out_dir, "project": project}))
+    # The config as data: its class is built at run time from the installed flavors (schema.config_class).
+    write_atomic(spec, pickle.dumps({"cfg": cfg.model_dump(mode="json"), "split": split, "out_dir": out_dir,
+                                     "project": project}))
     argv = [sys.executable, "-m", "mlops.training._ddp", str(spec)]
     n = devices(c)
     codes = run_together([(argv, _worker_env(c, addr, port, node_rank, i), rank_log(out_dir, i)) for i in range(n)])
@@ -274,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(spec["out_dir"])
         from mlops.training._fit import fit  # at call time: _fit imports this module
 
-        fit(spec["cfg"], spec["split"], out_dir, project=spec["project"])
+        fit(Config.model_validate(spec["cfg"]), spec["split"], out_dir, project=spec["project"])
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the launcher, the traceback to the log
         traceback.print_exc()
         _write_error(_error_file(out_dir, int(os.environ["LOCAL_RANK"])), exc)
