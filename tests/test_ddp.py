@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,7 +42,6 @@ def test_more_than_one_process_is_launched_by_the_framework_unless_a_launcher_al
     assert _ddp.launches(_compute(cfg, devices=2).compute, {})  # strategy auto picks ddp for 2 devices
     assert not _ddp.launches(two, {"LOCAL_RANK": "0"})  # torchrun, or one of our own workers
     assert not _ddp.launches(_compute(cfg, strategy="ddp", devices=1).compute, {})
-    assert not _ddp.launches(_compute(cfg, strategy="ddp_spawn", devices=2).compute, {})  # Lightning's own
     assert _ddp.world_size(_compute(cfg, strategy="ddp", devices=2, num_nodes=3).compute) == 6
 
 
@@ -70,11 +70,18 @@ def test_gpus_this_machine_lacks_are_a_config_error_before_training(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_fsdp_on_the_cpu_is_refused_when_the_recipe_loads(tmp_path):
+@pytest.mark.parametrize(("strategy", "message"), [
+    ("fsdp", "strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU use "
+             "strategy=ddp"),
+    ("ddp_spawn", "strategy=ddp_spawn trains in children that keep the training history and best checkpoint to "
+                  "themselves; use strategy=ddp"),
+])
+def test_strategies_that_cannot_work_here_are_refused_when_the_recipe_loads(tmp_path, strategy, message):
     shutil.copytree(ROOT / "recipes", tmp_path / "recipes")
-    with pytest.raises(ConfigError, match=r"strategy=fsdp shards the model over GPUs and cannot run on "
-                                          r"accelerator=cpu; on the CPU use strategy=ddp"):
-        load(["recipe=breast_cancer", "compute.strategy=fsdp", "compute.accelerator=cpu"], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load(["recipe=breast_cancer", f"compute.strategy={strategy}", "compute.accelerator=cpu",
+              "compute.devices=2"], tmp_path)
+    assert err.value.exit_code == 2
 
 
 def test_a_workers_own_error_comes_back_as_itself_and_anything_else_as_one_line(tmp_path):

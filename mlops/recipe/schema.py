@@ -381,6 +381,11 @@ class ComputeConfig(_Strict):
         if self.strategy == "fsdp" and self.accelerator == "cpu":
             raise ValueError("strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU "
                              "use strategy=ddp (one process per compute.devices)")
+        if self.strategy == "ddp_spawn":
+            # Its children keep the fit's callbacks (history, best checkpoint) to themselves: mlops.training._ddp.
+            raise ValueError("strategy=ddp_spawn trains in children that keep the training history and best "
+                             "checkpoint to themselves; use strategy=ddp, for which mlops starts one fresh process "
+                             "per device itself (as ddp_spawn would)")
         return self
 
 

@@ -17,7 +17,8 @@ Why not Lightning's own launchers:
   ``mlops up ...`` command (a second pipeline); in a Prefect flow-run process it is Prefect's engine.
 - ``ddp_spawn`` pickles the Trainer, module and loggers into ``torch.multiprocessing`` children that re-import the
   parent's ``__main__`` (the CLI, Prefect's engine); the trained weights come back through a file anyway.
-  Lightning's docs recommend ``ddp`` over it. It is left to Lightning as the user's explicit choice.
+  Lightning's docs recommend ``ddp`` over it, and the fit's callbacks (history, best checkpoint) would stay in the
+  children: the recipe loader refuses it (schema.ComputeConfig).
 - ``ddp_fork`` forks a process that already runs threads (Prefect's event loop, tracking clients) and cannot use
   CUDA once the parent has touched it.
 
@@ -72,7 +73,7 @@ def world_size(compute: ComputeConfig) -> int:
 def launches(compute: ComputeConfig, env: dict[str, str] | os._Environ = os.environ) -> bool:
     """Whether `fit` must start the worker processes itself: more than one rank, a strategy Lightning would
     otherwise launch by re-running ``sys.argv``, and no launcher (torchrun, these workers) has started us."""
-    return world_size(compute) > 1 and compute.strategy != "ddp_spawn" and "LOCAL_RANK" not in env
+    return world_size(compute) > 1 and "LOCAL_RANK" not in env
 
 
 def check_machine(compute: ComputeConfig) -> None:

@@ -150,7 +150,9 @@ def fit(
     """Train ``cfg.model`` on ``split`` and keep the best epoch by ``cfg.model.early_stopping.monitor``.
 
     Writes ``out_dir/model.ckpt`` (the best weights, loadable by :func:`load_module`) and
-    ``out_dir/history.json`` (one row of metrics per epoch). The same recipe and data give the same metrics.
+    ``out_dir/history.json`` (one row of metrics per epoch) and ``out_dir/compute.json`` (the strategy and the ranks
+    that trained). The same recipe and data give the same metrics. More than one process (``compute.devices`` x
+    ``num_nodes``) runs in worker processes started by :mod:`mlops.training._ddp`, which writes the same files.
     A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
     ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
 
