@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from mlops.data._images import check_images
 from mlops.errors import DataError
 from mlops.features import BadValues, bad_values, repair
-from mlops.recipe.schema import DataConfig
+from mlops.recipe.schema import DataConfig, ImageData
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
             bad = pd.to_numeric(frame[data.target], errors="coerce").isna() & frame[data.target].notna()
             example = f": {int(bad.sum())} value(s) like {frame.loc[bad, data.target].iloc[0]!r}" if bad.any() else ""
             problems.append(f"target {data.target!r} must be numeric for task=regression{example}")
+    if isinstance(data, ImageData):  # every file decoded and held to data.image, named when it fails
+        problems += check_images(frame, data.image)
     unusable = bad_values(frame, finite_columns(data, task))
     problems += [f"{b.render()} <data.checks.non_finite={data.checks.non_finite}>; set it to `drop` or `clip` to "
                  "repair such rows explicitly" for b in unusable]

@@ -140,6 +140,11 @@ class DataConfig(_Strict):
     def features(self) -> list[str]:
         return [*self.numeric, *self.categorical]
 
+    @property
+    def columns(self) -> list[str]:
+        """The columns a snapshot keeps: the features and the target (and what a flavor adds, e.g. file names)."""
+        return [*self.features, self.target]
+
     def describe(self) -> str:
         """Where the rows come from, for messages and run logs."""
         return self.source
@@ -286,6 +291,79 @@ class ParquetDatasetData(DataConfig):
         return str(self.path)
 
 
+class ImageSpec(_Strict):
+    """What every image of an image source must be; a file outside these bounds fails validation by name."""
+
+    channels: Literal[1, 3] = Field(3, description="Channels of every image: 1 (grey) or 3 (RGB); a file with "
+                                    "another count (RGBA, or grey in an RGB set) fails validation.")
+    min_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        4, description="Smallest height or width, in pixels, an image may have.")
+    max_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        4096, description="Largest height or width, in pixels, an image may have.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ImageSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size={self.min_size} exceeds max_size={self.max_size}")
+        return self
+
+
+class ImageData(DataConfig):
+    """What the image sources share: one row per image (its file name, its encoded bytes, its label), no
+    feature columns; the image model decodes them to uint8 NHWC arrays (mlops/data/_images.py)."""
+
+    target: str = Field("label", description="The label column of the rows an image source yields.")
+    image: ImageSpec = ImageSpec()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ImageData:  # replaces DataConfig's: an image source has no feature columns
+        if self.numeric or self.categorical:
+            raise ValueError(f"source={self.source} yields images, not columns: leave out `numeric` and "
+                             "`categorical`")
+        return self
+
+    @property
+    def features(self) -> list[str]:
+        return ["image"]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["file", "image", self.target]
+
+
+class ImageFolderData(ImageData):
+    """A folder with one subfolder per class of PNG/JPEG images, local or at any fsspec URL."""
+
+    source: Literal["image_folder"] = Field(description="`image_folder`: one subfolder of images per class.")
+    path: str = Field(description="The folder (relative to the project) or an fsspec URL; each subfolder's "
+                      "name is the label of the images in it.")
+
+    def describe(self) -> str:
+        return self.path
+
+
+class ImageTableData(ImageData):
+    """A CSV or Parquet table naming one image file per row, with its label."""
+
+    source: Literal["image_table"] = Field(description="`image_table`: a table of image paths and labels.")
+    path: str = Field(description="The CSV or Parquet table (relative to the project) or an fsspec URL.")
+    path_column: str = Field("path", description="The column of image paths, relative to the table's folder.")
+    label_column: str = Field("label", description="The column of labels.")
+
+    def describe(self) -> str:
+        return self.path
+
+
+class SklearnImagesData(ImageData):
+    """An image dataset bundled with scikit-learn: `digits` (1,797 8x8 grey images of 0-9)."""
+
+    source: Literal["sklearn_images"] = Field(description="`sklearn_images`: images bundled with scikit-learn.")
+    dataset: Literal["digits"] = Field("digits", description="The scikit-learn image dataset.")
+
+    def describe(self) -> str:
+        return self.dataset
+
+
 # ---------------------------------------------------------------- model
 class EarlyStoppingConfig(_Strict):
     enabled: bool = True
@@ -362,6 +440,32 @@ class LightningModelConfig(ModelConfig):
     datamodule: str | None = Field(None, pattern=IMPORT_PATH, description="`package.module:Class`, a "
                                    "LightningDataModule built with the split's raw frames (train=, val=, test=, "
                                    "batch_size=); default: the framework's, which feeds preprocessed features.")
+
+
+class AugmentConfig(_Strict):
+    """Random changes to training images (train split only; plain torch, no torchvision)."""
+
+    flip: bool = Field(False, description="Mirror images left-right at random (not for digits or text).")
+    shift: Annotated[int, Field(ge=0, le=64)] = Field(
+        0, description="Shift images by up to this many pixels each way (zero padding), at random.")
+
+
+class ImageClassifierConfig(ModelConfig):
+    """A built-in CNN over images. The served graph takes raw uint8 NHWC images of any height and width and
+    resizes, scales and normalises them itself (mean and std of the train split), so a request is pixels."""
+
+    flavor: Literal["image_classifier"] = "image_classifier"
+    task: Literal["classification"] = "classification"
+    image_size: Annotated[int, Field(ge=4, le=1024)] = Field(
+        32, description="Images are resized (bilinear, inside the model) to image_size x image_size.")
+    channels: LayerSize = Field(16, description="Convolution channels of the first block; each further block "
+                                "doubles them.")
+    depth: Annotated[int, Field(ge=1, le=8)] = Field(
+        2, description="Convolution blocks (conv-batchnorm-relu, then a 2x2 max-pool while the image is >= 4).")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(3e-3, gt=0, description="Learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0)
+    augment: AugmentConfig = AugmentConfig()
 
 
 # ---------------------------------------------------------------- compute

@@ -41,6 +41,7 @@ from mlops.artifacts import (
 from mlops.errors import DataError, MlopsError
 from mlops.plan import Gate
 from mlops.recipe.keys import config_hash, training_key
+from mlops.recipe.schema import ImageData
 from mlops.stack import Stack
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -78,7 +79,7 @@ def ingest(stack: Stack) -> DatasetSnapshot:
 
     cfg = stack.cfg
     frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
-    frame = frame[[*cfg.data.features, cfg.data.target]]
+    frame = frame[cfg.data.columns]
     # An explicit data.checks.non_finite=drop|clip repairs the rows before they are snapshotted, so no split
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
@@ -126,12 +127,28 @@ def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None
     cfg = stack.cfg
     report = validate_frame(frame, cfg.data, cfg.model.task)
     problems = list(report.problems)
+    if isinstance(cfg.data, ImageData) and len(frame) and (classes := champion_classes(stack)) is not None:
+        from mlops.data._images import unseen_labels
+
+        problems += unseen_labels(frame, cfg.data.target, classes)  # a class folder the champion never saw
     batch = None
     if (stack.monitor is not None if with_profile is None else with_profile) and len(frame):
         batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
         if not batch.ok:
             problems.append(render_failures(batch, source))
     return report, batch, problems
+
+
+def champion_classes(stack: Stack) -> list[Any] | None:
+    """The classes the champion was trained on (from its checkpoint), or None without a champion."""
+    store, name = stack.model_store, stack.cfg.name
+    champion = store.aliases(name).get("champion")
+    if champion is None:
+        return None
+    import torch  # for import cost: only an image recipe with a champion reads a checkpoint here
+
+    saved = torch.load(store.get(name, champion).file("model.ckpt"), map_location="cpu", weights_only=False)
+    return saved.get("hyper_parameters", {}).get("classes")
 
 
 def reference_profile(stack: Stack) -> tuple[int | None, Any | None]:
