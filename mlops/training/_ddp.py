@@ -3,7 +3,7 @@
     compute: {strategy: ddp, devices: 2, accelerator: cpu}    # 2 processes on this machine, gloo, one model
 
 `fit` calls :func:`launch` when the recipe asks for more than one process and nothing has started them yet. It
-writes the recipe and the split to ``out_dir/.ddp/spec.pkl`` and runs ``python -m mlops.training._ddp SPEC`` once
+writes the recipe and the split to ``out_dir/.ddp/spec.pkl`` and runs ``python -m mlops.training._worker SPEC`` once
 per local rank, with the rendezvous in the environment torchrun and AWS Batch multi-node / EKS jobs also give:
 ``MASTER_ADDR MASTER_PORT WORLD_SIZE RANK LOCAL_RANK NODE_RANK``. Lightning's ``LightningEnvironment`` sees
 ``LOCAL_RANK``, knows the processes were created outside it and launches nothing; each worker runs the ordinary
@@ -38,7 +38,6 @@ import shutil
 import signal
 import socket
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from mlops.training._split import Split
 
 COMPUTE = "compute.json"  # the strategy and the ranks that trained: the lineage's "compute"
 _SPEC = "spec.pkl"
-_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 
 
 def devices(compute: ComputeConfig) -> int:
@@ -68,6 +67,12 @@ def devices(compute: ComputeConfig) -> int:
 
 def world_size(compute: ComputeConfig) -> int:
     return devices(compute) * compute.num_nodes
+
+
+def trainer_strategy(compute: ComputeConfig) -> str:
+    """The Trainer's strategy: ``ddp`` over one process would only leave a process group of one open in the
+    caller (the CLI, a flow run), where a later fit or evaluation would find it."""
+    return "auto" if compute.strategy == "ddp" and world_size(compute) == 1 else compute.strategy
 
 
 def launches(compute: ComputeConfig, env: dict[str, str] | os._Environ = os.environ) -> bool:
@@ -101,9 +106,10 @@ def rendezvous(compute: ComputeConfig, env: dict[str, str] | os._Environ = os.en
             "run several nodes through a multi-node target (AWS Batch multi-node, EKS, torchrun); on one machine "
             "use compute.num_nodes=1 compute.devices=N")])
     if compute.num_nodes == 1:
-        addr = "127.0.0.1"  # one machine: nothing listens beyond the loopback interface
-    port = int(env.get("MASTER_PORT") or 0) or _free_port()
-    return str(addr), port, node_rank
+        # One machine: nothing listens beyond the loopback interface, on a fresh port (MASTER_PORT in this
+        # process's environment may be one Lightning wrote there for an earlier fit, whose store still listens).
+        return "127.0.0.1", _free_port(), 0
+    return str(addr), int(env.get("MASTER_PORT") or 29500), node_rank
 
 
 def _free_port() -> int:
@@ -136,7 +142,7 @@ def rank_log(out_dir: Path, rank: int) -> Path:
     return workdir(out_dir) / f"rank-{rank}.log"
 
 
-def _error_file(out_dir: Path, rank: int) -> Path:
+def error_file(out_dir: Path, rank: int) -> Path:
     return workdir(out_dir) / f"rank-{rank}.error"
 
 
@@ -152,7 +158,7 @@ def launch(cfg: Config, split: Split, out_dir: Path, project: Path | None, last:
     # The config as data: its class is built at run time from the installed flavors (schema.config_class).
     write_atomic(spec, pickle.dumps({"cfg": cfg.model_dump(mode="json"), "split": split, "out_dir": out_dir,
                                      "project": project}))
-    argv = [sys.executable, "-m", "mlops.training._ddp", str(spec)]
+    argv = [sys.executable, "-m", "mlops.training._worker", str(spec)]
     n = devices(c)
     codes = run_together([(argv, _worker_env(c, addr, port, node_rank, i), rank_log(out_dir, i)) for i in range(n)])
     if any(code != 0 for code in codes):
@@ -165,12 +171,12 @@ def _failure(cfg: Config, out_dir: Path, first_rank: int, codes: list[int | None
     died how. A rank killed by a signal is the cause rather than its peers' broken collectives; among ranks that
     raised, the first to write its error is."""
     failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
-    raised = {i: _read_error(_error_file(out_dir, i)) for i in failed if _error_file(out_dir, i).is_file()}
+    raised = {i: read_error(error_file(out_dir, i)) for i in failed if error_file(out_dir, i).is_file()}
     own = [i for i in failed if i in raised and isinstance(raised[i], MlopsError)]
     if own:
         return raised[own[0]]  # type: ignore[return-value]
     killed = [i for i in failed if (codes[i] or 0) < 0]
-    by_time = sorted(raised, key=lambda i: _error_file(out_dir, i).stat().st_mtime_ns)
+    by_time = sorted(raised, key=lambda i: error_file(out_dir, i).stat().st_mtime_ns)
     i = (killed or by_time or failed)[0]
     code = codes[i] or 0
     if i in raised:
@@ -190,7 +196,7 @@ def _failure(cfg: Config, out_dir: Path, first_rank: int, codes: list[int | None
         "ran out of memory; compute.devices=1 trains in one process.")
 
 
-def _write_error(path: Path, exc: BaseException) -> None:
+def write_error(path: Path, exc: BaseException) -> None:
     """An MlopsError as itself (class and attributes: a ConfigError keeps its problems), anything else as one
     line; the traceback is in the rank's log."""
     lines = str(exc).strip().splitlines()
@@ -204,7 +210,7 @@ def _write_error(path: Path, exc: BaseException) -> None:
     write_atomic(path, pickle.dumps(payload))
 
 
-def _read_error(path: Path) -> MlopsError | str:
+def read_error(path: Path) -> MlopsError | str:
     payload = pickle.loads(path.read_bytes())
     if payload[0] == "error":
         _, kind, attrs, text = payload
@@ -245,45 +251,3 @@ class RankRecord(pl.Callback):
                                                                         "num_nodes", "precision"}),
                       "world_size": trainer.world_size, "ranks": ranks}
             write_atomic(self.path, json.dumps(record, indent=2))
-
-
-def _die_with_parent() -> None:
-    """A worker whose launcher is killed (SIGKILL of the flow-run process) must not train on: on Linux the kernel
-    sends it SIGKILL when its parent exits."""
-    parent = int(os.environ.get("MLOPS_DDP_PARENT", "0"))
-    try:
-        import ctypes  # only here, and only on Linux
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if parent and os.getppid() != parent:  # it died before prctl took effect
-        os._exit(1)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One worker: ``python -m mlops.training._ddp SPEC`` with the rendezvous variables set (see the module)."""
-    args = sys.argv[1:] if argv is None else argv
-    missing = [k for k in _RENDEZVOUS if k not in os.environ]
-    if len(args) != 1 or missing:
-        print("usage: python -m mlops.training._ddp SPEC, with " + " ".join(_RENDEZVOUS) + " set; it is started by "
-              f"mlops' training (missing: {' '.join(missing) or 'SPEC'})", file=sys.stderr)
-        return 2
-    _die_with_parent()
-    spec_path = Path(args[0])
-    out_dir = spec_path.parent.parent
-    try:
-        spec = pickle.loads(spec_path.read_bytes())
-        out_dir = Path(spec["out_dir"])
-        from mlops.training._fit import fit  # at call time: _fit imports this module
-
-        fit(Config.model_validate(spec["cfg"]), spec["split"], out_dir, project=spec["project"])
-    except BaseException as exc:  # noqa: BLE001 - every failure goes to the launcher, the traceback to the log
-        traceback.print_exc()
-        _write_error(_error_file(out_dir, int(os.environ["LOCAL_RANK"])), exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -195,7 +195,7 @@ def fit(
         accelerator=c.accelerator,
         devices=c.devices,
         num_nodes=c.num_nodes,
-        strategy=c.strategy,
+        strategy=_ddp.trainer_strategy(c),
         precision=c.precision,
         deterministic=c.deterministic,
         max_epochs=cfg.model.max_epochs,

@@ -150,7 +150,7 @@ class ImageClassifier(pl.LightningModule):
             if binary:
                 self.test_auc(probs[:, 1], y)
                 self.log("test_auc", self.test_auc, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)  # DDP: one number
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
