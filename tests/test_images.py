@@ -148,8 +148,8 @@ def test_image_table_reads_paths_relative_to_the_table(tmp_path, fmt):
     assert frame["image"].iloc[0] == (tmp_path / "data" / "img" / "disk" / "000.png").read_bytes()
     # A path the table names that is not there is read as nothing, and the gate names it.
     assert frame["image"].iloc[2] is None
-    assert check_images(frame, data.image) == ["1 image file(s) are missing (named in the table, not found): "
-                                               "img/nope.png"]
+    assert check_images(frame, data.image) == (["1 image file(s) are missing (named in the table, not found): "
+                                                "img/nope.png"], {"img/nope.png": "file not found"})
     bad = schema.ImageTableData(source="image_table", path=f"data/labels.{fmt}")
     assert make_source(bad).check(tmp_path) == [
         ("data.path", "cannot be read: KeyError: \"the table has no column(s) ['path', 'label']; it has ['img', "
@@ -177,7 +177,7 @@ def test_every_bad_file_is_named_with_what_is_wrong(tmp_path):
             "alpha.png": rgba.getvalue(), "grey.png": png(np.zeros((12, 12), np.uint8)),
             "tiny.png": png(np.zeros((4, 6, 3), np.uint8)), "huge.png": png(np.zeros((10, 80, 3), np.uint8))}
     frame = pd.DataFrame({"file": list(rows), "image": list(rows.values()), "label": ["a", "b"] * 4})
-    problems = check_images(frame, schema.ImageSpec(channels=3, min_size=8, max_size=64))
+    problems, files = check_images(frame, schema.ImageSpec(channels=3, min_size=8, max_size=64))
     assert problems[0].startswith("1 image file(s) are truncated or corrupt: cut.png (")
     assert problems[1:] == [
         "1 image file(s) cannot be decoded as PNG or JPEG: text.png",
@@ -185,11 +185,14 @@ def test_every_bad_file_is_named_with_what_is_wrong(tmp_path):
         "grey.png (1 channel(s), mode L)",
         "1 image file(s) are smaller than data.image.min_size=8 pixels: tiny.png (4x6)",
         "1 image file(s) are larger than data.image.max_size=64 pixels: huge.png (10x80)"]
+    assert files["alpha.png"] == "has 4 channel(s) (mode RGBA), not data.image.channels=3"
+    assert files["huge.png"] == "is 10x80, outside data.image.max_size=64" and len(files) == 6
     # The data gate of an image recipe runs them (with its row and target checks).
     data = folder_data("x", image={"channels": 3, "min_size": 8, "max_size": 64}, checks={"min_rows": 2})
-    assert validate_frame(frame, data, "classification").problems == problems
+    report = validate_frame(frame, data, "classification")
+    assert report.problems == problems and report.bad_files == files
     many = pd.DataFrame({"file": [f"{i}.png" for i in range(13)], "image": [b"x"] * 13, "label": ["a", "b"] * 6 + ["a"]})
-    assert check_images(many, data.image) == ["13 image file(s) cannot be decoded as PNG or JPEG: 0.png, 1.png, "
+    assert check_images(many, data.image)[0] == ["13 image file(s) cannot be decoded as PNG or JPEG: 0.png, 1.png, "
                                               "2.png, 3.png, 4.png, 5.png, 6.png, 7.png, 8.png, 9.png and 3 more "
                                               "(report.json lists them all)"]
 
@@ -252,7 +255,8 @@ def test_a_folder_of_generated_shapes_trains_and_an_unseen_class_is_quarantined(
     from mlops.training._images import predict_images
 
     project = shapes_project(tmp_path)
-    cfg = load(["recipe=shapes", "tracking.uri=sqlite:///" + str(tmp_path / "mlflow.db")], project)
+    # neptune in debug mode: no tracking database to create (mlflow spends ~10 s migrating a fresh sqlite one)
+    cfg = load(["recipe=shapes", "tracking=neptune", "tracking.mode=debug", "tracking.project=acme/shapes"], project)
     stack = Stack(cfg, project)
     snapshot = steps.ingest(stack)
     assert steps.ingest(stack).fingerprint == snapshot.fingerprint  # the same files: the same snapshot
@@ -290,3 +294,67 @@ def test_a_folder_of_generated_shapes_trains_and_an_unseen_class_is_quarantined(
             "ring/000.png, ring/001.png") in message
     report = json.loads(next(where.rglob("report.json")).read_text())
     assert any("ring/000.png" in p for p in report["problems"]) and not Path(bad.path).exists()
+    assert report["bad_files"] == {"disk/004.png": report["bad_files"]["disk/004.png"]}
+    assert report["bad_files"]["disk/004.png"].startswith("is truncated or corrupt (")
+
+
+# ---------------------------------------------------------------- end to end
+def mlops(project: Path, pythonpath: str, *args: str, ports: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PYTHONPATH"] = pythonpath
+    return subprocess.run([sys.executable, "-m", "mlops.cli", *args, *(PORT_OVERRIDES if ports else ())],
+                          cwd=project, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.e2e
+def test_up_digits_serves_pngs_as_evaluation_scored_them(tmp_path, sources_path):
+    """`mlops up recipe=digits` to READY; `mlops predict` on the test split written as PNG files answers what
+    the evaluation computed: the same probabilities as the checkpoint in torch, the same test accuracy."""
+    from mlops.stack import Stack
+    from mlops.training import load_module, split_frame
+    from mlops.training._images import predict_images
+
+    busy = [p for p in PORTS if not port_free("127.0.0.1", p)]
+    assert not busy, f"ports {busy} are in use"
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(ROOT / "recipes" / "digits.yaml", tmp_path / "recipes" / "digits.yaml")
+    try:
+        start = time.monotonic()
+        proc = mlops(tmp_path, sources_path, "up", "recipe=digits")
+        assert proc.returncode == 0, proc.stderr
+        assert "digits version 1 is READY" in proc.stderr
+        print(f"mlops up recipe=digits: READY in {time.monotonic() - start:.1f} s")
+
+        cfg = load(["recipe=digits", *PORT_OVERRIDES], tmp_path, check_data=False)
+        version = Stack(cfg, tmp_path).model_store.get("digits", 1)
+        lineage = version.lineage
+        assert lineage["metrics"]["test_acc"] >= 0.95
+        snapshot = pd.read_parquet(lineage["data_snapshot"])
+        test = snapshot.loc[split_frame(snapshot, cfg.data, cfg.model.task).test.index]  # with the file names
+        test = test.sort_values("file")  # predict reads a folder in name order
+        folder = tmp_path / "digits-in"
+        folder.mkdir()
+        for name, data in zip(test["file"], test["image"], strict=True):
+            (folder / Path(name).name).write_bytes(data)
+
+        proc = mlops(tmp_path, sources_path, "predict", "recipe=digits", "--input", str(folder), "--json")
+        assert proc.returncode == 0, proc.stderr
+        served = json.loads(proc.stdout)
+        assert served["files"] == [Path(n).name for n in test["file"]] and served["classes"] == list(range(10))
+        module = load_module(version.file("model.ckpt"), "image_classifier")
+        np.testing.assert_allclose(served["probabilities"], predict_images(module, np.stack(decode_all(test, 1))),
+                                   atol=1e-5)
+        accuracy = np.mean(np.array(served["labels"]) == test["label"].to_numpy())
+        assert accuracy == pytest.approx(lineage["metrics"]["test_acc"], abs=1e-6)
+
+        one = folder / Path(test["file"].iloc[0]).name
+        proc = mlops(tmp_path, sources_path, "predict", "recipe=digits", "--input", str(one))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0].startswith("file  label  p(0)  p(1)")
+        assert proc.stdout.splitlines()[1].startswith(f"{one.name}  {served['labels'][0]}  ")
+        helped = mlops(tmp_path, sources_path, "predict", "--help", ports=False).stdout
+        assert ".npy" in helped and "images" in helped and "recipe=digits" in helped
+    finally:
+        down = mlops(tmp_path, sources_path, "down", "recipe=digits")
+    assert down.returncode == 0, down.stderr
+    assert all(port_free("127.0.0.1", p) for p in PORTS)

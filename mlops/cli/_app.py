@@ -421,9 +421,10 @@ def predict(
 ) -> None:
     """Send raw feature rows, arrays or images to the served model and print the predictions.
 
-    Examples: mlops predict recipe=breast_cancer --input rows.csv --json ·
-    mlops predict recipe=digits --input digits/ (PNG/JPEG files, each sent as its uint8 pixels) ·
-    mlops predict recipe=my_net --input batch.npy
+    Example: mlops predict recipe=breast_cancer --input rows.csv --json
+
+    Images (an image model): mlops predict recipe=digits --input digits/ (a folder of PNG/JPEG files, or one file;
+    each is sent as its uint8 pixels). Arrays (a tensor model): mlops predict recipe=my_net --input batch.npy
     """
     from mlops.serving import read_rows
     from mlops.serving._images import is_image_input, predict_images

@@ -31,29 +31,33 @@ if TYPE_CHECKING:
 SHOWN = 10  # file names a problem line names; the quarantine report.json has every one
 
 
-def check_images(frame: pd.DataFrame, spec: ImageSpec) -> list[str]:
-    """Each image of `frame` decoded and held to `spec` (data.image): one problem line per kind of fault, naming
-    the files (missing, not an image, truncated, wrong channel count, too small or too large)."""
+def check_images(frame: pd.DataFrame, spec: ImageSpec) -> tuple[list[str], dict[str, str]]:
+    """Each image of `frame` decoded and held to `spec` (data.image): (one problem line per kind of fault, naming
+    the first files; every bad file with what is wrong with it). Faults: missing, not an image, truncated, wrong
+    channel count, too small or too large."""
     bad: dict[str, list[str]] = defaultdict(list)
+    every: dict[str, str] = {}
     names = frame["file"].astype(str).tolist() if "file" in frame else [f"row {i}" for i in range(len(frame))]
     for name, data in zip(names, frame["image"], strict=True):
         try:
             array = decode(data, spec.channels)
         except ImageError as exc:
             bad[exc.kind].append(f"{name} ({exc.detail})" if exc.detail else name)
+            every[name] = str(exc)
             continue
         h, w = array.shape[:2]
-        if min(h, w) < spec.min_size:
-            bad["small"].append(f"{name} ({h}x{w})")
-        elif max(h, w) > spec.max_size:
-            bad["large"].append(f"{name} ({h}x{w})")
+        for kind, out, bound in (("small", min(h, w) < spec.min_size, "min_size"),
+                                 ("large", max(h, w) > spec.max_size, "max_size")):
+            if out:
+                bad[kind].append(f"{name} ({h}x{w})")
+                every[name] = f"is {h}x{w}, outside data.image.{bound}={getattr(spec, bound)}"
     say = {"missing": "are missing (named in the table, not found)",
            "undecodable": "cannot be decoded as PNG or JPEG",
            "corrupt": "are truncated or corrupt",
            "channels": f"do not have data.image.channels={spec.channels} channel(s)",
            "small": f"are smaller than data.image.min_size={spec.min_size} pixels",
            "large": f"are larger than data.image.max_size={spec.max_size} pixels"}
-    return [f"{len(files)} image file(s) {say.get(kind, kind)}: {_names(files)}" for kind, files in bad.items()]
+    return [f"{len(files)} image file(s) {say[kind]}: {_names(files)}" for kind, files in bad.items()], every
 
 
 def unseen_labels(frame: pd.DataFrame, target: str, classes: list[Any]) -> list[str]:

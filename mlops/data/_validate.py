@@ -19,6 +19,7 @@ class ValidationReport:
     null_fractions: dict[str, float]
     problems: list[str] = field(default_factory=list)
     non_finite: list[BadValues] = field(default_factory=list)
+    bad_files: dict[str, str] = field(default_factory=dict)  # an image source's: each bad file, what is wrong
 
     @property
     def ok(self) -> bool:
@@ -63,13 +64,15 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
             bad = pd.to_numeric(frame[data.target], errors="coerce").isna() & frame[data.target].notna()
             example = f": {int(bad.sum())} value(s) like {frame.loc[bad, data.target].iloc[0]!r}" if bad.any() else ""
             problems.append(f"target {data.target!r} must be numeric for task=regression{example}")
+    bad_files: dict[str, str] = {}
     if isinstance(data, ImageData):  # every file decoded and held to data.image, named when it fails
-        problems += check_images(frame, data.image)
+        found, bad_files = check_images(frame, data.image)
+        problems += found
     unusable = bad_values(frame, finite_columns(data, task))
     problems += [f"{b.render()} <data.checks.non_finite={data.checks.non_finite}>; set it to `drop` or `clip` to "
                  "repair such rows explicitly" for b in unusable]
     return ValidationReport(rows=len(frame), columns=[str(c) for c in frame.columns], null_fractions=nulls,
-                            problems=problems, non_finite=unusable)
+                            problems=problems, non_finite=unusable, bad_files=bad_files)
 
 
 def finite_columns(data: DataConfig, task: str) -> list[str]:

@@ -109,7 +109,7 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     report, batch, problems = check_frame(stack, _frame(snapshot), f"the batch {snapshot.path}")
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
-                           source=cfg.data.describe())
+                           source=cfg.data.describe(), **({"bad_files": report.bad_files} if report.bad_files else {}))
         raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))

@@ -25,7 +25,6 @@ import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import torch
-import torchmetrics
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (torch's own spelling)
 from torch.utils.data import TensorDataset
@@ -33,7 +32,7 @@ from torch.utils.data import TensorDataset
 from mlops.features import decode_all
 from mlops.errors import DataError
 from mlops.recipe.schema import DataConfig, ModelConfig
-from mlops.training._module import SplitDataModule
+from mlops.training._module import SplitDataModule, classification_metrics, log_classification
 from mlops.training._split import Split
 
 
@@ -78,14 +77,7 @@ class ImageClassifier(pl.LightningModule):
             width = out
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(width * side * side, len(classes)))
-        n = len(classes)
-        self.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-        self.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-        if n == 2:
-            self.test_f1 = torchmetrics.classification.BinaryF1Score()
-            self.test_auc = torchmetrics.classification.BinaryAUROC()
-        else:
-            self.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+        classification_metrics(self, len(classes))
 
     @classmethod
     def from_train(cls, model: ModelConfig, data: DataConfig, train: pd.DataFrame) -> ImageClassifier:
@@ -136,21 +128,9 @@ class ImageClassifier(pl.LightningModule):
         x, y = batch
         raw = self.logits(self.augment(x) if stage == "train" else x)
         loss = F.cross_entropy(raw, y)
-        n = len(y)
-        probs = torch.softmax(raw, dim=1)
-        if stage == "val":
-            self.val_acc(probs, y)
-            self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, batch_size=n)
-        elif stage == "test":
-            self.test_acc(probs, y)
-            self.log("test_acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
-            binary = len(self.hparams.classes) == 2
-            self.test_f1(probs[:, 1] if binary else probs, y)
-            self.log("test_f1", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
-            if binary:
-                self.test_auc(probs[:, 1], y)
-                self.log("test_auc", self.test_auc, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)  # DDP: one number
+        log_classification(self, torch.softmax(raw, dim=1), y, stage)
+        # sync_dist: every DDP rank stops and checkpoints on the same number (a no-op in one process)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -100,14 +100,7 @@ class TabularMLP(pl.LightningModule):
         self.net = nn.Sequential(*layers)
 
         if self.classification:
-            n = len(classes)
-            self.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-            self.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-            if n == 2:
-                self.test_f1 = torchmetrics.classification.BinaryF1Score()
-                self.test_auc = torchmetrics.classification.BinaryAUROC()
-            else:
-                self.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+            classification_metrics(self, len(classes))
         else:
             self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
             self.val_mae = torchmetrics.MeanAbsoluteError()
@@ -184,19 +177,7 @@ class TabularMLP(pl.LightningModule):
         n = len(y)
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
-            probs = torch.softmax(raw, dim=1)
-            if stage == "val":
-                self.val_acc(probs, y)
-                self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, batch_size=n)
-            elif stage == "test":
-                self.test_acc(probs, y)
-                self.log("test_acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
-                binary = len(self.hparams.classes) == 2
-                self.test_f1(probs[:, 1] if binary else probs, y)
-                self.log("test_f1", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
-                if binary:
-                    self.test_auc(probs[:, 1], y)
-                    self.log("test_auc", self.test_auc, on_step=False, on_epoch=True, batch_size=n)
+            log_classification(self, torch.softmax(raw, dim=1), y, stage)
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -224,6 +205,34 @@ class TabularMLP(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def classification_metrics(module: pl.LightningModule, n: int) -> None:
+    """The classifier metrics `log_classification` logs, as `module`'s attributes (n classes)."""
+    module.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+    module.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+    if n == 2:
+        module.test_f1 = torchmetrics.classification.BinaryF1Score()
+        module.test_auc = torchmetrics.classification.BinaryAUROC()
+    else:
+        module.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+
+
+def log_classification(module: pl.LightningModule, probs: torch.Tensor, y: torch.Tensor, stage: str) -> None:
+    """val_acc, or test_acc, test_f1 and (binary) test_auc of one batch: every built-in classifier's metrics."""
+    n = len(y)
+    if stage == "val":
+        module.val_acc(probs, y)
+        module.log("val_acc", module.val_acc, on_step=False, on_epoch=True, batch_size=n)
+    elif stage == "test":
+        module.test_acc(probs, y)
+        module.log("test_acc", module.test_acc, on_step=False, on_epoch=True, batch_size=n)
+        binary = probs.shape[1] == 2
+        module.test_f1(probs[:, 1] if binary else probs, y)
+        module.log("test_f1", module.test_f1, on_step=False, on_epoch=True, batch_size=n)
+        if binary:
+            module.test_auc(probs[:, 1], y)
+            module.log("test_auc", module.test_auc, on_step=False, on_epoch=True, batch_size=n)
 
 
 class SplitDataModule(pl.LightningDataModule):
