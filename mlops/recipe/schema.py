@@ -89,6 +89,28 @@ class SplitConfig(_Strict):
     stratify: bool = Field(True, description="Stratify on the target (classification only).")
 
 
+class IncrementalConfig(_Strict):
+    """`data.incremental`: which column orders the rows, so each ingest reads only what is new."""
+
+    column: str = Field(min_length=1, description="A column that grows with every new or updated row "
+                        "(an updated-at timestamp, or an increasing id); rows with a value above the last "
+                        "snapshot's watermark are new.")
+
+
+class WindowConfig(_Strict):
+    """`data.window`: exactly one of `rows` and `days`."""
+
+    rows: Annotated[int, Field(ge=1, le=10**10)] | None = Field(None, description="Train on the latest N rows of the snapshots.")
+    days: float | None = Field(None, gt=0, le=36_500, description="Train on the rows whose data.incremental.column "
+                               "is within D days of the newest (a timestamp column).")
+
+    @model_validator(mode="after")
+    def _one(self) -> WindowConfig:
+        if (self.rows is None) == (self.days is None):
+            raise ValueError("give exactly one of `rows` (the latest N rows) or `days` (the last D days)")
+        return self
+
+
 class ChecksConfig(_Strict):
     """What the validate step requires of every batch."""
 
@@ -120,9 +142,18 @@ class DataConfig(_Strict):
     )
     split: SplitConfig = SplitConfig()
     checks: ChecksConfig = ChecksConfig()
+    incremental: IncrementalConfig | None = Field(
+        None, description="Level 1+: read only the rows past the last snapshot's watermark (the largest value of "
+        "`column` ingested so far), e.g. {column: updated_at}; each ingest is a snapshot of the new rows.")
+    window: WindowConfig | None = Field(
+        None, description="What training uses of the incremental snapshots: {rows: N} (the latest N rows) or "
+        "{days: D} (the last D days of data.incremental.column); default: all of them. Needs data.incremental.")
 
     @model_validator(mode="after")
     def _coherent(self) -> DataConfig:
+        if self.window is not None and self.incremental is None:
+            raise ValueError("data.window selects over incremental snapshots and needs data.incremental: "
+                             "{column: <an updated-at timestamp column>}")
         if not self.numeric and not self.categorical:
             raise ValueError("name at least one feature column under `numeric` or `categorical`")
         both = sorted(set(self.numeric) & set(self.categorical))
@@ -162,6 +193,9 @@ class SklearnData(DataConfig):
     def _has_dataset(self) -> SklearnData:
         if self.dataset is None:
             raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
+        if self.incremental is not None:
+            raise ValueError("source=sklearn is a fixed bundled dataset: nothing is ever appended, so "
+                             "data.incremental does not apply; use source=sql, parquet_dataset or file")
         return self
 
     def describe(self) -> str:
@@ -393,6 +427,10 @@ class ModelConfig(_Strict):
     batch_size: BatchSize = 64
     max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    init_from: Literal["none", "champion"] = Field(
+        "none", description="`champion`: start training from the champion's weights (a warm start on the new data "
+        "window) instead of from scratch; with no champion yet it trains from scratch. The architecture (hidden "
+        "sizes, feature columns, classes) must match the champion's, else training stops with exit 2.")
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ModelConfig:

@@ -146,9 +146,11 @@ def error_file(out_dir: Path, rank: int) -> Path:
     return workdir(out_dir) / f"rank-{rank}.error"
 
 
-def launch(cfg: Config, split: Split, out_dir: Path, project: Path | None, last: Path) -> None:
+def launch(cfg: Config, split: Split, out_dir: Path, project: Path | None, last: Path,
+           init_from: Path | None = None) -> None:
     """Train ``cfg`` on ``split`` in this node's worker processes; returns once every one has finished, having
-    written ``out_dir`` as an in-process `fit` does. ``last`` is the fit's resume checkpoint (for the message)."""
+    written ``out_dir`` as an in-process `fit` does. ``last`` is the fit's resume checkpoint (for the message);
+    ``init_from`` the warm start's checkpoint, which every rank loads (DDP then broadcasts rank 0's weights)."""
     c = cfg.compute
     addr, port, node_rank = rendezvous(c)
     work = workdir(out_dir)
@@ -157,7 +159,7 @@ def launch(cfg: Config, split: Split, out_dir: Path, project: Path | None, last:
     spec = work / _SPEC
     # The config as data: its class is built at run time from the installed flavors (schema.config_class).
     write_atomic(spec, pickle.dumps({"cfg": cfg.model_dump(mode="json"), "split": split, "out_dir": out_dir,
-                                     "project": project}))
+                                     "project": project, "init_from": init_from}))
     argv = [sys.executable, "-m", "mlops.training._worker", str(spec)]
     n = devices(c)
     codes = run_together([(argv, _worker_env(c, addr, port, node_rank, i), rank_log(out_dir, i)) for i in range(n)])

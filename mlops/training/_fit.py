@@ -145,7 +145,7 @@ def _datamodule(family: object, module: pl.LightningModule, cfg: Config, split: 
 
 def fit(
     cfg: Config, split: Split, out_dir: Path, *, loggers: list | None = None, progress: bool = False,
-    project: Path | None = None,
+    project: Path | None = None, init_from: Path | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on ``split`` and keep the best epoch by ``cfg.model.early_stopping.monitor``.
 
@@ -154,7 +154,8 @@ def fit(
     that trained). The same recipe and data give the same metrics. More than one process (``compute.devices`` x
     ``num_nodes``) runs in worker processes started by :mod:`mlops.training._ddp`, which writes the same files.
     A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
-    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
+    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from. `init_from`: a
+    checkpoint whose weights the fit starts from (mlops.training._warm).
 
     ``out_dir`` is one training key's folder: while the fit runs, ``out_dir/last.ckpt`` holds the state after
     the last finished epoch. If a fit was killed, the next fit into the same folder resumes from it (the
@@ -167,11 +168,15 @@ def fit(
         logging.getLogger(name).setLevel(logging.WARNING)
     _ddp.check_machine(cfg.compute)
     if _ddp.launches(cfg.compute):
-        return _fit_in_workers(cfg, split, out_dir, loggers, project)
+        return _fit_in_workers(cfg, split, out_dir, loggers, project, init_from)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     family = model_family(cfg.model.flavor)
     _import_from(project, family)
     module = family.from_train(cfg.model, cfg.data, split.train)
+    if init_from is not None:  # model.init_from: champion; a resumed fit restores last.ckpt over it anyway
+        from mlops.training._warm import warm_start
+
+        module = warm_start(family, module, Path(init_from))
     data = _datamodule(family, module, cfg, split)
 
     es = cfg.model.early_stopping
@@ -271,14 +276,14 @@ def _say_resuming(cfg: Config, resumed_after: int | None, last: Path) -> None:
               "(left by an interrupted run)", file=sys.stderr, flush=True)
 
 
-def _fit_in_workers(cfg: Config, split: Split, out_dir: Path, loggers: list | None, project: Path | None
-                    ) -> FitResult:
+def _fit_in_workers(cfg: Config, split: Split, out_dir: Path, loggers: list | None, project: Path | None,
+                    init_from: Path | None) -> FitResult:
     """`fit` across ``compute.devices`` worker processes (mlops.training._ddp says why it starts them itself): the
     workers write ``out_dir`` as one in-process fit would; the tracker hears the history from this process."""
     last = out_dir / LAST
     resumed_after = _finished_epochs(last)
     _say_resuming(cfg, resumed_after, last)
-    _ddp.launch(cfg, split, out_dir, project, last)
+    _ddp.launch(cfg, split, out_dir, project, last, init_from)
     rows = json.loads((out_dir / HISTORY).read_text())
     family = model_family(cfg.model.flavor)
     _import_from(project, family)

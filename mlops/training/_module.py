@@ -61,6 +61,10 @@ class TabularMLP(pl.LightningModule):
     Build one from data with :meth:`from_train`.
     """
 
+    # A warm start (mlops.training._warm) keeps the champion's fitted preprocessing and needs its architecture.
+    fitted_hparams = ("num_mean", "num_std", "categories", "classes", "target_mean", "target_std")
+    architecture_hparams = ("task", "target", "numeric", "categorical", "hidden")
+
     def __init__(
         self,
         *,

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec = pickle.loads(spec_path.read_bytes())
         out_dir = Path(spec["out_dir"])
-        fit(Config.model_validate(spec["cfg"]), spec["split"], out_dir, project=spec["project"])
+        fit(Config.model_validate(spec["cfg"]), spec["split"], out_dir, project=spec["project"],
+            init_from=spec["init_from"])
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the launcher, the traceback to the log
         traceback.print_exc()
         write_error(error_file(out_dir, int(os.environ["LOCAL_RANK"])), exc)
