@@ -518,6 +518,18 @@ class ComputeConfig(_Strict):
     deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers.")
 
+    @model_validator(mode="after")
+    def _strategy_fits_accelerator(self) -> ComputeConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU "
+                             "use strategy=ddp (one process per compute.devices)")
+        if self.strategy == "ddp_spawn":
+            # Its children keep the fit's callbacks (history, best checkpoint) to themselves: mlops.training._ddp.
+            raise ValueError("strategy=ddp_spawn trains in children that keep the training history and best "
+                             "checkpoint to themselves; use strategy=ddp, for which mlops starts one fresh process "
+                             "per device itself (as ddp_spawn would)")
+        return self
+
 
 # ---------------------------------------------------------------- maturity
 LOWER_IS_BETTER = ("test_loss", "test_rmse", "test_mae")

@@ -385,6 +385,9 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
     if module_lineage.is_file():
         lineage["module"] = json.loads(module_lineage.read_text())
         files["module.json"] = module_lineage
+    compute = train_dir / "compute.json"  # written by fit: the strategy and the ranks that trained
+    if compute.is_file():
+        lineage["compute"] = json.loads(compute.read_text())
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
         tracker.log_dict(mv.lineage, "lineage.json")

@@ -193,7 +193,9 @@ class TabularMLP(pl.LightningModule):
                 metric = getattr(self, name)
                 metric(pred, y)
                 self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        # Averaged over the DDP ranks (a no-op in one process), so every rank's early stopping and best checkpoint
+        # follow the same number; the torchmetrics metrics above reduce across ranks on their own.
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
