@@ -299,7 +299,6 @@ def test_data_refresh_has_help_with_an_example():
 
 
 # ---------------------------------------------------------------- live: level 3, incremental + warm start
-from test_sources import sources_path  # noqa: E402,F401  (the fixture: the sql flavor for CLI subprocesses)
 
 LIVE_PORTS = (4640, 8640, 8641, 8642)
 LIVE = ["recipe=warehouse_incremental", f"target.prefect.port={LIVE_PORTS[0]}", f"serving.http_port={LIVE_PORTS[1]}",
