@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mlops._process import port_free
-from mlops.data import fingerprint, make_source, validate_frame
+from mlops.data import fingerprint, make_source, read_batch, validate_frame
 from mlops.data._images import check_images
 from mlops.errors import DataError, PredictError
 from mlops.features import decode_all, read_images
@@ -293,6 +293,11 @@ def test_a_folder_of_generated_shapes_trains_and_an_unseen_class_is_quarantined(
     assert ("class 'ring' is not one the champion was trained on (bar, disk, square); its 2 image(s): "
             "ring/000.png, ring/001.png") in message
     report = json.loads(next(where.rglob("report.json")).read_text())
+    # `mlops validate --input` reads an image recipe's batch as a folder of class folders, through the same gate.
+    batch = read_batch(project / "data" / "shapes", cfg.data, project)
+    assert any(p.startswith("1 image file(s) are truncated") for p in steps.check_frame(stack, batch, "x")[2])
+    with pytest.raises(DataError, match="an image recipe's batch is a folder"):
+        read_batch(cut, cfg.data, project)
     assert any("ring/000.png" in p for p in report["problems"]) and not Path(bad.path).exists()
     assert report["bad_files"] == {"disk/004.png": report["bad_files"]["disk/004.png"]}
     assert report["bad_files"]["disk/004.png"].startswith("is truncated or corrupt (")

@@ -238,6 +238,13 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:
         out.print("model    (none served)")
+    if wd := st.get("watchdog"):  # level 3+: the runner restarts a dead server (mlops.flows._watchdog)
+        line = f"watchdog {wd['status']}"
+        if wd.get("reason") and wd["status"] != "watching":
+            line += f": {wd['reason']}"
+        if last := wd.get("last_restart"):
+            line += f" (last restart: {wd['server']} down {last['down_s']:g} s, attempt {last['attempt']})"
+        out.print(line, markup=False)
     server = st["services"].get(cfg.serving.flavor, {})
     for t in st.get("statistics", []):
         out.print(f"{cfg.serving.flavor:<8} {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "

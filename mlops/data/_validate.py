@@ -31,7 +31,9 @@ class ValidationReport:
             raise DataError(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
 
 
-def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> ValidationReport:
+def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str, delta: bool = False) -> ValidationReport:
+    """Every problem of `frame` against the recipe's checks. `delta`: the new rows of an incremental ingest, which
+    join earlier snapshots in training, so the row count and the number of classes are the window's to meet."""
     problems: list[str] = []
     cols = [*data.features, data.target]
     missing = [c for c in cols if c not in frame.columns]
@@ -40,7 +42,7 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
     present = [c for c in cols if c in frame.columns]
     nulls = {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in present}
 
-    if len(frame) < data.checks.min_rows:
+    if len(frame) < data.checks.min_rows and not delta:
         problems.append(f"{len(frame)} rows, fewer than data.checks.min_rows={data.checks.min_rows}"
                         + (" (the data has a header and no rows, or is empty)" if not len(frame) else ""))
     if not len(frame):  # no values to check the columns' types or classes on: the row count is the problem
@@ -58,7 +60,7 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
     if data.target in frame.columns:
         if nulls[data.target] > 0:
             problems.append(f"target {data.target!r} has {int(frame[data.target].isna().sum())} null value(s)")
-        if task == "classification" and frame[data.target].nunique(dropna=True) < 2:
+        if task == "classification" and frame[data.target].nunique(dropna=True) < 2 and not delta:
             problems.append(f"target {data.target!r} has fewer than 2 classes")
         if task == "regression" and not pd.api.types.is_numeric_dtype(frame[data.target]):
             bad = pd.to_numeric(frame[data.target], errors="coerce").isna() & frame[data.target].notna()

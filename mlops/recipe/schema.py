@@ -89,6 +89,28 @@ class SplitConfig(_Strict):
     stratify: bool = Field(True, description="Stratify on the target (classification only).")
 
 
+class IncrementalConfig(_Strict):
+    """`data.incremental`: which column orders the rows, so each ingest reads only what is new."""
+
+    column: str = Field(min_length=1, description="A column that grows with every new or updated row "
+                        "(an updated-at timestamp, or an increasing id); rows with a value above the last "
+                        "snapshot's watermark are new.")
+
+
+class WindowConfig(_Strict):
+    """`data.window`: exactly one of `rows` and `days`."""
+
+    rows: Annotated[int, Field(ge=1, le=10**10)] | None = Field(None, description="Train on the latest N rows of the snapshots.")
+    days: float | None = Field(None, gt=0, le=36_500, description="Train on the rows whose data.incremental.column "
+                               "is within D days of the newest (a timestamp column).")
+
+    @model_validator(mode="after")
+    def _one(self) -> WindowConfig:
+        if (self.rows is None) == (self.days is None):
+            raise ValueError("give exactly one of `rows` (the latest N rows) or `days` (the last D days)")
+        return self
+
+
 class ChecksConfig(_Strict):
     """What the validate step requires of every batch."""
 
@@ -120,9 +142,18 @@ class DataConfig(_Strict):
     )
     split: SplitConfig = SplitConfig()
     checks: ChecksConfig = ChecksConfig()
+    incremental: IncrementalConfig | None = Field(
+        None, description="Level 1+: read only the rows past the last snapshot's watermark (the largest value of "
+        "`column` ingested so far), e.g. {column: updated_at}; each ingest is a snapshot of the new rows.")
+    window: WindowConfig | None = Field(
+        None, description="What training uses of the incremental snapshots: {rows: N} (the latest N rows) or "
+        "{days: D} (the last D days of data.incremental.column); default: all of them. Needs data.incremental.")
 
     @model_validator(mode="after")
     def _coherent(self) -> DataConfig:
+        if self.window is not None and self.incremental is None:
+            raise ValueError("data.window selects over incremental snapshots and needs data.incremental: "
+                             "{column: <an updated-at timestamp column>}")
         if not self.numeric and not self.categorical:
             raise ValueError("name at least one feature column under `numeric` or `categorical`")
         both = sorted(set(self.numeric) & set(self.categorical))
@@ -162,6 +193,9 @@ class SklearnData(DataConfig):
     def _has_dataset(self) -> SklearnData:
         if self.dataset is None:
             raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
+        if self.incremental is not None:
+            raise ValueError("source=sklearn is a fixed bundled dataset: nothing is ever appended, so "
+                             "data.incremental does not apply; use source=sql, parquet_dataset or file")
         return self
 
     def describe(self) -> str:
@@ -393,6 +427,10 @@ class ModelConfig(_Strict):
     batch_size: BatchSize = 64
     max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    init_from: Literal["none", "champion"] = Field(
+        "none", description="`champion`: start training from the champion's weights (a warm start on the new data "
+        "window) instead of from scratch; with no champion yet it trains from scratch. The architecture (hidden "
+        "sizes, feature columns, classes) must match the champion's, else training stops with exit 2.")
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ModelConfig:
@@ -480,6 +518,18 @@ class ComputeConfig(_Strict):
     deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers.")
 
+    @model_validator(mode="after")
+    def _strategy_fits_accelerator(self) -> ComputeConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU "
+                             "use strategy=ddp (one process per compute.devices)")
+        if self.strategy == "ddp_spawn":
+            # Its children keep the fit's callbacks (history, best checkpoint) to themselves: mlops.training._ddp.
+            raise ValueError("strategy=ddp_spawn trains in children that keep the training history and best "
+                             "checkpoint to themselves; use strategy=ddp, for which mlops starts one fresh process "
+                             "per device itself (as ddp_spawn would)")
+        return self
+
 
 # ---------------------------------------------------------------- maturity
 LOWER_IS_BETTER = ("test_loss", "test_rmse", "test_mae")
@@ -511,6 +561,30 @@ class GateConfig(_Strict):
                                        "value, e.g. {test_loss: 0.5}.")
 
 
+class WatchdogConfig(_Strict):
+    """Level 3+: the runner watches the model server and restarts it, with the champion, when it dies.
+
+    ```yaml
+    maturity:
+      watchdog:
+        poll_s: 1           # one health check a second; 2 misses in a row = down
+        max_restarts: 5     # within window_s; then it gives up (mlops status says so) until the server answers again
+    ```
+    """
+
+    enabled: bool = Field(True, description="Level 3+: restart a model server that died (off: `mlops up` does it).")
+    poll_s: float = Field(1.0, gt=0, le=300, description="Seconds between two health checks of the model server.")
+    misses: int = Field(2, ge=1, le=100, description="Failed health checks in a row before the server counts as down.")
+    hung_s: float = Field(30.0, ge=0, le=3600, description="A server whose process runs but does not answer is "
+                          "restarted only after this long (a busy server is not killed); one that is gone at once.")
+    backoff_s: float = Field(1.0, ge=0, le=600, description="Wait before the second restart within window_s; it "
+                             "doubles with each further one (the first restart is immediate).")
+    max_backoff_s: float = Field(30.0, ge=0, le=3600, description="The longest wait between two restarts.")
+    max_restarts: int = Field(5, ge=1, le=1000, description="Restarts within window_s before the watchdog gives up "
+                              "(a crash loop); it re-arms once the server answers again, e.g. after `mlops up`.")
+    window_s: float = Field(600.0, gt=0, le=DAY_S, description="The window max_restarts counts restarts in.")
+
+
 class MaturityConfig(_Strict):
     """The level decides what is automated; the rest says how the automation behaves (conf/maturity/_base.yaml)."""
 
@@ -520,6 +594,7 @@ class MaturityConfig(_Strict):
         description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
         "new or changed data is ingested, validated and recorded as a dataset snapshot.")
     gate: GateConfig = GateConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 # ---------------------------------------------------------------- tracking

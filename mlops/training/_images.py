@@ -129,7 +129,8 @@ class ImageClassifier(pl.LightningModule):
         raw = self.logits(self.augment(x) if stage == "train" else x)
         loss = F.cross_entropy(raw, y)
         log_classification(self, torch.softmax(raw, dim=1), y, stage)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y))
+        # sync_dist: every DDP rank stops and checkpoints on the same number (a no-op in one process)
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=len(y), sync_dist=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -61,6 +61,10 @@ class TabularMLP(pl.LightningModule):
     Build one from data with :meth:`from_train`.
     """
 
+    # A warm start (mlops.training._warm) keeps the champion's fitted preprocessing and needs its architecture.
+    fitted_hparams = ("num_mean", "num_std", "categories", "classes", "target_mean", "target_std")
+    architecture_hparams = ("task", "target", "numeric", "categorical", "hidden")
+
     def __init__(
         self,
         *,
@@ -189,7 +193,9 @@ class TabularMLP(pl.LightningModule):
                 metric = getattr(self, name)
                 metric(pred, y)
                 self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        # Averaged over the DDP ranks (a no-op in one process), so every rank's early stopping and best checkpoint
+        # follow the same number; the torchmetrics metrics above reduce across ranks on their own.
+        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
