@@ -78,6 +78,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.words, self.every = root, (str(project), *PORT_WORDS), every
         self.peak, self.peak_by = 0, {}
+        self.cpu: dict[int, float] = {}  # CPU seconds of each process, at its last sample
         self.stop = threading.Event()
 
     def _ours(self) -> list[psutil.Process]:
@@ -107,8 +108,10 @@ class Sampler(threading.Thread):
                 try:
                     rss = p.memory_info().rss
                     name = p.name()
+                    cpu = p.cpu_times()
                 except psutil.Error:
                     continue
+                self.cpu[p.pid] = cpu.user + cpu.system
                 total += rss
                 by[name] = by.get(name, 0) + rss
             if total > self.peak:
@@ -132,7 +135,7 @@ def run_up(project: Path, env: dict[str, str]) -> dict:
         sys.stderr.write(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}\n{err[-6000:]}\n")
         raise SystemExit(1)
     steps = {m[1]: float(m[2]) for m in STEP_LINE.finditer(err)}
-    return {"wall": wall, "steps": steps, "peak_rss": sampler.peak,
+    return {"wall": wall, "steps": steps, "peak_rss": sampler.peak, "cpu": sum(sampler.cpu.values()),
             "peak_by": {k: v for k, v in sorted(sampler.peak_by.items(), key=lambda kv: -kv[1])}}
 
 
@@ -181,14 +184,14 @@ def main() -> int:
                            capture_output=True, text=True, timeout=300)
         r.update(rows=rows, arrow=arrow)
         steps = " ".join(f"{k}={v:.1f}" for k, v in r["steps"].items())
-        print(f"  up {r['wall']:.1f}s [{steps}]  peak RSS {mb(r['peak_rss'])} "
+        print(f"  up {r['wall']:.1f}s ({r['cpu']:.0f} CPU s, all processes) [{steps}]  peak RSS {mb(r['peak_rss'])} "
               f"({r['peak_rss'] / arrow:.1f}x Arrow): " + ", ".join(f"{k} {mb(v)}" for k, v in r["peak_by"].items()),
               flush=True)
         if not args.no_fit:
             r["fit"] = run_fit(project, env, args.fit_reps, args.textbook)
             f = r["fit"]
             book = f", tutorial loop {f['textbook_s_per_epoch']:.2f} s/epoch" if "textbook_s_per_epoch" in f else ""
-            print(f"  fit {f['fit_s_per_epoch']:.2f} s/epoch vs plain loop {f['plain_s_per_epoch']:.2f} s/epoch "
+            print(f"  fit {f['fit_s_per_epoch']:.2f} CPU s/epoch vs plain loop {f['plain_s_per_epoch']:.2f} CPU s/epoch "
                   f"({f['threads']} thread(s)): {f['ratio']:.2f}x{book}", flush=True)
         if not args.keep:
             shutil.rmtree(project, ignore_errors=True)
@@ -197,12 +200,12 @@ def main() -> int:
     print(f"\nmlops up at scale, {date.today()}, {os.cpu_count()} cores, {args.epochs} epochs, batch 1024")
     steps = sorted({s for r in results for s in r["steps"]}, key=lambda s: list(results[0]["steps"]).index(s)
                    if s in results[0]["steps"] else 99)
-    head = f"{'rows':>11} {'up s':>7} " + " ".join(f"{s:>8}" for s in steps) + \
+    head = f"{'rows':>11} {'up s':>7} {'CPU s':>7} " + " ".join(f"{s:>8}" for s in steps) + \
         f" {'Arrow':>9} {'peak RSS':>9} {'RSS/Arrow':>9} {'valid r/s':>10} {'fit/plain':>9}"
     print(head)
     for r in results:
         v = r["steps"].get("validate")
-        line = f"{r['rows']:>11,} {r['wall']:>7.1f} " + " ".join(f"{r['steps'].get(s, float('nan')):>8.1f}"
+        line = f"{r['rows']:>11,} {r['wall']:>7.1f} {r['cpu']:>7.0f} " + " ".join(f"{r['steps'].get(s, float('nan')):>8.1f}"
                                                               for s in steps)
         line += f" {mb(r['arrow']):>9} {mb(r['peak_rss']):>9} {r['peak_rss'] / r['arrow']:>9.1f}"
         line += f" {r['rows'] / v if v else float('nan'):>10,.0f}"
@@ -211,7 +214,8 @@ def main() -> int:
     for a, b in zip(results, results[1:]):
         k = b["rows"] / a["rows"]
         grow = {s: b["steps"][s] / a["steps"][s] for s in steps if a["steps"].get(s) and b["steps"].get(s)}
-        print(f"growth {a['rows']:,} -> {b['rows']:,} ({k:.0f}x rows): up {b['wall'] / a['wall']:.1f}x, "
+        print(f"growth {a['rows']:,} -> {b['rows']:,} ({k:.0f}x rows): up {b['wall'] / a['wall']:.1f}x "
+              f"(CPU {b['cpu'] / a['cpu']:.1f}x), "
               + ", ".join(f"{s} {g:.1f}x" for s, g in grow.items()) + f", peak RSS {b['peak_rss'] / a['peak_rss']:.1f}x")
     print(f"command: {sys.executable} bench/scale.py --sizes {args.sizes} --epochs {args.epochs}   "
           f"(total {time.perf_counter() - t_all:.0f}s)")

@@ -133,9 +133,13 @@ _DEFAULT_THREADS = torch.get_num_threads()
 
 @contextmanager
 def _tabular_run(threads: int = 1) -> Iterator[None]:
-    before = torch.get_num_threads()
-    # Scoped, so the caller's setting survives.
+    before, fill = torch.get_num_threads(), torch.utils.deterministic.fill_uninitialized_memory
+    # Scoped, so the caller's settings survive.
     torch.set_num_threads(threads)
+    # compute.deterministic=true turns on torch's deterministic algorithms, which also fill every new tensor's memory
+    # with NaN to expose kernels that read it uninitialised: a debugging aid that costs a write of every intermediate
+    # tensor at every step and changes no result (bench/README.md, "bench: scale").
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with warnings.catch_warnings():
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
@@ -146,6 +150,7 @@ def _tabular_run(threads: int = 1) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(before)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 

@@ -120,6 +120,7 @@ class TabularMLP(pl.LightningModule):
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
             width = h
         self.classification = task == "classification"
+        self._loss_sums: dict[str, tuple[Any, int]] = {}  # per stage: (sum of batch loss x rows, rows) this epoch
         layers.append(nn.Linear(width, len(classes) if self.classification else 1))
         self.net = nn.Sequential(*layers)
 
@@ -192,25 +193,22 @@ class TabularMLP(pl.LightningModule):
         return raw * self.target_std + self.target_mean
 
     # ------------------------------------------------------------ Lightning
-    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> torch.Tensor:
         numeric, codes, y = batch
         raw = self._raw(numeric, codes)
         n = len(y)
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
-            probs = torch.softmax(raw, dim=1)
+            probs = torch.softmax(raw.detach(), dim=1) if stage != "train" else None  # the training step needs none
+            binary = len(self.hparams.classes) == 2
             if stage == "val":
-                self.val_acc(probs, y)
-                self.log("val_acc", self.val_acc, on_step=False, on_epoch=True, batch_size=n)
+                self.val_acc.update(probs, y)
             elif stage == "test":
-                self.test_acc(probs, y)
-                self.log("test_acc", self.test_acc, on_step=False, on_epoch=True, batch_size=n)
-                binary = len(self.hparams.classes) == 2
-                self.test_f1(probs[:, 1] if binary else probs, y)
-                self.log("test_f1", self.test_f1, on_step=False, on_epoch=True, batch_size=n)
+                self.test_acc.update(probs, y)
+                self.test_f1.update(probs[:, 1] if binary else probs, y)
                 if binary:
-                    self.test_auc(probs[:, 1], y)
-                    self.log("test_auc", self.test_auc, on_step=False, on_epoch=True, batch_size=n)
+                    self.test_auc.update(probs[:, 1], y)
+            names = {"val": ("val_acc",), "test": ("test_acc", "test_f1", "test_auc")}.get(stage, ())
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -219,20 +217,35 @@ class TabularMLP(pl.LightningModule):
             pred = raw * self.target_std + self.target_mean
             names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
             for name in names:
-                metric = getattr(self, name)
-                metric(pred, y)
-                self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n)
+                getattr(self, name).update(pred, y)
+        # Epoch metrics, logged once per epoch (at its last batch) instead of at every step: Lightning's `log`
+        # costs about as much as a small step's forward pass (bench/README.md, "bench: scale"). The loss is the
+        # batch-size-weighted mean over the epoch and the metrics accumulate their state, as `log(on_epoch=True,
+        # batch_size=n)` at every step would give.
+        total, rows = self._loss_sums[stage] if batch_idx else (0.0, 0)
+        self._loss_sums[stage] = (total + loss.detach() * n, rows + n)
+        if batch_idx + 1 == self._batches(stage):
+            total, rows = self._loss_sums.pop(stage)
+            for name in names:
+                if hasattr(self, name):
+                    self.log(name, getattr(self, name), on_step=False, on_epoch=True, batch_size=rows)
+            self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows)
         return loss
 
+    def _batches(self, stage: str) -> float:
+        trainer = self.trainer
+        if stage == "train":
+            return trainer.num_training_batches
+        return (trainer.num_val_batches if stage == "val" else trainer.num_test_batches)[0]
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, batch_idx, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, batch_idx, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
