@@ -34,7 +34,8 @@ import _scale_data as data  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
 FIT = str(Path(__file__).with_name("_scale_fit.py"))
-PORTS = ["target.prefect.port=4650", "serving.http_port=8650", "serving.grpc_port=8651", "serving.metrics_port=8652"]
+PORTS = ["target.prefect.port=4650", "serving.http_port=8650", "serving.grpc_port=8651", "serving.metrics_port=8652",
+         "target.prefect.start_timeout_s=600"]  # a shared, loaded machine can take minutes to start Prefect
 PORT_WORDS = ("4650", "8650", "8651", "8652")
 SIZES = {"100k": 100_000, "1m": 1_000_000, "10m": 10_000_000}
 STEP_LINE = re.compile(r"✓ (\w+)\s+([\d.]+)s")
@@ -182,13 +183,19 @@ def main() -> int:
         finally:
             subprocess.run([MLOPS, "-C", str(project), "down", "recipe=scale", *PORTS], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
+            if not args.keep and sys.exc_info()[0] is not None:
+                shutil.rmtree(project, ignore_errors=True)
         r.update(rows=rows, arrow=arrow)
         steps = " ".join(f"{k}={v:.1f}" for k, v in r["steps"].items())
         print(f"  up {r['wall']:.1f}s ({r['cpu']:.0f} CPU s, all processes) [{steps}]  peak RSS {mb(r['peak_rss'])} "
               f"({r['peak_rss'] / arrow:.1f}x Arrow): " + ", ".join(f"{k} {mb(v)}" for k, v in r["peak_by"].items()),
               flush=True)
         if not args.no_fit:
-            r["fit"] = run_fit(project, env, args.fit_reps, args.textbook)
+            try:
+                r["fit"] = run_fit(project, env, args.fit_reps, args.textbook)
+            finally:
+                if not args.keep:
+                    shutil.rmtree(project, ignore_errors=True)
             f = r["fit"]
             book = f", tutorial loop {f['textbook_s_per_epoch']:.2f} s/epoch" if "textbook_s_per_epoch" in f else ""
             print(f"  fit {f['fit_s_per_epoch']:.2f} CPU s/epoch vs plain loop {f['plain_s_per_epoch']:.2f} CPU s/epoch "
