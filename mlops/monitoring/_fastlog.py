@@ -50,9 +50,9 @@ def log_frame(frame: pd.DataFrame) -> Any:
         else:
             parts.append((c, *found))
     views = []
-    if whole:
-        schema = DatasetSchema(types={c: (t, ColumnProperties.homogeneous) for c, t in whole.items()})
-        views.append(why.log(frame[list(whole)].reset_index(drop=True), schema=schema).view())
+    for c, kind in whole.items():  # one column at a time: a copy of one column, never of the frame
+        schema = DatasetSchema(types={c: (kind, ColumnProperties.homogeneous)})
+        views.append(why.log(pd.DataFrame({c: frame[c].to_numpy()}), schema=schema).view())
     if slow:
         views.append(why.log(frame[slow]).view())
     for c, kind, mask in parts:
