@@ -112,6 +112,10 @@ class Layout:
     def runner_spec(self, model: str) -> Path:
         return self.root / "runner" / f"{model}.json"
 
+    def watchdog(self, model: str) -> Path:
+        """What the runner's watchdog (level 3+) last saw and did: watching, restarted, gave up (mlops status)."""
+        return self.root / "runner" / f"{model}.watchdog.json"
+
     @property
     def lock(self) -> Path:
         """The file `up`, `down`, `run`, `deploy`, `promote` and `rollback` hold a flock on (mlops._lock)."""

@@ -34,6 +34,9 @@ GATE_REJECTED = "mlops.gate.rejected"
 MODEL_DEPLOYED = "mlops.model.deployed"
 DRIFT_DETECTED = "mlops.drift.detected"
 TRAFFIC_QUARANTINED = "mlops.traffic.quarantined"
+# Level 3+: the runner's watchdog restarted the dead model server with the champion, or gave up (a crash loop).
+SERVER_RESTARTED = "mlops.server.restarted"
+SERVER_GAVE_UP = "mlops.server.gave-up"
 # A cloud schedule asks for a run of one deployment (EventBridge Scheduler; the detail names it).
 RUN_REQUESTED = "mlops.run.requested"
 # The `source` of every mlops event on an EventBridge bus.

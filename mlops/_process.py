@@ -266,3 +266,40 @@ class Supervisor:
                 return False
             time.sleep(_POLL_S)
         return True
+
+
+# ---------------------------------------------------------------- a group of foreground workers
+def run_together(commands: Sequence[tuple[Sequence[str], Mapping[str, str], Path]], *,
+                 stop_timeout: float = 5.0) -> list[int | None]:
+    """Run ``(argv, env, log)`` commands side by side, each writing its output to its log, until all have exited
+    0 or one has failed; then stop the others (SIGTERM, SIGKILL after ``stop_timeout`` s) and return each one's
+    exit code as it was when the first failure was seen (negative: killed by that signal; None: still running,
+    so stopped here). Workers that wait on each other (DDP ranks in a collective) would otherwise wait for a dead
+    peer until their own timeout (gloo: 30 min). Any exception here (Ctrl-C) stops them all too.
+
+    They stay in the caller's process group, so whoever stops the caller's group (a Prefect runner's
+    cancellation, a Supervisor) stops them as well.
+    """
+    procs: list[subprocess.Popen] = []
+    try:
+        for argv, env, log in commands:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out,
+                                              stderr=subprocess.STDOUT, env=dict(env)))
+        while True:
+            codes = [p.poll() for p in procs]
+            if all(c == 0 for c in codes) or any(c not in (None, 0) for c in codes):
+                return codes
+            time.sleep(_POLL_S)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        deadline = time.monotonic() + stop_timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

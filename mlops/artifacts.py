@@ -29,6 +29,13 @@ class DatasetSnapshot(Artifact):
     key: str = Field(description="The training key: config that shapes the model + this fingerprint.")
     repairs: dict[str, Any] = Field(default_factory=dict, description="What `data.checks.non_finite` (drop, clip) "
                                     "did to the rows read before the snapshot was written; empty if nothing.")
+    incremental: dict[str, Any] = Field(default_factory=dict, description="`data.incremental`: column, watermark "
+                                        "(the largest value read), after (the watermark it read past; None for a "
+                                        "full read), chain (its full read's id), new_rows (0: nothing new).")
+    window: dict[str, Any] = Field(default_factory=dict, description="A training set over incremental snapshots: "
+                                   "the rule (`data.window`) and the snapshots that went in (ids + watermarks).")
+    warm_from: int | None = Field(None, description="`model.init_from: champion`: the version whose weights the "
+                                  "training starts from (part of the training key).")
 
 
 class ValidatedData(Artifact):

@@ -64,17 +64,25 @@ class InProcessServer(ModelServer):
         return self.state_dir / "inprocess" / "exports" / self.cfg.name / str(version)
 
     def start(self) -> None:
-        self._write({**self._state(), "running": True})
+        self._write({**self._state(), "running": True, "hung": False})
 
     def stop(self) -> bool:
         state = self._state()
         if not state["running"]:
             return False
-        self._write({**state, "running": False})
+        self._write({**state, "running": False, "hung": False})
         return True
 
     def live(self) -> bool:
+        state = self._state()
+        return bool(state["running"]) and not state.get("hung")
+
+    def running(self) -> bool:
         return bool(self._state()["running"])
+
+    def hang(self) -> None:
+        """Keep running but stop answering, as a deadlocked server does (the watchdog's tests)."""
+        self._write({**self._state(), "hung": True})
 
     def export(self, version: RegisteredVersion) -> ExportedModel:
         out = self._export_dir(version.version)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from mlops.recipe import builtin
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,22 +34,52 @@ def inprocess_server(monkeypatch):
     schema.config_class.cache_clear()  # whatever was built while the flavor was registered is gone
 
 
+# Built-in flavors declared in pyproject.toml after the shared venv was installed.
+NEW_BUILTINS = [builtin.SQL, builtin.PARQUET_DATASET, builtin.IMAGE_FOLDER, builtin.IMAGE_TABLE,
+                builtin.SKLEARN_IMAGES, builtin.IMAGE_CLASSIFIER]
+
+
 @pytest.fixture(autouse=True, scope="session")
 def builtin_sources():
-    """The `sql` and `parquet_dataset` data sources, registered the way their pyproject entry points register them
+    """The built-in flavors newer than the shared venv (`sql`, `parquet_dataset`, the image sources and the
+    `image_classifier` model), registered the way their pyproject entry points register them
     once the venv is installed from this tree (`pip install --no-deps -e .`); after that, this changes nothing.
     Until then a shipped recipe (recipes/warehouse.yaml) would not validate in-process. CLI subprocesses don't see
-    this: tests/test_sources.py gives them the entry points on PYTHONPATH (`sources_path`)."""
+    this: `sources_path` gives them the entry points on PYTHONPATH."""
     from mlops import flavors
-    from mlops.recipe import builtin, schema
+    from mlops.recipe import schema
 
-    missing = [f for f in (builtin.SQL, builtin.PARQUET_DATASET) if f.name not in flavors.registered()[f.kind]]
+    missing = [f for f in NEW_BUILTINS if f.name not in flavors.registered()[f.kind]]
     with pytest.MonkeyPatch.context() as m:
         for flavor in missing:
             m.setitem(flavors.registered()[flavor.kind], flavor.name, flavor)
         schema.config_class.cache_clear()
         yield missing
     schema.config_class.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def sources_path(tmp_path_factory) -> str:
+    """PYTHONPATH for CLI subprocesses: this tree, plus the entry points of NEW_BUILTINS while the installed mlops
+    does not declare them yet (the venv predates them; `pip install -e .` makes this folder unnecessary)."""
+    import os
+    from importlib import metadata
+
+    from mlops import flavors
+
+    declared = {ep.name for ep in metadata.entry_points(group=flavors.ENTRY_POINTS)}
+    attr = {id(value): name for name, value in vars(builtin).items()}
+    lines = [f"{f.kind}-{f.name} = mlops.recipe.builtin:{attr[id(f)]}" for f in NEW_BUILTINS
+             if f"{f.kind}-{f.name}" not in declared]
+    paths = [str(ROOT)]
+    if lines:
+        site = tmp_path_factory.mktemp("site")
+        info = site / "mlops_sources-0.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlops-sources\nVersion: 0.0\n")
+        (info / "entry_points.txt").write_text("[mlops.flavors]\n" + "\n".join(lines) + "\n")
+        paths.append(str(site))
+    return os.pathsep.join(paths)
 
 
 @pytest.fixture(scope="session")

@@ -53,9 +53,9 @@ def test_bad_recipe(tmp_path, name):
     ("overrides", "expected"),
     [
         (["recipe=nope"], ["override 'recipe=nope': `recipe` has no option 'nope'; the options are: breast_cancer, "
-                           "churn, warehouse. Hint: add recipes/nope.yaml"]),
+                           "churn, digits, warehouse, warehouse_incremental. Hint: add recipes/nope.yaml"]),
         (["recipe=brest_cancer"], ["override 'recipe=brest_cancer': `recipe` has no option 'brest_cancer'; the options "
-                                   "are: breast_cancer, churn, warehouse. Hint: did you mean `recipe=breast_cancer`?"]),
+                                   "are: breast_cancer, churn, digits, warehouse, warehouse_incremental. Hint: did you mean `recipe=breast_cancer`?"]),
         (["stack=big-scale"], ["override 'stack=big-scale': `stack` has no option 'big-scale'; the options are: k8s, local, "
                                "reasonable-scale. Hint: add stacks/big-scale.yaml"]),
         (["maturity=9"], ["override 'maturity=9': `maturity` level must be an integer from 0 to 4, got '9'. Hint: 0 "

@@ -40,6 +40,12 @@ def _commands() -> set[str]:
     return found
 
 
+@pytest.fixture(autouse=True)
+def _cli_sees_the_new_builtins(sources_path, monkeypatch):
+    # The CLI subprocesses below load every shipped recipe, some on built-in flavors the venv may predate.
+    monkeypatch.setenv("PYTHONPATH", sources_path)
+
+
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlops.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.e2e
 # Long enough to be killed mid-way, no early stop: both projects train exactly EPOCHS epochs.
 EPOCHS = 40
 RECIPE = ("recipe=breast_cancer", f"model.max_epochs={EPOCHS}", "model.early_stopping.enabled=false")
-PORTS = {"A": (4760, 8760, 8761, 8762), "B": (4761, 8763, 8764, 8765)}
+# MLOPS_FAULTS_PORTS="prefect,http,grpc,metrics/prefect,http,grpc,metrics" moves A's and B's (a second checkout).
+PORTS = dict(zip("AB", (tuple(int(p) for p in ports.split(",")) for ports in os.environ.get(
+    "MLOPS_FAULTS_PORTS", "4760,8760,8761,8762/4761,8763,8764,8765").split("/"))))
 
 
 def _ports(name: str) -> list[str]:
@@ -186,3 +189,64 @@ def test_prefect_killed_mid_run_is_recovered_by_the_next_up(projects):
     assert _versions(a) == ["1", "2"]
     statuses = json.loads(mlops(a, "A", "status", "recipe=breast_cancer", "--json").stdout)["registry"]["versions"]
     assert all(v["status"] != "candidate" for v in statuses)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_at_level_3_the_runner_restarts_a_killed_triton_with_the_champion_within_30s(projects):
+    a = projects["A"]
+    changed = (*RECIPE, "model.lr=0.003")  # the config the previous test served as version 2
+    up = mlops(a, "A", "up", *changed, "maturity=3")
+    assert "champion breast_cancer@2 is served" in up.stderr and "runner    serving" in up.stderr, up.stderr
+    st = json.loads(mlops(a, "A", "status", "recipe=breast_cancer", "--json").stdout)
+    assert st["watchdog"]["status"] == "watching" and st["watchdog"]["pid"] == st["runner"]["pid"]
+    loaded = sorted(m["version"] for m in st["models"] if m["state"] == "READY")
+    assert loaded == ["1", "2"]  # the champion, and the previous one kept for rollback
+
+    layout = Layout(a / ".mlops")
+    pid = int(layout.pid("triton").read_text())
+    ready = f"http://127.0.0.1:{PORTS['A'][1]}/v2/models/breast_cancer/ready"
+    assert _ready(ready)
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    while not (_ready(ready) and int(layout.pid("triton").read_text()) != pid) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    back_s = time.monotonic() - t0
+    assert back_s < 30, f"not serving again 30 s after the kill\n{tail_log(layout, 'runner-breast_cancer')}"
+
+    rows = json.loads(mlops(a, "A", "predict", "recipe=breast_cancer", "--input",
+                            "recipes/data/breast_cancer_rows.csv", "--json").stdout)
+    assert rows["version"] == 2 and len(rows["labels"]) == 5
+    st = json.loads(mlops(a, "A", "status", "recipe=breast_cancer", "--json").stdout)
+    assert sorted(m["version"] for m in st["models"] if m["state"] == "READY") == ["1", "2"]
+    assert _versions(a) == ["1", "2"]  # nothing retrained, nothing registered
+    wd = st["watchdog"]
+    assert wd["status"] == "watching" and wd["last_restart"]["attempt"] == 1
+    assert wd["last_restart"]["champion"] == 2 and wd["last_restart"]["loaded"] == [1, 2]
+    assert "watchdog watching (last restart: triton down" in mlops(a, "A", "status", "recipe=breast_cancer").stdout
+    # The event, on the model's resource, on the project's Prefect server (its event stream is asynchronous).
+    filt = json.dumps({"filter": {"event": {"name": ["mlops.server.restarted"]}}}).encode()
+    api = f"http://127.0.0.1:{PORTS['A'][0]}/api/events/filter"
+    deadline, events = time.monotonic() + 20, []
+    while not events and time.monotonic() < deadline:
+        req = urllib.request.Request(api, data=filt, method="POST", headers={"Content-Type": "application/json"})
+        events = json.loads(urllib.request.urlopen(req, timeout=10).read())["events"]
+        time.sleep(0.5)
+    assert [(e["resource"]["prefect.resource.id"], e["payload"]["champion"], e["payload"]["loaded"])
+            for e in events] == [("mlops.model.breast_cancer", 2, [1, 2])]
+    log = layout.log("runner-breast_cancer").read_text()
+    assert "triton is down (2 failed health checks <maturity.watchdog.misses=2>)" in log
+    assert "breast_cancer@2 answers, versions loaded [1, 2] (nothing retrained)" in log
+    print(f"serving again {back_s:.1f} s after SIGKILL")
+
+
+def tail_log(layout: Layout, service: str) -> str:
+    from mlops._process import tail
+
+    return tail(layout.log(service), 30)

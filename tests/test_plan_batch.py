@@ -4,6 +4,7 @@ a Hydra composition per recipe; and `mlops plan --all` prints it."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,10 +147,10 @@ def test_resolve_is_omegaconfs(monkeypatch):
             _resolved({**raw, "x": unsupported})
 
 
-def test_plan_all_prints_every_recipe(tmp_path):
+def test_plan_all_prints_every_recipe(tmp_path, sources_path):
     project = _project(tmp_path, bad=(BAD / "unknown_key.yaml").read_text())
     proc = subprocess.run([sys.executable, "-m", "mlops.cli", "plan", "--all", "maturity=3", "--json"], cwd=project,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": sources_path})
     assert proc.returncode == 2, proc.stderr
     rows = {r["recipe"]: r for r in json.loads(proc.stdout)}
     assert sorted(rows) == ["bad", *RECIPES]

@@ -265,25 +265,6 @@ def test_a_dataset_without_the_recipes_columns_names_them(partitioned):
 
 
 # ---------------------------------------------------------------- end to end
-@pytest.fixture(scope="module")
-def sources_path(tmp_path_factory) -> str:
-    """PYTHONPATH for CLI subprocesses: this tree, plus the two flavors' entry points while the installed mlops
-    does not declare them yet (the venv predates them; `pip install -e .` makes this folder unnecessary)."""
-    from mlops import flavors
-
-    declared = {ep.name for ep in metadata.entry_points(group=flavors.ENTRY_POINTS)}
-    paths = [str(ROOT)]
-    if not {"data_source-sql", "data_source-parquet_dataset"} <= declared:
-        site = tmp_path_factory.mktemp("site")
-        info = site / "mlops_sources-0.0.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlops-sources\nVersion: 0.0\n")
-        (info / "entry_points.txt").write_text("[mlops.flavors]\nsql = mlops.recipe.builtin:SQL\n"
-                                               "parquet_dataset = mlops.recipe.builtin:PARQUET_DATASET\n")
-        paths.append(str(site))
-    return os.pathsep.join(paths)
-
-
 def mlops(project: Path, pythonpath: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["PYTHONPATH"] = pythonpath

@@ -125,7 +125,7 @@ def test_fit_is_deterministic_and_writes_its_files(tmp_path):
     assert [r["epoch"] for r in a.history] == list(range(a.epochs))
     assert {"train_loss", "val_loss", "val_acc"} <= set(a.history[0])
     assert json.loads((tmp_path / "a" / "history.json").read_text()) == a.history
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["history.json", "model.ckpt"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["compute.json", "history.json", "model.ckpt"]
     assert a.checkpoint == tmp_path / "a" / "model.ckpt"
     assert not a.module.training
 

@@ -238,6 +238,13 @@ def status(overrides: Overrides = None, json_: JsonFlag = False) -> None:
         out.print(f"model    {m['name']} version {m['version']} {m['state']}")
     if not st["models"]:
         out.print("model    (none served)")
+    if wd := st.get("watchdog"):  # level 3+: the runner restarts a dead server (mlops.flows._watchdog)
+        line = f"watchdog {wd['status']}"
+        if wd.get("reason") and wd["status"] != "watching":
+            line += f": {wd['reason']}"
+        if last := wd.get("last_restart"):
+            line += f" (last restart: {wd['server']} down {last['down_s']:g} s, attempt {last['attempt']})"
+        out.print(line, markup=False)
     server = st["services"].get(cfg.serving.flavor, {})
     for t in st.get("statistics", []):
         out.print(f"{cfg.serving.flavor:<8} {t['name']} v{t['version']}  {t['requests']} req  {t['failures']} failed  "
@@ -413,19 +420,36 @@ def schema(
 @app.command()
 def predict(
     overrides: Overrides = None,
-    input_: Annotated[Path, typer.Option("--input", "-i", help="Rows to score: .csv, or .json (a list of objects).")]
+    input_: Annotated[Path, typer.Option("--input", "-i", help="What to score: rows (.csv, or .json: a list of "
+                                         "objects); arrays for a tensor model (.npy, or .json lists); or images "
+                                         "(a .png/.jpg file, or a folder of them) for an image model.")]
     = Path("rows.csv"),
     json_: JsonFlag = False,
 ) -> None:
-    """Send raw feature rows to the served model and print the predictions.
+    """Send raw feature rows, arrays or images to the served model and print the predictions.
 
     Example: mlops predict recipe=breast_cancer --input rows.csv --json
+
+    Images (an image model): mlops predict recipe=digits --input digits/ (a folder of PNG/JPEG files, or one file;
+    each is sent as its uint8 pixels). Arrays (a tensor model): mlops predict recipe=my_net --input batch.npy
     """
     from mlops.serving import read_rows
+    from mlops.serving._images import is_image_input, predict_images
     from mlops.stack import Stack
 
     cfg = _load(overrides, check_data=False)
-    result = Stack(cfg, _project()).server.predict(read_rows(input_))
+    server = Stack(cfg, _project()).server
+    if is_image_input(input_):
+        image = getattr(cfg.data, "image", None)
+        result = predict_images(server, input_, image.channels if image is not None else None)
+        if json_:
+            _print_json(result)
+            return
+        out.print("file  label  " + "  ".join(f"p({c})" for c in result["classes"]), markup=False)
+        for name, lab, probs in zip(result["files"], result["labels"], result["probabilities"], strict=True):
+            out.print(f"{name}  {lab!s}  " + "  ".join(f"{p:.4f}" for p in probs), markup=False)
+        return
+    result = server.predict(read_rows(input_))
     if json_:
         _print_json(result)
         return

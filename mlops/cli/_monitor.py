@@ -20,7 +20,7 @@ monitor_app = typer.Typer(help="Monitoring: drift of served traffic against the 
 
 def validate(
     overrides: Overrides = None,
-    input_: Annotated[Path, typer.Option("--input", "-i", help="A batch to check: .csv or .parquet.")] = Path("batch.csv"),
+    input_: Annotated[Path, typer.Option("--input", "-i", help="A batch to check: .csv or .parquet; for an image recipe, a folder of class folders of images.")] = Path("batch.csv"),
     json_: JsonFlag = False,
 ) -> None:
     """Check a data batch exactly as the pipeline's validate step would, without writing anything.

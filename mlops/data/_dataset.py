@@ -63,6 +63,14 @@ class ParquetDatasetSource(DataSource):
         table = dataset.to_table() if nrows is None else dataset.head(nrows)
         return table.to_pandas()
 
+    def read_after(self, project: Path, column: str, after: Any) -> pd.DataFrame:
+        """Only the rows above the watermark, filtered by Arrow (files and row groups below it are skipped
+        by their statistics)."""
+        import pyarrow.dataset as ds
+
+        dataset = self.dataset(project)
+        return dataset.to_table(filter=None if after is None else ds.field(column) > after).to_pandas()
+
     def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
         try:
             dataset = self.dataset(project)

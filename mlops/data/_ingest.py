@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,12 +19,20 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
     return make_source(data).read(project, nrows=nrows, cache_dir=cache_dir, write_cache=write_cache)
 
 
+def read_after(data: DataConfig, project: Path, after: Any) -> pd.DataFrame:
+    """`data.incremental`: the rows above the watermark `after` (every row when None), filtered by the source
+    where it can (a SQL WHERE, an Arrow filter)."""
+    assert data.incremental is not None
+    return make_source(data).read_after(project, data.incremental.column, after)
+
+
 def check_columns(data: DataConfig, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
     """Read-only checks run at config load: the data exists and has the named columns.
 
     Returns (dotted key, message, hint) triples; empty when all is well.
     """
-    return make_source(data).check(project, cache_dir)
+    source = make_source(data)
+    return source.check(project, cache_dir) or source.check_window(project, cache_dir)
 
 
 def fingerprint(frame: pd.DataFrame) -> str:
@@ -40,9 +49,19 @@ def read_batch(path: Path, data: DataConfig, project: Path) -> pd.DataFrame:
     recipe's columns and checks, pointed at `path`. Whatever cannot be read is a DataError saying what was
     read and what to try (delimiter, encoding, format), never a parser's traceback."""
     from mlops.errors import DataError
-    from mlops.recipe.schema import FileData
+    from mlops.recipe.schema import FileData, ImageData, ImageFolderData
 
     path = Path(path)
+    if isinstance(data, ImageData):  # an image recipe's batch: a folder of class folders, read as image_folder
+        if not path.is_dir():
+            raise DataError(f"--input {path}: an image recipe's batch is a folder with one subfolder of PNG/JPEG "
+                            "images per class (as source=image_folder reads), not a file.")
+        folder = ImageFolderData(source="image_folder", path=str(path.resolve()), target=data.target,
+                                 image=data.image, split=data.split, checks=data.checks)
+        try:
+            return make_source(folder).read(project)
+        except ValueError as exc:
+            raise DataError(f"--input {path}: {exc}.") from None
     fmt = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
     where = f"--input {path}"
     if not path.is_file():

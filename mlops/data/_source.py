@@ -46,6 +46,13 @@ class DataSource(ABC):
         """The rows as a DataFrame (the first `nrows` if given). Relative paths are relative to `project`;
         `cache_dir` may keep a local copy of a slow source (written only with `write_cache`)."""
 
+    def read_after(self, project: Path, column: str, after: Any) -> pd.DataFrame:
+        """`data.incremental`: the rows whose `column` is above `after` (all rows when `after` is None). The
+        default reads everything and filters; a source that can pushes the condition down (SQL WHERE, Arrow
+        filter) so only the new rows are read."""
+        frame = self.read(project)
+        return frame if after is None else frame[frame[column] > after].reset_index(drop=True)
+
     def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
         """Read-only checks at config load: (dotted key, message, hint) for each problem; the default reads a
         few rows and checks that the recipe's columns are there. Override to check reachability first."""
@@ -55,6 +62,28 @@ class DataSource(ABC):
             return [("data.source", f"cannot be read: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                      "check the source's settings")]
         return missing_columns(self.config, [str(c) for c in head.columns])
+
+    def check_window(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
+        """Run at config load after `check` passed: `data.window.days` counts days of the incremental column,
+        which must hold timestamps (ISO text in a CSV)."""
+        import pandas as pd
+
+        data = self.config
+        if data.incremental is None or data.window is None or data.window.days is None:
+            return []
+        column = self.read(project, nrows=5, cache_dir=cache_dir)[data.incremental.column]
+        if pd.api.types.is_datetime64_any_dtype(column):
+            return []
+        if column.dtype == object:
+            try:
+                pd.to_datetime(column, format="ISO8601")
+                return []
+            except (ValueError, TypeError):
+                pass
+        like = f" like {column.iloc[0]!r}" if len(column) else ""
+        return [("data.window.days", f"counts days of data.incremental.column={data.incremental.column!r}, which "
+                 f"holds {column.dtype} values{like}, not timestamps",
+                 "use data.window.rows for a numeric column, or an updated_at timestamp column")]
 
     def describe(self) -> str:
         return self.config.describe()
@@ -70,6 +99,10 @@ def missing_columns(data: DataConfig, columns: list[str]) -> list[tuple[str, str
         if missing:
             problems.append((f"data.{group}", f"columns not in the data: {', '.join(map(repr, missing))}",
                              "column names are case-sensitive; the data has: " + ", ".join(columns)))
+    if data.incremental is not None and data.incremental.column not in columns:
+        problems.append(("data.incremental.column", f"column {data.incremental.column!r} is not in the data; its "
+                         f"columns are: {', '.join(columns)}", "name a column that grows with every new row, "
+                         "e.g. an updated_at timestamp (select it in data.query for a sql source)"))
     return problems
 
 
@@ -138,6 +171,24 @@ class FileSource(DataSource):
             except pd.errors.EmptyDataError:
                 # An empty file holds no rows: the data gate says so with the numbers (exit 3), not a parser.
                 return pd.DataFrame(columns=[*self.config.features, self.config.target])
+
+    def read_after(self, project: Path, column: str, after: Any) -> pd.DataFrame:
+        import fsspec
+        import pandas as pd
+
+        url = self.url(project)
+        if self._format(url) != "parquet":
+            frame = self.read(project)
+            if frame[column].dtype == object:  # CSV has no types: ISO dates compare as timestamps, not as text
+                try:
+                    frame[column] = pd.to_datetime(frame[column], format="ISO8601")
+                except (ValueError, TypeError):
+                    pass  # not dates: compared as text
+            return frame if after is None else frame[frame[column] > after].reset_index(drop=True)
+        if after is None:
+            return self.read(project)
+        with fsspec.open(url, "rb") as fh:  # Parquet: row groups below the watermark are skipped by their stats
+            return pd.read_parquet(fh, filters=[(column, ">", after)]).reset_index(drop=True)
 
     def check(self, project: Path, cache_dir: Path | None = None) -> list[tuple[str, str, str]]:
         import fsspec

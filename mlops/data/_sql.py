@@ -112,6 +112,33 @@ class SqlSource(DataSource):
         finally:
             engine.dispose()
 
+    def read_after(self, project: Path, column: str, after: Any) -> pd.DataFrame:
+        """The rows whose `column` is above `after`, filtered by the database (a WHERE on the query or table), with
+        the watermark as a bound parameter, never spliced into the SQL text."""
+        if after is None:
+            return self.read(project)
+        url = self.url(project)
+        if url.get_backend_name() == "duckdb":
+            quoted = '"' + column.replace('"', '""') + '"'
+            con = _duckdb_connect(url, project)
+            try:
+                return con.execute(f"SELECT * FROM ({self._duckdb_sql(None)}) AS _q WHERE {quoted} > ?",
+                                   [after]).df()
+            finally:
+                con.close()
+        import pandas as pd
+        from sqlalchemy import bindparam, literal_column, select
+        from sqlalchemy import column as sql_column
+
+        sub = self._select(None).subquery("_w")
+        query = select(literal_column("*")).select_from(sub).where(sql_column(column) > bindparam("after", after))
+        engine = _engine(self._with_password(url))
+        try:
+            with engine.connect() as conn:  # never committed: rolled back on close
+                return pd.read_sql(query, conn)
+        finally:
+            engine.dispose()
+
     def check(self, project: Path, cache_dir: Path | None = None) -> list[Problem]:
         """Read-only: the dialect and driver load, the database is there and answers, the query or table
         reads, and it has the recipe's columns. Each failure is one problem naming its key."""

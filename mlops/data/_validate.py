@@ -6,9 +6,10 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from mlops.data._images import check_images
 from mlops.errors import DataError
 from mlops.features import BadValues, bad_values, repair
-from mlops.recipe.schema import DataConfig
+from mlops.recipe.schema import DataConfig, ImageData
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class ValidationReport:
     null_fractions: dict[str, float]
     problems: list[str] = field(default_factory=list)
     non_finite: list[BadValues] = field(default_factory=list)
+    bad_files: dict[str, str] = field(default_factory=dict)  # an image source's: each bad file, what is wrong
 
     @property
     def ok(self) -> bool:
@@ -29,7 +31,9 @@ class ValidationReport:
             raise DataError(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
 
 
-def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> ValidationReport:
+def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str, delta: bool = False) -> ValidationReport:
+    """Every problem of `frame` against the recipe's checks. `delta`: the new rows of an incremental ingest, which
+    join earlier snapshots in training, so the row count and the number of classes are the window's to meet."""
     problems: list[str] = []
     cols = [*data.features, data.target]
     missing = [c for c in cols if c not in frame.columns]
@@ -38,7 +42,7 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
     present = [c for c in cols if c in frame.columns]
     nulls = {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in present}
 
-    if len(frame) < data.checks.min_rows:
+    if len(frame) < data.checks.min_rows and not delta:
         problems.append(f"{len(frame)} rows, fewer than data.checks.min_rows={data.checks.min_rows}"
                         + (" (the data has a header and no rows, or is empty)" if not len(frame) else ""))
     if not len(frame):  # no values to check the columns' types or classes on: the row count is the problem
@@ -56,17 +60,21 @@ def validate_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Validati
     if data.target in frame.columns:
         if nulls[data.target] > 0:
             problems.append(f"target {data.target!r} has {int(frame[data.target].isna().sum())} null value(s)")
-        if task == "classification" and frame[data.target].nunique(dropna=True) < 2:
+        if task == "classification" and frame[data.target].nunique(dropna=True) < 2 and not delta:
             problems.append(f"target {data.target!r} has fewer than 2 classes")
         if task == "regression" and not pd.api.types.is_numeric_dtype(frame[data.target]):
             bad = pd.to_numeric(frame[data.target], errors="coerce").isna() & frame[data.target].notna()
             example = f": {int(bad.sum())} value(s) like {frame.loc[bad, data.target].iloc[0]!r}" if bad.any() else ""
             problems.append(f"target {data.target!r} must be numeric for task=regression{example}")
+    bad_files: dict[str, str] = {}
+    if isinstance(data, ImageData):  # every file decoded and held to data.image, named when it fails
+        found, bad_files = check_images(frame, data.image)
+        problems += found
     unusable = bad_values(frame, finite_columns(data, task))
     problems += [f"{b.render()} <data.checks.non_finite={data.checks.non_finite}>; set it to `drop` or `clip` to "
                  "repair such rows explicitly" for b in unusable]
     return ValidationReport(rows=len(frame), columns=[str(c) for c in frame.columns], null_fractions=nulls,
-                            problems=problems, non_finite=unusable)
+                            problems=problems, non_finite=unusable, bad_files=bad_files)
 
 
 def finite_columns(data: DataConfig, task: str) -> list[str]:

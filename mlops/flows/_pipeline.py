@@ -75,8 +75,8 @@ def _key_from(ctx: TaskRunContext, params: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------- tasks: one step each
 @task(name="ingest", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
-def ingest(stack: Stack) -> DatasetSnapshot:
-    snapshot = steps.ingest(stack)
+def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
+    snapshot = steps.ingest(stack, full)
     report.ingested(stack, snapshot)
     return snapshot
 
@@ -199,8 +199,11 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
     with _recorded(stack, UP_FLOW, "up", list(UP_STEPS)):
         try:
             snapshot = _run("ingest", ingest, stack)
+            if (unchanged := _no_new_rows(stack, snapshot)) is not None:
+                return unchanged
             _run("validate", validate, stack, snapshot)
             steps.record_snapshot(stack, snapshot, "up")
+            snapshot = steps.training_data(stack, snapshot)  # data.window, model.init_from
             trained = _run("train", train, stack, snapshot, progress)
             metrics = _run("evaluate", evaluate, stack, snapshot, trained)
             version = _run("register", register, stack, snapshot, trained, metrics)
@@ -221,21 +224,46 @@ def up_flow(cfg: Config, project: str, state_dir: str, progress: bool = False) -
             "url": served.url}
 
 
+def _no_new_rows(stack: Stack, snapshot: DatasetSnapshot) -> dict[str, Any] | None:
+    """`up` with data.incremental when no row is past the watermark and a champion is served: nothing to train."""
+    store, name = stack.model_store, stack.cfg.name
+    champion = store.aliases(name).get("champion")
+    if snapshot.incremental.get("new_rows") != 0 or champion is None:
+        return None
+    said = _nothing_new(snapshot)
+    console.print(f"  [green]✓[/] {said}; {name}@{champion} stays the champion", markup=True)
+    _log_run(stack, UP_FLOW, "up", version=champion, steps=["ingest"], outcome="no new rows", reasons=[said])
+    return {"model": name, "version": champion, "new_version": False, "new_rows": 0, "message": said,
+            "metrics": store.get(name, champion).lineage["metrics"], "flow_run_id": str(flow_run.get_id()),
+            "endpoint": stack.server.endpoint(champion), "url": stack.server.url}
+
+
+def _nothing_new(snapshot: DatasetSnapshot) -> str:
+    inc = snapshot.incremental
+    return (f"no rows past the watermark {inc['column']}={inc['watermark']} <data.incremental.column>: no new "
+            "snapshot, nothing retrained")
+
+
 @flow(name=DATA_FLOW, log_prints=False)
-def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manual") -> dict[str, Any]:
+def data_flow(config: Config, project: str, state_dir: str, trigger: str = "manual", full: bool = False
+              ) -> dict[str, Any]:
     """Level 1+: look at the data (see _data); a run that fails is in the history with its reason."""
     with _recorded(Stack(config, project, state_dir), DATA_FLOW, trigger, ["ingest", "validate"]):
-        return _data(config, project, state_dir, trigger)
+        return _data(config, project, state_dir, trigger, full)
 
 
-def _data(config: Config, project: str, state_dir: str, trigger: str) -> dict[str, Any]:
-    """Level 1+: look at the data; new or changed data is validated, recorded and announced."""
+def _data(config: Config, project: str, state_dir: str, trigger: str, full: bool = False) -> dict[str, Any]:
+    """Level 1+: look at the data; new or changed data is validated, recorded and announced. With
+    data.incremental only the rows past the watermark are read; `full` re-reads everything, a new chain."""
     from mlops.monitoring._batch import quarantined
 
     stack = Stack(config, project, state_dir)
     report.started(stack, trigger)
-    snapshot = ingest(stack)
-    if snapshot.fingerprint in steps.validated_snapshots(stack):
+    snapshot = ingest(stack, full)
+    if snapshot.incremental.get("new_rows") == 0:
+        _log_run(stack, DATA_FLOW, trigger, steps=["ingest"], outcome="no new rows", reasons=[_nothing_new(snapshot)])
+        return {"new": False, "snapshot": snapshot.path, "new_rows": 0, "message": _nothing_new(snapshot)}
+    if snapshot.fingerprint in steps.validated_snapshots(stack) and not full:
         return {"new": False, "snapshot": snapshot.path}
     if (where := quarantined(stack.state_dir, config.name, snapshot.fingerprint)) is not None:
         Path(snapshot.path).unlink(missing_ok=True)  # the same bad file, looked at again: reported once
@@ -255,8 +283,10 @@ def _data(config: Config, project: str, state_dir: str, trigger: str) -> dict[st
     _emit(DATASET_VALIDATED, dataset_resource(config.name), {"snapshot": snapshot.path,
                                                        "fingerprint": snapshot.fingerprint, "rows": snapshot.rows})
     _log_run(stack, DATA_FLOW, trigger, steps=["ingest", "validate"], outcome="new snapshot",
-             snapshot=snapshot.path, rows=snapshot.rows)
-    return {"new": True, "snapshot": snapshot.path, "fingerprint": snapshot.fingerprint}
+             snapshot=snapshot.path, rows=snapshot.rows, **({"incremental": snapshot.incremental}
+                                                           if snapshot.incremental else {}))
+    return {"new": True, "snapshot": snapshot.path, "fingerprint": snapshot.fingerprint, "rows": snapshot.rows,
+            **({"incremental": snapshot.incremental} if snapshot.incremental else {})}
 
 
 @flow(name=TRAIN_FLOW, log_prints=False)
@@ -289,7 +319,7 @@ def _train(config: Config, project: str, state_dir: str, snapshot: str, trigger:
                 return {"new_version": False, "status": "quarantined"}
             steps.record_snapshot(stack, latest, trigger)
         snapshot = latest.path
-    dataset = steps.latest_snapshot(stack, snapshot)
+    dataset = steps.training_data(stack, steps.latest_snapshot(stack, snapshot))  # data.window, model.init_from
     try:
         trained = train(stack, dataset, False)
         metrics = evaluate(stack, dataset, trained)
@@ -380,6 +410,7 @@ def _step(config: Config, project: str, state_dir: str, step: str) -> dict[str, 
         steps.record_snapshot(stack, work["dataset"], "manual")
         work["validated"] = True
     elif step == "train":
+        work["dataset"] = steps.training_data(stack, work["dataset"])  # model.init_from
         try:
             work["trained"] = result = _run("train", train, stack, work["dataset"], False)
         except BaseException:

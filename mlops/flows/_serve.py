@@ -6,7 +6,8 @@ applies exactly that Plan: each Deployment with its schedule, each Automation as
 DeploymentEventTrigger of the deployment it runs. Deployments of the recipe that the Plan no
 longer has (moving down a level) are deleted with the automations they own. Then it writes
 <file>.ready with the Plan's digest and serves until stopped. No scheduler or loop of ours:
-Prefect schedules, triggers and runs.
+Prefect schedules, triggers and runs. From level 3 on it also runs the watchdog (mlops.flows._watchdog),
+which restarts a model server that died, with the champion.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops._atomic import write_atomic
+from mlops.flows._watchdog import start_thread as start_watchdog
 from mlops.plan import Plan, compile_plan
 from mlops.recipe.schema import Config
 
@@ -143,6 +145,8 @@ async def _serve(spec_file: Path) -> None:
     runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments))
     for d in deployments:
         await runner.aadd_deployment(d)
+    # Level 3+: a model server that dies is restarted with the champion (mlops.flows._watchdog).
+    start_watchdog(cfg, spec["project"], spec["state_dir"])
     write_atomic(spec_file.with_suffix(".ready"), plan.digest())
     await runner.start()
 

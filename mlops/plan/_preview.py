@@ -49,7 +49,10 @@ def build_plan(cfg: Config, project: Path, target: PlanTarget) -> dict[str, Any]
         if existing is not None and name in ("train", "evaluate", "register"):
             action = f"reuse version {existing.version} (same config and data, key {key})"
         elif name == "train":
-            action = f"train {cfg.model.flavor} {cfg.model.task} on {cfg.compute.accelerator} (key {key})"
+            c = cfg.compute
+            nodes = f" x {c.num_nodes} nodes" if c.num_nodes > 1 else ""
+            action = (f"train {cfg.model.flavor} {cfg.model.task} on {c.accelerator}, {c.devices} device(s){nodes}, "
+                      f"strategy {c.strategy} (key {key})")
         elif name == "deploy":
             action = f"load on {cfg.serving.flavor} at {services[1]['url']} as {cfg.serving.model_name}"
         elif name == "gate":

@@ -470,7 +470,8 @@ def load(overrides: list[str] | tuple[str, ...] = (), project: Path | None = Non
         # The data source is asked through the flavor registry (its implementation, and pandas, imported now):
         # the recipe layer names the role, never the data package above it.
         source = flavors("data_source")[config.data.source].load()(config.data)
-        data_problems = source.check(project, cache_dir=Layout(project / config.target.state_dir).cache)
+        cache = Layout(project / config.target.state_dir).cache
+        data_problems = source.check(project, cache_dir=cache) or source.check_window(project, cache_dir=cache)
         if data_problems:
             raise ConfigError([Problem(k, m, _place(k, locator, by_key), h) for k, m, h in data_problems])
     if check_data and type(config.model).user_module:

@@ -15,10 +15,20 @@ SQL = Flavor("data_source", "sql", schema.SqlData, "mlops.data._sql:SqlSource",
 PARQUET_DATASET = Flavor("data_source", "parquet_dataset", schema.ParquetDatasetData,
                          "mlops.data._dataset:ParquetDatasetSource",
                          description="A folder or prefix of Parquet files (hive partitions), local or fsspec.")
+IMAGE_FOLDER = Flavor("data_source", "image_folder", schema.ImageFolderData, "mlops.data._images:ImageFolderSource",
+                      description="A folder with one subfolder of PNG/JPEG images per class, local or fsspec.")
+IMAGE_TABLE = Flavor("data_source", "image_table", schema.ImageTableData, "mlops.data._images:ImageTableSource",
+                     description="A CSV or Parquet table of image paths (relative to it) and labels.")
+SKLEARN_IMAGES = Flavor("data_source", "sklearn_images", schema.SklearnImagesData,
+                        "mlops.data._images:SklearnImagesSource",
+                        description="scikit-learn's bundled digits as 8x8 grey PNG images.")
 TABULAR_MLP = Flavor("model", "tabular_mlp", schema.TabularMLPConfig, "mlops.training._module:TabularMLP",
                      description="An MLP over scaled numeric and one-hot categorical columns.")
 LIGHTNING = Flavor("model", "lightning", schema.LightningModelConfig, "mlops.training._lightning:LightningFamily",
                    description="A team's own LightningModule (model.module), fed preprocessed features.")
+IMAGE_CLASSIFIER = Flavor("model", "image_classifier", schema.ImageClassifierConfig,
+                          "mlops.training._images:ImageClassifier",
+                          description="A CNN over raw uint8 images; resizing and normalisation inside the graph.")
 TRITON = Flavor("server", "triton", schema.ServingConfig, "mlops.serving._triton:TritonServer",
                 description="NVIDIA Triton: python backend + onnxruntime here, onnxruntime_onnx in containers.")
 MLFLOW = Flavor("tracker", "mlflow", schema.MlflowTracking, "mlops.tracking._mlflow:MlflowTracker",

@@ -8,11 +8,15 @@ import json
 from mlops.recipe.schema import Config
 
 
-def training_key(cfg: Config, fingerprint: str) -> str:
-    """What determines the trained weights: data + model + compute + seed. Serving/target don't."""
+def training_key(cfg: Config, fingerprint: str, warm_from: int | None = None) -> str:
+    """What determines the trained weights: data + model + compute + seed, and the version a warm start
+    (`model.init_from: champion`) begins with. Serving/target don't."""
     relevant = cfg.model_dump(mode="json", include={"data", "model", "compute", "seed"})
     relevant["data"].pop("checks", None)
-    blob = json.dumps({"cfg": relevant, "data": fingerprint}, sort_keys=True)
+    what: dict = {"cfg": relevant, "data": fingerprint}
+    if warm_from is not None:
+        what["warm_from"] = warm_from
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

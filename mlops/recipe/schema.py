@@ -89,6 +89,28 @@ class SplitConfig(_Strict):
     stratify: bool = Field(True, description="Stratify on the target (classification only).")
 
 
+class IncrementalConfig(_Strict):
+    """`data.incremental`: which column orders the rows, so each ingest reads only what is new."""
+
+    column: str = Field(min_length=1, description="A column that grows with every new or updated row "
+                        "(an updated-at timestamp, or an increasing id); rows with a value above the last "
+                        "snapshot's watermark are new.")
+
+
+class WindowConfig(_Strict):
+    """`data.window`: exactly one of `rows` and `days`."""
+
+    rows: Annotated[int, Field(ge=1, le=10**10)] | None = Field(None, description="Train on the latest N rows of the snapshots.")
+    days: float | None = Field(None, gt=0, le=36_500, description="Train on the rows whose data.incremental.column "
+                               "is within D days of the newest (a timestamp column).")
+
+    @model_validator(mode="after")
+    def _one(self) -> WindowConfig:
+        if (self.rows is None) == (self.days is None):
+            raise ValueError("give exactly one of `rows` (the latest N rows) or `days` (the last D days)")
+        return self
+
+
 class ChecksConfig(_Strict):
     """What the validate step requires of every batch."""
 
@@ -120,9 +142,18 @@ class DataConfig(_Strict):
     )
     split: SplitConfig = SplitConfig()
     checks: ChecksConfig = ChecksConfig()
+    incremental: IncrementalConfig | None = Field(
+        None, description="Level 1+: read only the rows past the last snapshot's watermark (the largest value of "
+        "`column` ingested so far), e.g. {column: updated_at}; each ingest is a snapshot of the new rows.")
+    window: WindowConfig | None = Field(
+        None, description="What training uses of the incremental snapshots: {rows: N} (the latest N rows) or "
+        "{days: D} (the last D days of data.incremental.column); default: all of them. Needs data.incremental.")
 
     @model_validator(mode="after")
     def _coherent(self) -> DataConfig:
+        if self.window is not None and self.incremental is None:
+            raise ValueError("data.window selects over incremental snapshots and needs data.incremental: "
+                             "{column: <an updated-at timestamp column>}")
         if not self.numeric and not self.categorical:
             raise ValueError("name at least one feature column under `numeric` or `categorical`")
         both = sorted(set(self.numeric) & set(self.categorical))
@@ -139,6 +170,11 @@ class DataConfig(_Strict):
     @property
     def features(self) -> list[str]:
         return [*self.numeric, *self.categorical]
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns a snapshot keeps: the features and the target (and what a flavor adds, e.g. file names)."""
+        return [*self.features, self.target]
 
     def describe(self) -> str:
         """Where the rows come from, for messages and run logs."""
@@ -157,6 +193,9 @@ class SklearnData(DataConfig):
     def _has_dataset(self) -> SklearnData:
         if self.dataset is None:
             raise ValueError("source=sklearn needs `dataset` (one of: " + ", ".join(SKLEARN_DATASETS) + ")")
+        if self.incremental is not None:
+            raise ValueError("source=sklearn is a fixed bundled dataset: nothing is ever appended, so "
+                             "data.incremental does not apply; use source=sql, parquet_dataset or file")
         return self
 
     def describe(self) -> str:
@@ -286,6 +325,79 @@ class ParquetDatasetData(DataConfig):
         return str(self.path)
 
 
+class ImageSpec(_Strict):
+    """What every image of an image source must be; a file outside these bounds fails validation by name."""
+
+    channels: Literal[1, 3] = Field(3, description="Channels of every image: 1 (grey) or 3 (RGB); a file with "
+                                    "another count (RGBA, or grey in an RGB set) fails validation.")
+    min_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        4, description="Smallest height or width, in pixels, an image may have.")
+    max_size: Annotated[int, Field(ge=1, le=65_536)] = Field(
+        4096, description="Largest height or width, in pixels, an image may have.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ImageSpec:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size={self.min_size} exceeds max_size={self.max_size}")
+        return self
+
+
+class ImageData(DataConfig):
+    """What the image sources share: one row per image (its file name, its encoded bytes, its label), no
+    feature columns; the image model decodes them to uint8 NHWC arrays (mlops/data/_images.py)."""
+
+    target: str = Field("label", description="The label column of the rows an image source yields.")
+    image: ImageSpec = ImageSpec()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ImageData:  # replaces DataConfig's: an image source has no feature columns
+        if self.numeric or self.categorical:
+            raise ValueError(f"source={self.source} yields images, not columns: leave out `numeric` and "
+                             "`categorical`")
+        return self
+
+    @property
+    def features(self) -> list[str]:
+        return ["image"]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["file", "image", self.target]
+
+
+class ImageFolderData(ImageData):
+    """A folder with one subfolder per class of PNG/JPEG images, local or at any fsspec URL."""
+
+    source: Literal["image_folder"] = Field(description="`image_folder`: one subfolder of images per class.")
+    path: str = Field(description="The folder (relative to the project) or an fsspec URL; each subfolder's "
+                      "name is the label of the images in it.")
+
+    def describe(self) -> str:
+        return self.path
+
+
+class ImageTableData(ImageData):
+    """A CSV or Parquet table naming one image file per row, with its label."""
+
+    source: Literal["image_table"] = Field(description="`image_table`: a table of image paths and labels.")
+    path: str = Field(description="The CSV or Parquet table (relative to the project) or an fsspec URL.")
+    path_column: str = Field("path", description="The column of image paths, relative to the table's folder.")
+    label_column: str = Field("label", description="The column of labels.")
+
+    def describe(self) -> str:
+        return self.path
+
+
+class SklearnImagesData(ImageData):
+    """An image dataset bundled with scikit-learn: `digits` (1,797 8x8 grey images of 0-9)."""
+
+    source: Literal["sklearn_images"] = Field(description="`sklearn_images`: images bundled with scikit-learn.")
+    dataset: Literal["digits"] = Field("digits", description="The scikit-learn image dataset.")
+
+    def describe(self) -> str:
+        return self.dataset
+
+
 # ---------------------------------------------------------------- model
 class EarlyStoppingConfig(_Strict):
     enabled: bool = True
@@ -315,6 +427,10 @@ class ModelConfig(_Strict):
     batch_size: BatchSize = 64
     max_epochs: Annotated[int, Field(ge=1, le=100_000)] = 30
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    init_from: Literal["none", "champion"] = Field(
+        "none", description="`champion`: start training from the champion's weights (a warm start on the new data "
+        "window) instead of from scratch; with no champion yet it trains from scratch. The architecture (hidden "
+        "sizes, feature columns, classes) must match the champion's, else training stops with exit 2.")
 
     @model_validator(mode="after")
     def _metric_fits_task(self) -> ModelConfig:
@@ -364,6 +480,32 @@ class LightningModelConfig(ModelConfig):
                                    "batch_size=); default: the framework's, which feeds preprocessed features.")
 
 
+class AugmentConfig(_Strict):
+    """Random changes to training images (train split only; plain torch, no torchvision)."""
+
+    flip: bool = Field(False, description="Mirror images left-right at random (not for digits or text).")
+    shift: Annotated[int, Field(ge=0, le=64)] = Field(
+        0, description="Shift images by up to this many pixels each way (zero padding), at random.")
+
+
+class ImageClassifierConfig(ModelConfig):
+    """A built-in CNN over images. The served graph takes raw uint8 NHWC images of any height and width and
+    resizes, scales and normalises them itself (mean and std of the train split), so a request is pixels."""
+
+    flavor: Literal["image_classifier"] = "image_classifier"
+    task: Literal["classification"] = "classification"
+    image_size: Annotated[int, Field(ge=4, le=1024)] = Field(
+        32, description="Images are resized (bilinear, inside the model) to image_size x image_size.")
+    channels: LayerSize = Field(16, description="Convolution channels of the first block; each further block "
+                                "doubles them.")
+    depth: Annotated[int, Field(ge=1, le=8)] = Field(
+        2, description="Convolution blocks (conv-batchnorm-relu, then a 2x2 max-pool while the image is >= 4).")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    lr: float = Field(3e-3, gt=0, description="Learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+
+
 # ---------------------------------------------------------------- compute
 class ComputeConfig(_Strict):
     """Where Lightning trains: passed to the Trainer."""
@@ -375,6 +517,18 @@ class ComputeConfig(_Strict):
     precision: Literal["32-true", "64-true", "16-mixed", "bf16-mixed"] = "32-true"
     deterministic: bool = Field(True, description="Bit-identical reruns (seed_everything + deterministic algorithms).")
     num_workers: int = Field(0, ge=0, le=256, description="DataLoader workers.")
+
+    @model_validator(mode="after")
+    def _strategy_fits_accelerator(self) -> ComputeConfig:
+        if self.strategy == "fsdp" and self.accelerator == "cpu":
+            raise ValueError("strategy=fsdp shards the model over GPUs and cannot run on accelerator=cpu; on the CPU "
+                             "use strategy=ddp (one process per compute.devices)")
+        if self.strategy == "ddp_spawn":
+            # Its children keep the fit's callbacks (history, best checkpoint) to themselves: mlops.training._ddp.
+            raise ValueError("strategy=ddp_spawn trains in children that keep the training history and best "
+                             "checkpoint to themselves; use strategy=ddp, for which mlops starts one fresh process "
+                             "per device itself (as ddp_spawn would)")
+        return self
 
 
 # ---------------------------------------------------------------- maturity
@@ -407,6 +561,30 @@ class GateConfig(_Strict):
                                        "value, e.g. {test_loss: 0.5}.")
 
 
+class WatchdogConfig(_Strict):
+    """Level 3+: the runner watches the model server and restarts it, with the champion, when it dies.
+
+    ```yaml
+    maturity:
+      watchdog:
+        poll_s: 1           # one health check a second; 2 misses in a row = down
+        max_restarts: 5     # within window_s; then it gives up (mlops status says so) until the server answers again
+    ```
+    """
+
+    enabled: bool = Field(True, description="Level 3+: restart a model server that died (off: `mlops up` does it).")
+    poll_s: float = Field(1.0, gt=0, le=300, description="Seconds between two health checks of the model server.")
+    misses: int = Field(2, ge=1, le=100, description="Failed health checks in a row before the server counts as down.")
+    hung_s: float = Field(30.0, ge=0, le=3600, description="A server whose process runs but does not answer is "
+                          "restarted only after this long (a busy server is not killed); one that is gone at once.")
+    backoff_s: float = Field(1.0, ge=0, le=600, description="Wait before the second restart within window_s; it "
+                             "doubles with each further one (the first restart is immediate).")
+    max_backoff_s: float = Field(30.0, ge=0, le=3600, description="The longest wait between two restarts.")
+    max_restarts: int = Field(5, ge=1, le=1000, description="Restarts within window_s before the watchdog gives up "
+                              "(a crash loop); it re-arms once the server answers again, e.g. after `mlops up`.")
+    window_s: float = Field(600.0, gt=0, le=DAY_S, description="The window max_restarts counts restarts in.")
+
+
 class MaturityConfig(_Strict):
     """The level decides what is automated; the rest says how the automation behaves (conf/maturity/_base.yaml)."""
 
@@ -416,6 +594,7 @@ class MaturityConfig(_Strict):
         description="Level 1+: seconds between two looks at the data location (a Prefect interval schedule); "
         "new or changed data is ingested, validated and recorded as a dataset snapshot.")
     gate: GateConfig = GateConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 # ---------------------------------------------------------------- tracking

@@ -71,8 +71,10 @@ class TritonPythonModel:
         if good:
             # Dynamic batching hands us many requests at once: one ORT call
             # over all of them is the whole point of batching.
-            batched = {name: np.concatenate([f[name] for f in good]) for name in good[0]}
             try:
+                # Requests whose tensors differ past the batch axis (images of two sizes) cannot be concatenated:
+                # they go one by one below.
+                batched = {name: np.concatenate([f[name] for f in good]) for name in good[0]}
                 results = self.session.run(self.outputs, batched)
                 if self.capture is not None:
                     self.capture.observe(batched, dict(zip(self.outputs, results)))

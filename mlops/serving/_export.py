@@ -163,16 +163,20 @@ def graph_signature(model, *, task: str, target: str, classes: list | None = Non
                      classes=list(classes) if task == "classification" and classes is not None else None)
 
 
+def _eval_copy(module):  # noqa: ANN001, ANN202
+    """A float32, eval-mode copy: the served graph is FP32 whatever precision trained it, and the caller's module
+    keeps its mode and dtype."""
+    clone = type(module)(**module.hparams)
+    clone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()})
+    return clone.eval()
+
+
 def _torch_graph(module: TabularMLP, output: str):  # noqa: ANN202 (onnx.ModelProto; onnx is imported lazily)
     import onnx
     import torch
 
     hp = module.hparams
-    # A float32, eval-mode copy: the served graph is FP32 whatever precision trained it, and the caller's module
-    # keeps its mode and dtype.
-    clone = type(module)(**hp)
-    clone.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in module.state_dict().items()})
-    clone.eval()
+    clone = _eval_copy(module)
     names = [n for n, cols in (("numeric", hp.numeric), ("codes", hp.categorical)) if cols]
     examples = {
         "numeric": torch.zeros(2, len(hp.numeric), dtype=torch.float32),
@@ -261,6 +265,24 @@ def _lightning_graph(module):  # noqa: ANN001, ANN202 (a team's LightningModule 
     return onnx.load_from_string(buffer.getvalue()), served.columns()
 
 
+def _image_graph(module):  # noqa: ANN001, ANN202 (an ImageClassifier -> onnx.ModelProto)
+    """The image classifier's forward as served: input ``image`` uint8 ``[batch, height, width, channels]`` with
+    height and width free (the graph resizes), output ``probabilities``."""
+    import onnx
+    import torch
+
+    hp = module.hparams
+    clone = _eval_copy(module)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(clone, (torch.zeros(2, hp.image_size, hp.image_size, hp.in_channels, dtype=torch.uint8),),
+                          buffer, input_names=["image"], output_names=["probabilities"],
+                          dynamic_axes={"image": {0: "batch", 1: "height", 2: "width"}, "probabilities": {0: "batch"}},
+                          opset_version=OPSET, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
 def export_onnx(module: TabularMLP, path: Path) -> Signature:
     """Write the module as an ONNX file at ``path`` (atomically) and return its signature, read off the graph.
 
@@ -272,7 +294,10 @@ def export_onnx(module: TabularMLP, path: Path) -> Signature:
 
     path = Path(path)
     meta = getattr(module, "_mlops", None)
-    if isinstance(meta, dict):  # model.flavor=lightning (mlops.training._lightning)
+    if getattr(module, "serves_images", False):  # model.flavor=image_classifier: raw uint8 NHWC pixels in
+        model, columns = _image_graph(module), {}
+        task, target, classes, categories = "classification", module.hparams.target, list(module.hparams.classes), []
+    elif isinstance(meta, dict):  # model.flavor=lightning (mlops.training._lightning)
         model, columns = _lightning_graph(module)
         categories = (meta.get("preprocessing") or {}).get("categories", [])
         task, target, classes = meta["task"], meta["target"], meta.get("classes")

@@ -77,6 +77,12 @@ class ModelServer(ABC):
         """Score raw rows on the champion: ``{"model", "version", "labels", "classes", "probabilities"}``
         for classifiers, ``{"model", "version", "predictions"}`` for regressors."""
 
+    def running(self) -> bool:
+        """Its process exists, answering or not. The level-3 watchdog restarts a server that is gone at once, and
+        one that runs without answering only after `maturity.watchdog.hung_s` (a busy server is not killed).
+        Default: :meth:`live`, for a flavor with no process of its own to look at."""
+        return self.live()
+
     def urls(self) -> dict[str, str]:
         """Every address it answers on, for `mlops status` (at least ``{"url": self.url}``)."""
         return {"url": self.url}

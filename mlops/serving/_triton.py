@@ -29,6 +29,9 @@ class TritonServer(ModelServer):
     def live(self) -> bool:
         return _deploy.triton_live(self.url)
 
+    def running(self) -> bool:
+        return _server.TritonServer(self.state_dir).pid() is not None
+
     def export(self, version: RegisteredVersion) -> ExportedModel:
         out = _deploy.export_version(self.cfg, {"version": version.version}, self.state_dir)
         return ExportedModel(**out)

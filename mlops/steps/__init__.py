@@ -2,6 +2,7 @@
 
 from mlops.steps._steps import (
     batch_profiler,
+    chain,
     check_frame,
     deploy,
     end_open_runs,
@@ -9,6 +10,7 @@ from mlops.steps._steps import (
     export,
     gate,
     hold_to_floors,
+    incremental,
     ingest,
     judge,
     latest_snapshot,
@@ -25,6 +27,7 @@ from mlops.steps._steps import (
     require,
     rollback,
     train,
+    training_data,
     validate,
     validated_snapshots,
 )
@@ -33,4 +36,5 @@ __all__ = sorted([
     "batch_profiler", "check_frame", "deploy", "end_open_runs", "evaluate", "export", "gate", "hold_to_floors", "ingest", "judge", "latest_snapshot",
     "leave_open_runs", "log_run", "monitor", "open_runs", "promote", "record_snapshot", "reference_profile", "register", "reopen_run",
     "require", "require_finite", "rollback", "train", "validate", "validated_snapshots",
+    "chain", "incremental", "training_data",
 ])

@@ -40,6 +40,7 @@ from mlops.artifacts import (
 from mlops.errors import DataError, MlopsError
 from mlops.plan import Gate
 from mlops.recipe.keys import config_hash, training_key
+from mlops.recipe.schema import ImageData
 from mlops.stack import Stack
 
 Emit = Callable[[str, dict[str, Any]], None]
@@ -71,29 +72,135 @@ def reopen_run(stack: Stack, run_id: str) -> bool:
 
 
 # ---------------------------------------------------------------- data
-def ingest(stack: Stack) -> DatasetSnapshot:
-    """Read the data source, keep the columns the recipe uses, and snapshot them (once per content)."""
-    from mlops.data import fingerprint, read_frame, repair_frame
+def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
+    """Read the data source, keep the columns the recipe uses, and snapshot them (once per content).
+
+    With `data.incremental` (level 1+) only the rows past the current chain's watermark are read, and the
+    snapshot holds just those; none past it gives back the chain's latest snapshot, `new_rows` 0. `full` reads
+    everything and starts a new chain (`mlops data refresh --full`)."""
+    from mlops.data import read_after, read_frame, repair_frame, watermark
 
     cfg = stack.cfg
-    frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
-    frame = frame[[*cfg.data.features, cfg.data.target]]
+    inc = cfg.data.incremental if incremental(stack) else None
+    last = None if inc is None or full else (chain(stack) or [None])[-1]
+    if inc is None:
+        frame = read_frame(cfg.data, stack.project, cache_dir=stack.layout.cache, write_cache=True)
+    else:
+        from mlops.data import bound
+
+        after = bound(last["incremental"]["watermark"], last["incremental"]["type"]) if last else None
+        frame = read_after(cfg.data, stack.project, after)
+    used = list(cfg.data.columns)
+    frame = frame[used if inc is None or inc.column in used else [*used, inc.column]]
+    about: dict[str, Any] = {}
+    if inc is not None:
+        if last is not None and not len(frame):
+            return _snapshot_of(last, new_rows=0)
+        mark, kind = watermark(frame, inc.column) if len(frame) else (None, "")
+        about = {"column": inc.column, "watermark": mark, "type": kind,
+                 "after": last["incremental"]["watermark"] if last else None,
+                 "chain": last["incremental"]["chain"] if last else uuid.uuid4().hex[:12], "new_rows": len(frame)}
     # An explicit data.checks.non_finite=drop|clip repairs the rows before they are snapshotted, so no split
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
+    fp, path = _snapshot_file(stack, frame)
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+                           repairs=repairs, incremental=about)
+
+
+def _snapshot_file(stack: Stack, frame: Any) -> tuple[str, Path]:
+    """The frame's content fingerprint and its Parquet snapshot, written once per content (atomically)."""
+    from mlops.data import fingerprint
+
     fp = fingerprint(frame)
-    path = stack.layout.snapshot(cfg.name, fp)
+    path = stack.layout.snapshot(stack.cfg.name, fp)
     if not path.exists():
         with atomic_path(path) as tmp:  # straight to the file: no in-memory copy of the whole Parquet file
             frame.to_parquet(tmp, index=False)
-    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
-                           repairs=repairs)
+    return fp, path
+
+
+def incremental(stack: Stack) -> bool:
+    """Whether ingest reads incrementally: `data.incremental` is set and the level refreshes data (1+)."""
+    return stack.cfg.data.incremental is not None and stack.cfg.maturity.level >= 1
+
+
+def chain(stack: Stack, upto: str = "") -> list[dict[str, Any]]:
+    """The recorded snapshots of a watermark chain, oldest first: its full read and the incremental reads after
+    it. The chain of the snapshot `upto` (a fingerprint), up to it; without one, the latest chain."""
+    entries = [d for d in validated_snapshots(stack).values() if d.get("incremental")]
+    if upto:
+        entries = entries[:[d["fingerprint"] for d in entries].index(upto) + 1]
+    if not entries:
+        return []
+    cid = entries[-1]["incremental"]["chain"]
+    return [d for d in entries if d["incremental"]["chain"] == cid]
+
+
+def _snapshot_of(d: dict[str, Any], **incremental: Any) -> DatasetSnapshot:
+    return DatasetSnapshot(**{k: d[k] for k in ("fingerprint", "path", "rows", "key")}, repairs=d.get("repairs", {}),
+                           incremental={**d.get("incremental", {}), **incremental})
+
+
+def training_data(stack: Stack, snapshot: DatasetSnapshot) -> DatasetSnapshot:
+    """What `train` fits on: with `data.incremental`, the `data.window` over the chain up to `snapshot` (one
+    content-hashed snapshot, the ids and watermarks of the snapshots in it recorded); otherwise `snapshot`. With
+    `model.init_from: champion` the champion's version joins the training key, since training starts from it."""
+    from mlops.data import window_frame
+
+    cfg = stack.cfg
+    training = snapshot
+    if snapshot.incremental and snapshot.fingerprint in validated_snapshots(stack):
+        inc, window = cfg.data.incremental, cfg.data.window
+        assert inc is not None
+        entries = chain(stack, snapshot.fingerprint)
+        if window is not None and window.rows is not None:  # only the latest snapshots that hold the N rows
+            total, start = 0, len(entries)
+            while start > 0 and total < window.rows:
+                start -= 1
+                total += entries[start]["rows"]
+            entries = entries[start:]
+        frame, used = window_frame([(d, _frame_at(d["path"])) for d in entries], inc.column, window)
+        features = list(cfg.data.columns)
+        frame = frame[features]
+        if len(frame) < cfg.data.checks.min_rows:
+            raise DataError(f"the training window of recipe {cfg.name!r} has {len(frame)} rows, fewer than "
+                            f"data.checks.min_rows={cfg.data.checks.min_rows} (data.window="
+                            f"{window.model_dump(exclude_none=True) if window else 'all'}, over {len(used)} "
+                            "snapshot(s)). Hint: widen data.window, or wait for more rows.")
+        fp, path = _snapshot_file(stack, frame)
+        about = {"column": inc.column, "rule": window.model_dump(exclude_none=True) if window else "all",
+                 "chain": snapshot.incremental["chain"], "rows": len(frame), "snapshots": used}
+        training = DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+                                   window=about)
+    if cfg.model.init_from == "none":
+        return training
+    return training.model_copy(update=_warm_start(stack, training))
+
+
+def _warm_start(stack: Stack, training: DatasetSnapshot) -> dict[str, Any]:
+    """warm_from and the key: the champion's version, unless the champion is what this config already trained
+    on this data (then its own start and key, so nothing is retrained)."""
+    store, name, cfg = stack.model_store, stack.cfg.name, stack.cfg
+    champion = store.aliases(name).get("champion")
+    if champion is None:
+        return {"warm_from": None, "key": training.key}
+    lineage = store.get(name, champion).lineage
+    own = (lineage.get("warm_start") or {}).get("from_version")
+    if lineage.get("data_fingerprint") == training.fingerprint and \
+            lineage.get("key") == training_key(cfg, training.fingerprint, own):
+        return {"warm_from": own, "key": lineage["key"]}
+    return {"warm_from": champion, "key": training_key(cfg, training.fingerprint, champion)}
 
 
 def _frame(snapshot: DatasetSnapshot) -> Any:
+    return _frame_at(snapshot.path)
+
+
+def _frame_at(path: str) -> Any:
     import pandas as pd
 
-    return pd.read_parquet(snapshot.path)
+    return pd.read_parquet(path)
 
 
 def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
@@ -103,17 +210,22 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     from mlops.monitoring._batch import quarantine
 
     cfg = stack.cfg
-    report, batch, problems = check_frame(stack, _frame(snapshot), f"the batch {snapshot.path}")
+    frame = _frame(snapshot)
+    # New rows on top of a chain are checked as rows; the row count and classes are the training window's.
+    delta = snapshot.incremental.get("after") is not None
+    report, batch, problems = check_frame(stack, frame[cfg.data.columns] if
+                                          snapshot.incremental else frame, f"the batch {snapshot.path}", delta=delta)
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
-                           source=cfg.data.describe())
+                           source=cfg.data.describe(), **({"bad_files": report.bad_files} if report.bad_files else {}))
         raise DataError(f"the data of recipe {cfg.name!r} failed validation and was quarantined in {where} "
                         f"(report.json there); training will not use it. Fix the source and let it be ingested "
                         f"again.\n" + "\n".join(problems))
     return ValidatedData(snapshot=snapshot, rows=report.rows, null_fractions=report.null_fractions)
 
 
-def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None = None) -> tuple[Any, Any, list[str]]:
+def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None = None,
+                delta: bool = False) -> tuple[Any, Any, list[str]]:
     """The one data gate, shared by the validate step and `mlops validate`: the recipe's checks (validate_frame:
     columns, rows, types, nulls, target, non-finite values), then the constraints against the champion's
     reference profile. Returns (ValidationReport, BatchReport or None, every problem as text); writes nothing.
@@ -122,14 +234,30 @@ def check_frame(stack: Stack, frame: Any, source: str, with_profile: bool | None
     from mlops.monitoring._batch import check_batch, render_failures
 
     cfg = stack.cfg
-    report = validate_frame(frame, cfg.data, cfg.model.task)
+    report = validate_frame(frame, cfg.data, cfg.model.task, delta=delta)
     problems = list(report.problems)
+    if isinstance(cfg.data, ImageData) and len(frame) and (classes := champion_classes(stack)) is not None:
+        from mlops.data._images import unseen_labels
+
+        problems += unseen_labels(frame, cfg.data.target, classes)  # a class folder the champion never saw
     batch = None
     if (stack.monitor is not None if with_profile is None else with_profile) and len(frame):
         batch = check_batch(cfg, frame, reference_profile(stack)[1], stack.monitor)
         if not batch.ok:
             problems.append(render_failures(batch, source))
     return report, batch, problems
+
+
+def champion_classes(stack: Stack) -> list[Any] | None:
+    """The classes the champion was trained on (from its checkpoint), or None without a champion."""
+    store, name = stack.model_store, stack.cfg.name
+    champion = store.aliases(name).get("champion")
+    if champion is None:
+        return None
+    import torch  # for import cost: only an image recipe with a champion reads a checkpoint here
+
+    saved = torch.load(store.get(name, champion).file("model.ckpt"), map_location="cpu", weights_only=False)
+    return saved.get("hyper_parameters", {}).get("classes")
 
 
 def reference_profile(stack: Stack) -> tuple[int | None, Any | None]:
@@ -164,8 +292,10 @@ def validated_snapshots(stack: Stack) -> dict[str, dict[str, Any]]:
 def record_snapshot(stack: Stack, snapshot: DatasetSnapshot, trigger: str) -> bool:
     """Record a validated snapshot; False if it was already recorded (nothing new)."""
     index = validated_snapshots(stack)
-    if snapshot.fingerprint in index:
+    if snapshot.fingerprint in index and (snapshot.incremental.get("chain") ==
+                                          index[snapshot.fingerprint].get("incremental", {}).get("chain")):
         return False
+    index.pop(snapshot.fingerprint, None)  # a full read of the same rows again starts a new chain: moved last
     index[snapshot.fingerprint] = {**snapshot.model_dump(), "validated_at": time.time(), "trigger": trigger}
     write_atomic(stack.layout.snapshot_index(stack.cfg.name), json.dumps(index, indent=2))
     return True
@@ -179,7 +309,7 @@ def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
         raise DataError(f"recipe {stack.cfg.name!r} has no validated dataset snapshot yet: run `mlops run ingest "
                         f"recipe={stack.cfg.name}` and `mlops run validate recipe={stack.cfg.name}` first.")
     d = found[0] if found else list(index.values())[-1]
-    return DatasetSnapshot(**{k: d[k] for k in ("fingerprint", "path", "rows", "key")}, repairs=d.get("repairs", {}))
+    return _snapshot_of(d)
 
 
 # ---------------------------------------------------------------- model
@@ -200,8 +330,11 @@ def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> Tr
                                                                        "mlops.key": snapshot.key})
     open_runs[run_id] = tracker
     tracker.log_params(cfg.model_dump(mode="json", include={"data", "model", "compute", "seed"}))
+    init = None
+    if snapshot.warm_from is not None:  # model.init_from: champion (see training_data)
+        init = stack.model_store.get(cfg.name, snapshot.warm_from).file("model.ckpt")
     result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress,
-                 project=Path(stack.project))
+                 project=Path(stack.project), init_from=init)
     return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
                         epochs=result.epochs, tracking_run_id=run_id)
 
@@ -243,11 +376,16 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
         "components": cfg.components,
         "flow_run_id": run_id,
         **({"data_repairs": snapshot.repairs} if snapshot.repairs else {}),
+        **({"data_window": snapshot.window} if snapshot.window else {}),
+        **({"warm_start": {"from_version": snapshot.warm_from}} if cfg.model.init_from != "none" else {}),
     }
     module_lineage = train_dir / "module.json"  # written by fit for a team's own module (model.flavor=lightning)
     if module_lineage.is_file():
         lineage["module"] = json.loads(module_lineage.read_text())
         files["module.json"] = module_lineage
+    compute = train_dir / "compute.json"  # written by fit: the strategy and the ranks that trained
+    if compute.is_file():
+        lineage["compute"] = json.loads(compute.read_text())
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
         tracker.log_dict(mv.lineage, "lineage.json")

@@ -259,6 +259,7 @@ class LocalTarget(Target):
             "registries": [self.registry_status(m) for m in getattr(self.stack.model_store, "models", list)()],
             "runner": {"pid": self.runner_service().pid(), "digest": (
                 r.read_text() if (r := self._runner_spec().with_suffix(".ready")).is_file() else None)},
+            "watchdog": self.watchdog_state(),
             "state_dir": str(self.state_dir),
             "tracking": self.stack.tracker().ui_hint(),
         }
@@ -266,6 +267,15 @@ class LocalTarget(Target):
         for name, note in foreign.items():
             st["services"][name]["foreign"] = note
         return st
+
+    def watchdog_state(self) -> dict[str, Any] | None:
+        """What the runner's watchdog (level 3+, mlops.flows._watchdog) last wrote, while that runner runs."""
+        pid = self.runner_service().pid()
+        try:
+            state = json.loads(self.layout.watchdog(self.cfg.name).read_text())
+        except (OSError, ValueError):
+            return None
+        return state if isinstance(state, dict) and pid is not None and state.get("pid") == pid else None
 
     def tracking_ui(self) -> Any:
         """The tracker's own UI process, if its config asks for one (`tracking.ui: true`)."""

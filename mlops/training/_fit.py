@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from mlops._atomic import fsync_path, write_atomic
 from mlops.errors import ConfigError, MlopsError, Problem
 from mlops.recipe.schema import Config
+from mlops.training import _ddp
 from mlops.training._family import model_family
 from mlops.training._module import TabularDataModule, TabularMLP
 from mlops.training._split import Split
@@ -164,14 +165,17 @@ def _datamodule(family: object, module: pl.LightningModule, cfg: Config, split: 
 
 def fit(
     cfg: Config, split: Split, out_dir: Path, *, loggers: list | None = None, progress: bool = False,
-    project: Path | None = None,
+    project: Path | None = None, init_from: Path | None = None,
 ) -> FitResult:
     """Train ``cfg.model`` on ``split`` and keep the best epoch by ``cfg.model.early_stopping.monitor``.
 
     Writes ``out_dir/model.ckpt`` (the best weights, loadable by :func:`load_module`) and
-    ``out_dir/history.json`` (one row of metrics per epoch). The same recipe and data give the same metrics.
+    ``out_dir/history.json`` (one row of metrics per epoch) and ``out_dir/compute.json`` (the strategy and the ranks
+    that trained). The same recipe and data give the same metrics. More than one process (``compute.devices`` x
+    ``num_nodes``) runs in worker processes started by :mod:`mlops.training._ddp`, which writes the same files.
     A family with ``checkpoint_extras`` (a team's own module) also gets them into the checkpoint, and its
-    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from.
+    ``lineage`` into ``out_dir/module.json``; `project` is the folder its module imports from. `init_from`: a
+    checkpoint whose weights the fit starts from (mlops.training._warm).
 
     ``out_dir`` is one training key's folder: while the fit runs, ``out_dir/last.ckpt`` holds the state after
     the last finished epoch. If a fit was killed, the next fit into the same folder resumes from it (the
@@ -182,13 +186,17 @@ def fit(
     # "GPU available", "Tip: try litlogger" at every Trainer(): noise in `mlops up`'s progress output.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _ddp.check_machine(cfg.compute)
+    if _ddp.launches(cfg.compute):
+        return _fit_in_workers(cfg, split, out_dir, loggers, project, init_from)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     family = model_family(cfg.model.flavor)
-    if project is not None and hasattr(family, "checkpoint_extras"):
-        from mlops.training._lightning import importable
-
-        importable(project)
+    _import_from(project, family)
     module = family.from_train(cfg.model, cfg.data, split.train)
+    if init_from is not None:  # model.init_from: champion; a resumed fit restores last.ckpt over it anyway
+        from mlops.training._warm import warm_start
+
+        module = warm_start(family, module, Path(init_from))
     data = _datamodule(family, module, cfg, split)
 
     es = cfg.model.early_stopping
@@ -206,13 +214,13 @@ def fit(
     callbacks: list[pl.Callback] = [history, _FiniteMetrics(), best]
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
-    callbacks.append(_LastCheckpoint(last))
+    callbacks += [_ddp.RankRecord(out_dir, cfg.compute), _LastCheckpoint(last)]
     c = cfg.compute
     trainer = pl.Trainer(
         accelerator=c.accelerator,
         devices=c.devices,
         num_nodes=c.num_nodes,
-        strategy=c.strategy,
+        strategy=_ddp.trainer_strategy(c),
         precision=c.precision,
         deterministic=c.deterministic,
         max_epochs=cfg.model.max_epochs,
@@ -226,9 +234,8 @@ def fit(
         default_root_dir=out_dir,
     )
     checkpoint = out_dir / CHECKPOINT
-    if resumed_after is not None and trainer.is_global_zero:
-        print(f"  resuming training after epoch {resumed_after} of {cfg.model.max_epochs} from {last} "
-              "(left by an interrupted run)", file=sys.stderr, flush=True)
+    if trainer.is_global_zero:
+        _say_resuming(cfg, resumed_after, last)
     try:
         try:
             with _tabular_run(intra_op_threads(module, cfg.model.batch_size)):
@@ -261,14 +268,54 @@ def fit(
             shutil.rmtree(work, ignore_errors=True)
         raise
 
+    return _result(cfg, trained, checkpoint, history.rows, resumed_after)
+
+
+def _import_from(project: Path | None, family: object) -> None:
+    """A team's own module (a family with checkpoint extras) imports from the project folder."""
+    if project is not None and hasattr(family, "checkpoint_extras"):
+        from mlops.training._lightning import importable
+
+        importable(project)
+
+
+def _result(cfg: Config, trained: pl.LightningModule, checkpoint: Path, rows: list[dict[str, float]],
+            resumed_after: int | None) -> FitResult:
+    es = cfg.model.early_stopping
     # ModelCheckpoint replaces its best only on a strict improvement, so the first best row is the saved epoch.
     pick = min if es.mode == "min" else max
-    best_row = pick(history.rows, key=lambda r: r[es.monitor])
+    best_row = pick(rows, key=lambda r: r[es.monitor])
     val_metrics = {k: v for k, v in best_row.items() if k.startswith("val_")}
-    return FitResult(
-        module=trained, checkpoint=checkpoint, val_metrics=val_metrics, epochs=len(history.rows), history=history.rows,
-        resumed_after=resumed_after,
-    )
+    return FitResult(module=trained, checkpoint=checkpoint, val_metrics=val_metrics, epochs=len(rows), history=rows,
+                     resumed_after=resumed_after)
+
+
+def _say_resuming(cfg: Config, resumed_after: int | None, last: Path) -> None:
+    if resumed_after is not None:
+        print(f"  resuming training after epoch {resumed_after} of {cfg.model.max_epochs} from {last} "
+              "(left by an interrupted run)", file=sys.stderr, flush=True)
+
+
+def _fit_in_workers(cfg: Config, split: Split, out_dir: Path, loggers: list | None, project: Path | None,
+                    init_from: Path | None) -> FitResult:
+    """`fit` across ``compute.devices`` worker processes (mlops.training._ddp says why it starts them itself): the
+    workers write ``out_dir`` as one in-process fit would; the tracker hears the history from this process."""
+    last = out_dir / LAST
+    resumed_after = _finished_epochs(last)
+    _say_resuming(cfg, resumed_after, last)
+    _ddp.launch(cfg, split, out_dir, project, last, init_from)
+    rows = json.loads((out_dir / HISTORY).read_text())
+    family = model_family(cfg.model.flavor)
+    _import_from(project, family)
+    checkpoint = out_dir / CHECKPOINT
+    trained = family.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    for logger in loggers or []:
+        logger.log_hyperparams(dict(trained.hparams))
+        for row in rows:
+            logger.log_metrics(dict(row), step=int(row["epoch"]))
+        logger.save()
+        logger.finalize("success")
+    return _result(cfg, trained, checkpoint, rows, resumed_after)
 
 
 def _finished_epochs(last: Path) -> int | None:

@@ -85,6 +85,10 @@ class TabularMLP(pl.LightningModule):
     Build one from data with :meth:`from_train`.
     """
 
+    # A warm start (mlops.training._warm) keeps the champion's fitted preprocessing and needs its architecture.
+    fitted_hparams = ("num_mean", "num_std", "categories", "classes", "target_mean", "target_std")
+    architecture_hparams = ("task", "target", "numeric", "categorical", "hidden")
+
     def __init__(
         self,
         *,
@@ -125,14 +129,7 @@ class TabularMLP(pl.LightningModule):
         self.net = nn.Sequential(*layers)
 
         if self.classification:
-            n = len(classes)
-            self.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-            self.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-            if n == 2:
-                self.test_f1 = torchmetrics.classification.BinaryF1Score()
-                self.test_auc = torchmetrics.classification.BinaryAUROC()
-            else:
-                self.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+            classification_metrics(self, len(classes))
         else:
             self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
             self.val_mae = torchmetrics.MeanAbsoluteError()
@@ -199,16 +196,8 @@ class TabularMLP(pl.LightningModule):
         n = len(y)
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
-            probs = torch.softmax(raw.detach(), dim=1) if stage != "train" else None  # the training step needs none
-            binary = len(self.hparams.classes) == 2
-            if stage == "val":
-                self.val_acc.update(probs, y)
-            elif stage == "test":
-                self.test_acc.update(probs, y)
-                self.test_f1.update(probs[:, 1] if binary else probs, y)
-                if binary:
-                    self.test_auc.update(probs[:, 1], y)
-            names = {"val": ("val_acc",), "test": ("test_acc", "test_f1", "test_auc")}.get(stage, ())
+            if stage != "train":  # the training step logs no metric: no softmax for it
+                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage)
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -217,19 +206,18 @@ class TabularMLP(pl.LightningModule):
             pred = raw * self.target_std + self.target_mean
             names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
             for name in names:
-                getattr(self, name).update(pred, y)
-        # Epoch metrics, logged once per epoch (at its last batch) instead of at every step: Lightning's `log`
-        # costs about as much as a small step's forward pass (bench/README.md, "bench: scale"). The loss is the
-        # batch-size-weighted mean over the epoch and the metrics accumulate their state, as `log(on_epoch=True,
-        # batch_size=n)` at every step would give.
+                metric = getattr(self, name)
+                metric(pred, y)
+                self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
+        # The loss is logged once per epoch (at its last batch), not at every step: Lightning's `log` costs about as
+        # much as a small step's forward pass (bench/README.md, "bench: scale"). It is the batch-size-weighted mean
+        # over the epoch, as `log(on_epoch=True, batch_size=n)` at every step gave; averaged over the DDP ranks (a
+        # no-op in one process), so every rank's early stopping and best checkpoint follow the same number.
         total, rows = self._loss_sums[stage] if batch_idx else (0.0, 0)
         self._loss_sums[stage] = (total + loss.detach() * n, rows + n)
         if batch_idx + 1 == self._batches(stage):
             total, rows = self._loss_sums.pop(stage)
-            for name in names:
-                if hasattr(self, name):
-                    self.log(name, getattr(self, name), on_step=False, on_epoch=True, batch_size=rows)
-            self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows)
+            self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return loss
 
     def _batches(self, stage: str) -> float:
@@ -269,6 +257,34 @@ def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, num_wor
     shuffle)` gives them (its sampler, so Lightning's distributed sampler still applies), gathered per batch."""
     return DataLoader(_Rows(*dataset.tensors), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
                       collate_fn=_as_batch)
+
+
+def classification_metrics(module: pl.LightningModule, n: int) -> None:
+    """The classifier metrics `log_classification` logs, as `module`'s attributes (n classes)."""
+    module.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+    module.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+    if n == 2:
+        module.test_f1 = torchmetrics.classification.BinaryF1Score()
+        module.test_auc = torchmetrics.classification.BinaryAUROC()
+    else:
+        module.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+
+
+def log_classification(module: pl.LightningModule, probs: torch.Tensor, y: torch.Tensor, stage: str) -> None:
+    """val_acc, or test_acc, test_f1 and (binary) test_auc of one batch: every built-in classifier's metrics."""
+    n = len(y)
+    if stage == "val":
+        module.val_acc(probs, y)
+        module.log("val_acc", module.val_acc, on_step=False, on_epoch=True, batch_size=n)
+    elif stage == "test":
+        module.test_acc(probs, y)
+        module.log("test_acc", module.test_acc, on_step=False, on_epoch=True, batch_size=n)
+        binary = probs.shape[1] == 2
+        module.test_f1(probs[:, 1] if binary else probs, y)
+        module.log("test_f1", module.test_f1, on_step=False, on_epoch=True, batch_size=n)
+        if binary:
+            module.test_auc(probs[:, 1], y)
+            module.log("test_auc", module.test_auc, on_step=False, on_epoch=True, batch_size=n)
 
 
 class SplitDataModule(pl.LightningDataModule):

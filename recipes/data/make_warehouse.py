@@ -3,7 +3,9 @@
     python recipes/data/make_warehouse.py
 
 Two tables, as a warehouse would hold them: `customers` (who they are, what they signed) and `usage` (what they
-did, and whether they left), joined by `customer_id` in the recipe's query. Small 16 KiB blocks keep the file
+did, and whether they left, and `updated_at`: when the row was last written, one hour apart in customer order),
+joined by `customer_id` in the recipe's query. `recipes/warehouse_incremental.yaml` reads `updated_at` as its
+watermark column. Small 16 KiB blocks keep the file
 around 100 KB; storage version v1.0.0 keeps it readable by every DuckDB from 1.0 on.
 """
 
@@ -21,7 +23,7 @@ CREATE TABLE w.customers (customer_id VARCHAR PRIMARY KEY, tenure_months INTEGER
                           payment_method VARCHAR, region VARCHAR)"""
 USAGE = """
 CREATE TABLE w.usage (customer_id VARCHAR REFERENCES w.customers (customer_id), monthly_charges DOUBLE,
-                      support_calls INTEGER, data_gb DOUBLE, churned VARCHAR)"""
+                      support_calls INTEGER, data_gb DOUBLE, churned VARCHAR, updated_at TIMESTAMP)"""
 
 
 def main() -> None:
@@ -35,7 +37,8 @@ def main() -> None:
     con.execute(USAGE)
     con.execute("INSERT INTO w.customers SELECT customer_id, tenure_months, contract, payment_method, region "
                 "FROM src ORDER BY customer_id")
-    con.execute("INSERT INTO w.usage SELECT customer_id, monthly_charges, support_calls, data_gb, churned "
+    con.execute("INSERT INTO w.usage SELECT customer_id, monthly_charges, support_calls, data_gb, churned, "
+                "TIMESTAMP '2024-01-01' + to_hours(CAST(row_number() OVER (ORDER BY customer_id) - 1 AS BIGINT)) "
                 "FROM src ORDER BY customer_id")
     con.execute("DETACH w")
     con.close()
