@@ -310,3 +310,47 @@ def test_a_shift_of_the_predicted_classes_is_output_drift_alone(profiler, tmp_pa
                    {"probabilities": answers(len(served), 0.8)})
     [window] = drift_history(profiler, reference, tmp_path / "windows", DATA.numeric, MON.drift, outputs)
     assert window["drift"] == [] and window["output_drift"] == ["output.class"], window
+
+
+def test_the_fast_profile_counts_what_a_single_whylogs_pass_counts():
+    """mlops.monitoring._fastlog cuts columns into the values whylogs' homogeneous path takes and the rest, and
+    merges: every count, type, frequent item and moment must be those of `why.log(frame)`; quantiles within KLL's
+    error."""
+    import pandas as pd
+    import whylogs as why
+
+    from mlops.monitoring._fastlog import log_frame
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    x = rng.normal(10, 3, n)
+    x[rng.random(n) < 0.05] = np.nan
+    x[[3, 50, 900]] = [np.inf, -np.inf, np.inf]
+    region = rng.choice(np.array(["north", "south", "east", "west"], dtype=object), n)
+    region[rng.random(n) < 0.02] = None
+    mixed = np.array([1, "a", 2.5, None] * (n // 4), dtype=object)  # no fast path: whylogs' own split
+    frame = pd.DataFrame({"x": x, "clean": rng.random(n), "region": region, "plan": region.copy(), "mixed": mixed,
+                          "k": rng.integers(0, 5, n), "flag": rng.random(n) < 0.3},
+                         index=rng.permutation(n) + 1000)  # not a RangeIndex: the homogeneous path reads series[0]
+    frame.loc[frame.index[~frame["plan"].isna()], "plan"] = "basic"  # all one string except the missing
+    fast, slow = log_frame(frame).get_columns(), why.log(frame).view().get_columns()
+    assert set(fast) == set(slow)
+    for c in frame.columns:
+        a, b = fast[c].to_summary_dict(), slow[c].to_summary_dict()
+        assert set(a) == set(b), c
+        for key, want in b.items():
+            got = a[key]
+            if want is None or got is None:
+                assert got is want, (c, key)
+            elif key.startswith("distribution/") and key not in ("distribution/n",):
+                if key in ("distribution/mean", "distribution/stddev", "distribution/min", "distribution/max") or \
+                        not isinstance(want, float) or not np.isfinite(want):
+                    assert got == pytest.approx(want, rel=1e-9, nan_ok=True), (c, key)
+                else:  # a quantile: within a few percent of the column's spread (KLL's rank error is ~1%)
+                    assert abs(got - want) <= 0.05 * (b["distribution/max"] - b["distribution/min"]), (c, key)
+            elif key.startswith("cardinality/"):  # a merged HLL sketch estimates within its own error (~1%)
+                assert got == pytest.approx(want, rel=1e-2), (c, key)
+            else:  # counts (n, null, nan, inf), types, frequent items: exactly
+                assert got == want, (c, key)
+    assert fast["x"].to_summary_dict()["counts/inf"] == 3
+    assert fast["x"].to_summary_dict()["counts/null"] == int(frame["x"].isna().sum())

@@ -196,3 +196,31 @@ def test_load_module_reproduces_the_predictions():
     reloaded = load_module(result.checkpoint)
     assert not reloaded.training
     np.testing.assert_array_equal(predict_frame(reloaded, split.test), predict_frame(result.module, split.test))
+
+
+def test_encoding_per_distinct_value_matches_value_by_value():
+    """categorical_strings, category_codes and class_indices convert each distinct value once; the result must be
+    that of converting every value (mlops.features._as_string, the vocabulary dict, the class dict)."""
+    from mlops.features import categorical_strings
+    from mlops.features._encode import _as_string
+    from mlops.training._module import category_codes, class_indices
+
+    frame = pd.DataFrame({
+        "s": ["a", None, "b", np.nan, "a", ""],
+        "f": [3.0, np.nan, 2.5, 3.0, -0.0, 1e20],
+        "i": [1, 2, 3, 1, 2, 3],
+        "b": [True, False, True, True, False, False],
+        "mixed": [True, 1, "1", None, 3.0, "True"],  # True and 1 hash alike: value by value, "True" and "1"
+        "cat": pd.Categorical(["x", "y", None, "x", "y", "x"]),
+    }, index=[10, 11, 12, 13, 14, 15])
+    columns = list(frame.columns)
+    got = categorical_strings(frame, columns)
+    want = np.array([[_as_string(v) for v in row] for row in frame[columns].to_numpy(dtype=object)], dtype=object)
+    assert got.tolist() == want.tolist()
+    assert got[:, columns.index("mixed")].tolist() == ["True", "1", "1", "", "3", "True"]
+    lookups = [{v: i + 1 for i, v in enumerate(sorted(set(want[:, j]) - {""})[:2])} for j in range(len(columns))]
+    assert category_codes(got, lookups).tolist() == [[lk.get(s, 0) for lk, s in zip(lookups, row)] for row in want]
+    y = pd.Series(["yes", "no", "no", "maybe", "yes"])
+    assert class_indices(y, ["maybe", "no", "yes"], "t").tolist() == [2, 1, 1, 0, 2]
+    with pytest.raises(DataError, match=r"labels \['maybe'\]"):
+        class_indices(y, ["no", "yes"], "t")

@@ -163,8 +163,9 @@ class FileSource(DataSource):
         url = self.url(project)
         with fsspec.open(url, "rb") as fh:
             if self._format(url) == "parquet":
-                frame = pd.read_parquet(fh)
-                return frame if nrows is None else frame.head(nrows)
+                if nrows is None:
+                    return pd.read_parquet(fh)
+                return _parquet_head(fh, nrows)  # the config-load check reads 5 rows, not the whole file
             try:
                 return pd.read_csv(fh, nrows=nrows)
             except pd.errors.EmptyDataError:
@@ -207,6 +208,15 @@ class FileSource(DataSource):
             return [("data.path", f"cannot be read as {self.config.format}: {str(exc).splitlines()[0]}",  # type: ignore[attr-defined]
                      "check the file format, or set data.format")]
         return missing_columns(self.config, [str(c) for c in head.columns])
+
+
+def _parquet_head(fh: Any, nrows: int) -> pd.DataFrame:
+    """The first `nrows` rows of a Parquet file, reading only the row groups they are in."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(fh)
+    batch = next(pf.iter_batches(batch_size=nrows), None)
+    return (pf.schema_arrow.empty_table() if batch is None else batch).to_pandas()
 
 
 def make_source(config: DataConfig) -> DataSource:

@@ -25,8 +25,21 @@ def _as_string(value: object) -> str:
 
 def categorical_strings(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """The categorical columns as an object array of ``str`` ``[N, len(columns)]``; missing values become ""."""
-    values = frame[columns].to_numpy(dtype=object)
-    return np.array([_as_string(v) for v in values.ravel()], dtype=object).reshape(len(frame), len(columns))
+    out = np.empty((len(frame), len(columns)), dtype=object)
+    for j, c in enumerate(columns):
+        out[:, j] = _column_strings(frame[c])
+    return out
+
+
+def _column_strings(series: pd.Series) -> np.ndarray:
+    # Each distinct value is converted once (a category column has few; 10M rows in ~1 s instead of ~20 s). Only
+    # where hashing cannot merge values that _as_string tells apart (True and 1 are one dict key, "True" and "1"
+    # as strings): columns of one numpy dtype or of strings. Mixed object columns go value by value.
+    if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
+        return np.array([_as_string(v) for v in series.to_numpy(dtype=object)], dtype=object)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    names = np.array([*(_as_string(u) for u in uniques), ""], dtype=object)  # code -1 (missing) is the last: ""
+    return names[codes]
 
 
 def numeric_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:

@@ -115,13 +115,13 @@ class WhylogsProfiler(Profiler):
         logging.getLogger("whylogs.viz.utils.quantile_stats").setLevel(logging.ERROR)
 
     def profile(self, frame: pd.DataFrame) -> Any:
-        import whylogs as why
+        from mlops.monitoring._fastlog import log_frame
 
         with warnings.catch_warnings():
             # ±inf or huge values make whylogs' running variance overflow: the window's constraints report
             # them (see _unusable); numpy's warnings would only be noise on the terminal.
             warnings.simplefilter("ignore", RuntimeWarning)
-            return why.log(frame).view()
+            return log_frame(frame)  # why.log(frame).view(), ~10x faster (mlops/monitoring/_fastlog.py)
 
     def merge(self, a: Any, b: Any) -> Any:
         return a.merge(b)

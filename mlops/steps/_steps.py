@@ -18,7 +18,6 @@ whatever a failure left open.
 
 from __future__ import annotations
 
-import io
 import json
 import time
 import uuid
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mlops._atomic import disk_full_is_an_error, write_atomic
+from mlops._atomic import atomic_path, disk_full_is_an_error, write_atomic
 from mlops._names import DRIFT_DETECTED, TRAFFIC_QUARANTINED
 from mlops.artifacts import (
     DatasetSnapshot,
@@ -116,9 +115,8 @@ def _snapshot_file(stack: Stack, frame: Any) -> tuple[str, Path]:
     fp = fingerprint(frame)
     path = stack.layout.snapshot(stack.cfg.name, fp)
     if not path.exists():
-        buf = io.BytesIO()
-        frame.to_parquet(buf, index=False)
-        write_atomic(path, buf.getvalue())
+        with atomic_path(path) as tmp:  # straight to the file: no in-memory copy of the whole Parquet file
+            frame.to_parquet(tmp, index=False)
     return fp, path
 
 

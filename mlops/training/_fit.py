@@ -116,12 +116,31 @@ class _FiniteMetrics(pl.Callback):
                              "(data.checks.non_finite), or lower model.lr.")
 
 
+# Multiply-adds per training step (batch rows x parameters) below which one intra-op thread is faster: a step that
+# small is over before the threads agree (bench/README.md, "bench: scale": on 2 busy cores two threads made the
+# 1024-row batches of a 5k-parameter MLP several times slower). Above it, torch's own thread count.
+SINGLE_THREAD_MACS = 2**26
+
+
+def intra_op_threads(module: torch.nn.Module, batch_size: int) -> int:
+    """The intra-op threads for training `module` on batches of `batch_size` rows: 1 for small steps, else torch's
+    default (the cores it sees)."""
+    params = sum(p.numel() for p in module.parameters())
+    return 1 if batch_size * params < SINGLE_THREAD_MACS else _DEFAULT_THREADS
+
+
+_DEFAULT_THREADS = torch.get_num_threads()
+
+
 @contextmanager
-def _tabular_run() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    # Batches of a tabular MLP are too small to split across cores: on 2 busy cores one intra-op thread trained
-    # breast cancer 5-10x faster than two. Scoped, so the caller's setting survives.
-    torch.set_num_threads(1)
+def _tabular_run(threads: int = 1) -> Iterator[None]:
+    before, fill = torch.get_num_threads(), torch.utils.deterministic.fill_uninitialized_memory
+    # Scoped, so the caller's settings survive.
+    torch.set_num_threads(threads)
+    # compute.deterministic=true turns on torch's deterministic algorithms, which also fill every new tensor's memory
+    # with NaN to expose kernels that read it uninitialised: a debugging aid that costs a write of every intermediate
+    # tensor at every step and changes no result (bench/README.md, "bench: scale").
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         with warnings.catch_warnings():
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
@@ -131,7 +150,8 @@ def _tabular_run() -> Iterator[None]:
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
             yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 
@@ -218,7 +238,7 @@ def fit(
         _say_resuming(cfg, resumed_after, last)
     try:
         try:
-            with _tabular_run():
+            with _tabular_run(intra_op_threads(module, cfg.model.batch_size)):
                 trainer.fit(module, datamodule=data, ckpt_path=last if resumed_after is not None else None)
         except Exception:
             # Lightning's own words for a module that never logs the monitored metric name the callback, not
@@ -323,7 +343,7 @@ def evaluate(cfg: Config, module: TabularMLP, split: Split) -> dict[str, float]:
         default_root_dir=tempfile.gettempdir(),
     )
     data = _datamodule(model_family(cfg.model.flavor), module, cfg, split)
-    with _tabular_run():
+    with _tabular_run(intra_op_threads(module, cfg.model.batch_size)):
         (metrics,) = trainer.test(module, datamodule=data, verbose=False)
     if not metrics:
         raise ConfigError([Problem("model.module", f"{type(module).__name__}.test_step logs no metric, so there is "

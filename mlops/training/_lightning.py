@@ -27,10 +27,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from mlops.errors import ConfigError, DataError, Problem
+from mlops.errors import ConfigError, Problem
 from mlops.features import categorical_strings, numeric_array
 from mlops.recipe.schema import DataConfig, ModelConfig
-from mlops.training._module import SplitDataModule, fit_preprocessing
+from mlops.training._module import SplitDataModule, category_codes, class_indices, fit_preprocessing
 from mlops.training._split import Split
 
 CHECKPOINT_KEY = "mlops"
@@ -104,21 +104,14 @@ class TabularFeatures(nn.Module):
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``: the exported graph's inputs."""
         numeric = torch.from_numpy(numeric_array(frame, self.stats["numeric"]))
-        strings = categorical_strings(frame, self.stats["categorical"])
-        codes = np.array([[self._lookup[j].get(s, 0) for j, s in enumerate(row)] for row in strings],
-                         dtype=np.int64).reshape(len(frame), len(self._lookup))
-        return numeric, torch.from_numpy(codes)
+        return numeric, torch.from_numpy(category_codes(categorical_strings(frame, self.stats["categorical"]),
+                                                        self._lookup))
 
     def targets(self, frame: pd.DataFrame, target: str, classification: bool) -> torch.Tensor:
         y = frame[target]
         if not classification:
             return torch.tensor(y.to_numpy(dtype=np.float32))
-        index = {c: i for i, c in enumerate(self.stats["classes"])}
-        unseen = sorted({v for v in y.tolist() if v not in index}, key=str)
-        if unseen:
-            raise DataError(f"labels {unseen} of `data.target={target}` are absent from the training split, which "
-                            f"has {self.stats['classes']}. Use more rows or set `data.split.stratify=true`.")
-        return torch.tensor([index[v] for v in y.tolist()], dtype=torch.long)
+        return class_indices(y, self.stats["classes"], target)
 
     def forward(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
         parts = []

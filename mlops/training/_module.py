@@ -52,6 +52,30 @@ def fit_preprocessing(task: str, data: DataConfig, train: pd.DataFrame) -> dict[
             "target_std": target_std}
 
 
+def category_codes(strings: np.ndarray, lookups: list[dict[str, int]]) -> np.ndarray:
+    """``[N, k]`` int64 codes of ``categorical_strings`` through one vocabulary lookup per column (0: unknown),
+    each distinct string looked up once, not once per row."""
+    codes = np.zeros((len(strings), len(lookups)), dtype=np.int64)
+    for j, lookup in enumerate(lookups):
+        found, uniques = pd.factorize(strings[:, j])
+        codes[:, j] = np.array([lookup.get(s, 0) for s in uniques], dtype=np.int64)[found]
+    return codes
+
+
+def class_indices(y: pd.Series, classes: list[Any], target: str) -> torch.Tensor:
+    """Each label's position in the sorted ``classes`` (int64), looked up once per distinct label; a label the
+    training split did not have is a DataError."""
+    found, labels = pd.factorize(y, use_na_sentinel=False)
+    index = {c: i for i, c in enumerate(classes)}
+    unseen = sorted({v for v in labels.tolist() if v not in index}, key=str)
+    if unseen:
+        raise DataError(
+            f"labels {unseen} of `data.target={target}` are absent from the training split, "
+            f"which has {classes}. Use more rows or set `data.split.stratify=true`."
+        )
+    return torch.from_numpy(np.array([index[v] for v in labels.tolist()], dtype=np.int64)[found])
+
+
 class TabularMLP(pl.LightningModule):
     """An MLP over standardised numeric columns and one-hot categorical columns.
 
@@ -100,6 +124,7 @@ class TabularMLP(pl.LightningModule):
             layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
             width = h
         self.classification = task == "classification"
+        self._loss_sums: dict[str, tuple[Any, int]] = {}  # per stage: (sum of batch loss x rows, rows) this epoch
         layers.append(nn.Linear(width, len(classes) if self.classification else 1))
         self.net = nn.Sequential(*layers)
 
@@ -139,24 +164,14 @@ class TabularMLP(pl.LightningModule):
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw feature rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``, as the ONNX graph sees them."""
         numeric = torch.from_numpy(numeric_array(frame, self.hparams.numeric))
-        strings = categorical_strings(frame, self.hparams.categorical)
-        codes = np.array(
-            [[self._lookup[j].get(s, 0) for j, s in enumerate(row)] for row in strings], dtype=np.int64
-        ).reshape(len(frame), len(self._lookup))
-        return numeric, torch.from_numpy(codes)
+        return numeric, torch.from_numpy(category_codes(categorical_strings(frame, self.hparams.categorical),
+                                                        self._lookup))
 
     def targets(self, frame: pd.DataFrame) -> torch.Tensor:
         y = frame[self.hparams.target]
         if not self.classification:
             return torch.tensor(y.to_numpy(dtype=np.float32))
-        index = {c: i for i, c in enumerate(self.hparams.classes)}
-        unseen = sorted({v for v in y.tolist() if v not in index}, key=str)
-        if unseen:
-            raise DataError(
-                f"labels {unseen} of `data.target={self.hparams.target}` are absent from the training split, "
-                f"which has {self.hparams.classes}. Use more rows or set `data.split.stratify=true`."
-            )
-        return torch.tensor([index[v] for v in y.tolist()], dtype=torch.long)
+        return class_indices(y, self.hparams.classes, self.hparams.target)
 
     # ------------------------------------------------------------ the network
     def _raw(self, numeric: torch.Tensor | None, codes: torch.Tensor | None) -> torch.Tensor:
@@ -175,13 +190,14 @@ class TabularMLP(pl.LightningModule):
         return raw * self.target_std + self.target_mean
 
     # ------------------------------------------------------------ Lightning
-    def _step(self, batch: tuple[torch.Tensor, ...], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> torch.Tensor:
         numeric, codes, y = batch
         raw = self._raw(numeric, codes)
         n = len(y)
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
-            log_classification(self, torch.softmax(raw, dim=1), y, stage)
+            if stage != "train":  # the training step logs no metric: no softmax for it
+                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage)
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -193,22 +209,54 @@ class TabularMLP(pl.LightningModule):
                 metric = getattr(self, name)
                 metric(pred, y)
                 self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
-        # Averaged over the DDP ranks (a no-op in one process), so every rank's early stopping and best checkpoint
-        # follow the same number; the torchmetrics metrics above reduce across ranks on their own.
-        self.log(f"{stage}_loss", loss, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        # The loss is logged once per epoch (at its last batch), not at every step: Lightning's `log` costs about as
+        # much as a small step's forward pass (bench/README.md, "bench: scale"). It is the batch-size-weighted mean
+        # over the epoch, as `log(on_epoch=True, batch_size=n)` at every step gave; averaged over the DDP ranks (a
+        # no-op in one process), so every rank's early stopping and best checkpoint follow the same number.
+        total, rows = self._loss_sums[stage] if batch_idx else (0.0, 0)
+        self._loss_sums[stage] = (total + loss.detach() * n, rows + n)
+        if batch_idx + 1 == self._batches(stage):
+            total, rows = self._loss_sums.pop(stage)
+            self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return loss
 
+    def _batches(self, stage: str) -> float:
+        trainer = self.trainer
+        if stage == "train":
+            return trainer.num_training_batches
+        return (trainer.num_val_batches if stage == "val" else trainer.num_test_batches)[0]
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, batch_idx, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, batch_idx, "val")
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, batch_idx, "test")
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+class _Rows(TensorDataset):
+    """A TensorDataset whose DataLoader batch is one gather per tensor (`__getitems__`), not `batch_size` row
+    lookups stacked by the default collate: the same batches in the same order, ~10x less time per batch."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        at = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[at] for t in self.tensors)
+
+
+def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return batch  # _Rows already made the batch; a module-level function, so loader workers can pickle it
+
+
+def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
+    """The DataLoader of a split: `batch_size` rows, shuffled or not, as `DataLoader(dataset, batch_size,
+    shuffle)` gives them (its sampler, so Lightning's distributed sampler still applies), gathered per batch."""
+    return DataLoader(_Rows(*dataset.tensors), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=_as_batch)
 
 
 def classification_metrics(module: pl.LightningModule, n: int) -> None:
@@ -250,9 +298,7 @@ class SplitDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def _loader(self, frame: pd.DataFrame, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self._dataset(frame), batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers
-        )
+        return batch_loader(self._dataset(frame), self.batch_size, shuffle, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.split.train, shuffle=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
@@ -29,7 +30,8 @@ def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
             f"the data has no column(s) {missing} named under `data.numeric`, `data.categorical` or `data.target`; "
             f"it has {list(frame.columns)}. Fix the column names in the recipe or the data."
         )
-    frame = frame[columns]
+    if list(frame.columns) != columns:  # ingest already kept just these, in this order: no copy of the whole frame
+        frame = frame[columns]
     if frame[data.target].isna().any():
         n = int(frame[data.target].isna().sum())
         raise DataError(
@@ -38,16 +40,19 @@ def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
         )
     cfg = data.split
     stratify = task == "classification" and cfg.stratify
+    # Positions are split, not the frame: the same rows in the same order as splitting the frame itself (the
+    # shuffle depends only on the row count, the seed and the labels), and each row is copied once, into its split.
+    labels = frame[data.target].to_numpy() if stratify else None
     try:
         rest, test = train_test_split(
-            frame, test_size=cfg.test, random_state=cfg.seed, stratify=frame[data.target] if stratify else None
+            np.arange(len(frame)), test_size=cfg.test, random_state=cfg.seed, stratify=labels
         )
         # The val fraction is of the whole frame, so rescale it to what remains after the test rows left.
         train, val = train_test_split(
             rest,
             test_size=cfg.val / (1.0 - cfg.test),
             random_state=cfg.seed,
-            stratify=rest[data.target] if stratify else None,
+            stratify=labels[rest] if stratify else None,
         )
     except ValueError as e:
         hint = " or set `data.split.stratify=false`" if stratify else ""
@@ -55,4 +60,4 @@ def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
             f"cannot split {len(frame)} rows with `data.split.val={cfg.val}` and `data.split.test={cfg.test}`: {e}. "
             f"Provide more rows{hint}."
         ) from e
-    return Split(train=train, val=val, test=test)
+    return Split(train=frame.take(train), val=frame.take(val), test=frame.take(test))
