@@ -44,7 +44,7 @@ def main(root: Path) -> None:
     mlflow.set_tracking_uri(uri)
     frame = load_breast_cancer(as_frame=True).frame
     features = [c for c in frame.columns if c != "target"]
-    data = DataConfig(source="sklearn", dataset="breast_cancer", target="target", numeric=features)
+    data = DataConfig(source="sklearn", target="target", numeric=features)  # the recipe's columns, default split
     split = split_frame(frame, data, "classification")
     train, test = split.train, split.test
     module = TabularMLP(task="classification", target="target", **fit_preprocessing("classification", data, train),
