@@ -88,12 +88,10 @@ def _yield_cpu() -> None:
 
 def main(spool: Path, windows_dir: Path, window_s: float, poll_s: float | None = None,
          profiler: str = "whylogs") -> None:
-    # Idle priority before the profiler's imports (seconds of CPU): they would otherwise compete with the
-    # model version that Triton is loading beside this worker (bench/README.md, level 4).
-    _yield_cpu()
     from mlops.monitoring._profiler import make_profiler
     from mlops.monitoring._traffic import TrafficProfiler
 
+    _yield_cpu()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Triton's stop reaches the group; we stop on EOF
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.buffer.read(), stop.set()), daemon=True).start()

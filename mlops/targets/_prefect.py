@@ -87,7 +87,7 @@ def start_server(cfg: Config, state_dir: Path) -> None:
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)
     prefect_service(state_dir).start(
-        # `python -m prefect server start`, after `import mlops` (which spares it jsonschema's IRI grammar, mlops/__init__)
+        # `python -m prefect server start` after `import mlops`, which spares it jsonschema's IRI grammar
         [sys.executable, "-c", "import mlops, runpy; runpy.run_module('prefect', run_name='__main__', alter_sys=True)",
          "server", "start", "--host", host, "--port", str(port)],
         env=env,
