@@ -18,7 +18,6 @@ import sys
 import time
 
 T_START = time.perf_counter()
-sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # as the mlops CLI does
 
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -37,8 +37,11 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-PORTS = ["target.prefect.port=4480", "serving.http_port=8480", "serving.grpc_port=8481", "serving.metrics_port=8482"]
-TRITON, API = "http://127.0.0.1:8480", "http://127.0.0.1:4480/api"
+# Other ports with BENCH_PORTS="PREFECT,TRITON_HTTP" (grpc and metrics follow http), e.g. when benches run side by side.
+_PP, _TP = (int(x) for x in os.environ.get("BENCH_PORTS", "4480,8480").split(","))
+PORTS = [f"target.prefect.port={_PP}", f"serving.http_port={_TP}", f"serving.grpc_port={_TP + 1}",
+         f"serving.metrics_port={_TP + 2}"]
+TRITON, API = f"http://127.0.0.1:{_TP}", f"http://127.0.0.1:{_PP}/api"
 COMMON = ["recipe=churn", "data.path=data/churn.csv", *PORTS, "maturity.data_interval_s=5",
           "monitoring.window_s=5", "monitoring.sample_rate=0.5", "maturity.gate.metric=test_auc"]
 DATA = pd.read_csv(ROOT / "recipes/data/churn.csv")
@@ -102,11 +105,31 @@ def runs(project: Path) -> list[dict]:
     return json.loads(mlops(project, "runs", *COMMON, "--json"))
 
 
-def task_seconds(flow_run_id: str) -> dict[str, float]:
-    body = json.dumps({"flow_runs": {"id": {"any_": [flow_run_id]}}}).encode()
-    req = urllib.request.Request(f"{API}/task_runs/filter", data=body, method="POST",
+def _post(path: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(f"{API}/{path}", data=json.dumps(body).encode(), method="POST",
                                  headers={"Content-Type": "application/json"})
-    return {t["task_key"].split("-")[0]: t["total_run_time"] for t in json.loads(urllib.request.urlopen(req).read())}
+    return json.loads(urllib.request.urlopen(req).read())
+
+
+def task_seconds(flow_run_id: str) -> dict[str, float]:
+    return {t["task_key"].split("-")[0]: t["total_run_time"]
+            for t in _post("task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})}
+
+
+def timeline(flow_run_id: str, t_event: float, t_served: float) -> str:
+    """Where the seconds between the event and the new version answering went: the flow run's creation and
+    start, each task's start-end, all relative to the event."""
+    from datetime import datetime
+
+    def at(iso: str | None) -> str:
+        return "?" if not iso else f"{datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() - t_event:.1f}"
+
+    fr = _post("flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
+    parts = [f"run created {at(fr['created'])} started {at(fr['start_time'])}"]
+    for t in sorted(_post("task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}}),
+                    key=lambda t: t["start_time"] or ""):
+        parts.append(f"{t['task_key'].split('-')[0]} {at(t['start_time'])}-{at(t['end_time'])}")
+    return ", ".join(parts) + f", ended {at(fr['end_time'])}, served {t_served - t_event:.1f}"
 
 
 def send_shifted(n_rows: int) -> None:
@@ -117,7 +140,7 @@ def send_shifted(n_rows: int) -> None:
     frame["monthly_charges"] *= 3
     cols = [c for spec in sig["inputs"] for c in spec["columns"]]
     for start in range(0, n_rows, 200):
-        predict("127.0.0.1:8480", "churn", sig, frame.iloc[start % len(frame):][:200][cols])
+        predict(f"127.0.0.1:{_TP}", "churn", sig, frame.iloc[start % len(frame):][:200][cols])
 
 
 PROJECT = Path()
@@ -199,6 +222,7 @@ def main() -> int:
             train_eval.append(secs["train"] + secs["evaluate"])
             print(f"rep {rep + 1}: drift event -> served     {t1 - t_event:6.1f} s  (train {secs['train']:.1f} s "
                   f"+ evaluate {secs['evaluate']:.1f} s = {train_eval[-1]:.1f} s)  -> version {n}", flush=True)
+            print(f"       timeline (s after the event): {timeline(retrain['flow_run_id'], t_event, t1)}", flush=True)
             mlops(project, "up", *COMMON, "maturity=0")
             while answering() != 1:
                 mlops(project, "rollback", "churn", *COMMON)

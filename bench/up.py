@@ -24,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MLOPS = str(Path(sys.executable).with_name("mlops"))
 SCRIPT = str(Path(__file__).with_name("_script.py"))
-PORTS = ["target.prefect.port=4460", "serving.http_port=8460", "serving.grpc_port=8461", "serving.metrics_port=8462"]
+# Other ports with BENCH_PORTS="PREFECT,TRITON_HTTP" (grpc and metrics follow http), e.g. when benches run side by side.
+_PP, _TP = (int(x) for x in os.environ.get("BENCH_PORTS", "4460,8460").split(","))
+PORTS = [f"target.prefect.port={_PP}", f"serving.http_port={_TP}", f"serving.grpc_port={_TP + 1}",
+         f"serving.metrics_port={_TP + 2}"]
 RECIPE = ["recipe=breast_cancer"]
 TIMEOUT_S = 300
 STEP_LINE = re.compile(r"✓ (\w+)\s+([\d.]+)s( \(cached\))?")

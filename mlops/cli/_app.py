@@ -475,10 +475,6 @@ def main() -> None:
     click_errors = (click.ClickException, ClickException)
     aborts = (click.Abort, typer.Abort, KeyboardInterrupt)
 
-    # jsonschema (imported by Prefect) loads rfc3987_syntax if present, which compiles a lark grammar
-    # at import: 2-4 s on every command, for IRI format checks we never use. Mark it absent.
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
-
     try:
         rv = app(standalone_mode=False)
         sys.exit(rv if isinstance(rv, int) else 0)

@@ -8,19 +8,31 @@ longer has (moving down a level) are deleted with the automations they own. Then
 <file>.ready with the Plan's digest and serves until stopped. No scheduler or loop of ours:
 Prefect schedules, triggers and runs. From level 3 on it also runs the watchdog (mlops.flows._watchdog),
 which restarts a model server that died, with the champion.
+
+Each flow run is still its own process (`python -m prefect.engine`, as Prefect's runner starts it), but
+forked from a warm process instead of a new interpreter: the runner starts a multiprocessing forkserver
+that has already imported Prefect's engine, the flows and the training/export/validation libraries
+(`WARM_MODULES`), so a triggered run starts in well under a second instead of paying ~4-8 s of interpreter
+start and imports (bench/loop.py, level 4). Cancellation, crash marking and `mlops down` work as before:
+the run is a child process in the runner's process group, with the environment Prefect gives it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import os
+import runpy
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from mlops._atomic import write_atomic
 from mlops.flows._watchdog import start_thread as start_watchdog
 from mlops.plan import Plan, compile_plan
+from mlops.steps._warm import WARM_LIBRARIES
 from mlops.recipe.schema import Config
 
 
@@ -113,6 +125,81 @@ async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
     return [r.name for r in (*orphans, *due)]
 
 
+# What a flow run imports, loaded once by the forkserver: Prefect's engine, the flows, and the libraries the
+# built-in flavors import inside their steps (training, ONNX export, validation/profiling, the server client).
+# A module that is not installed is skipped (the forkserver ignores ImportError); one not listed is imported
+# by the run itself, as before. Only imports, and none may leave a Python thread running in the forkserver: a
+# thread holding a lock (an import lock) when a run is forked leaves that lock held in the run for ever. whylogs
+# starts usage-report threads on import unless WHYLOGS_NO_ANALYTICS is set (_warm_forkserver sets it).
+WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "mlops.flows._pipeline", *WARM_LIBRARIES)
+
+
+def _run_engine(env: dict[str, str], cwd: str) -> None:
+    """The forked child: what `python -m prefect.engine` does, in the environment the runner gives a run."""
+    from prefect.context import SettingsContext, get_settings_context
+    from prefect.settings import Settings
+
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = ["prefect.engine"]
+    # Settings were read when the forkserver imported Prefect: read them again from this run's environment.
+    with SettingsContext(profile=get_settings_context().profile, settings=Settings()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'prefect.engine' found in sys.modules", RuntimeWarning)  # preloaded
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+
+
+class _WarmStarter:
+    """A Prefect ProcessStarter (prefect.runner._flow_run_executor): the run's engine forked from the warm
+    forkserver, with the environment Prefect's EngineCommandStarter would give `python -m prefect.engine`."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine  # the EngineCommandStarter the runner chose: its settings for this deployment
+
+    async def start(self, flow_run: Any, task_status: Any = None) -> None:
+        import anyio
+        from prefect.runner._process_manager import ProcessHandle
+        from prefect.settings import get_current_settings
+        from prefect.utilities.processutils import sanitize_subprocess_env
+
+        e, control = self.engine, {}
+        if e._control_channel is not None:
+            try:
+                port, token = e._control_channel.register(flow_run.id)
+                control = {"PREFECT__CONTROL_PORT": str(port), "PREFECT__CONTROL_TOKEN": token}
+            except RuntimeError:  # no loopback listener: Prefect falls back to kill-only cancellation too
+                pass
+        env = {**os.environ, **e._env, **get_current_settings().to_environment_variables(exclude_unset=True),
+               "PREFECT__FLOW_RUN_ID": str(flow_run.id), "PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS": "false",
+               "PREFECT__DEPLOYMENT_NAME": e._deployment_name, **control}
+        if e._tmp_dir is not None:
+            env["PREFECT__STORAGE_BASE_PATH"] = str(e._tmp_dir)
+        if e._heartbeat_seconds is not None:
+            env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(int(e._heartbeat_seconds))
+        cwd = str(e._storage.destination if e._storage is not None else (e._cwd or os.getcwd()))
+        process = multiprocessing.get_context("forkserver").Process(
+            target=_run_engine, args=({k: v for k, v in sanitize_subprocess_env(env).items() if v is not None}, cwd),
+            name=f"flow-run-{flow_run.name}")
+        try:
+            await anyio.to_thread.run_sync(process.start)  # waits for the forkserver's imports the first time
+        except BaseException:
+            if control:
+                e._control_channel.unregister(flow_run.id)
+            raise
+        if task_status is not None:
+            task_status.started(ProcessHandle(process))
+        await anyio.to_thread.run_sync(process.join)
+
+
+def _warm_forkserver() -> None:
+    """Start the forkserver now, so its imports are done before the first triggered run."""
+    from multiprocessing import forkserver
+
+    os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")  # no usage-report threads in the forkserver
+    multiprocessing.get_context("forkserver").set_forkserver_preload(list(WARM_MODULES))
+    forkserver.ensure_running()
+
+
 def _graceful_runner(name: str, limit: int) -> Any:
     from prefect.runner import Runner
 
@@ -123,9 +210,21 @@ def _graceful_runner(name: str, limit: int) -> Any:
             # Stop properly instead: cancel what runs, pause the schedules, return from start().
             self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self.astop()))
 
-    # Ask for due runs every 2 s rather than Prefect's 10: an event-triggered run starts sooner, for one
+        async def __aenter__(self) -> Any:
+            from prefect.runner._starter_engine import EngineCommandStarter
+
+            entered = await super().__aenter__()
+            # Prefect picks a starter per run (`python -m prefect.engine` for our deployments); start that
+            # same engine forked from the warm forkserver instead (_WarmStarter).
+            poller = self._scheduled_run_poller
+            chosen = poller._resolve_starter
+            poller._resolve_starter = lambda run: (
+                _WarmStarter(s) if isinstance(s := chosen(run), EngineCommandStarter) else s)
+            return entered
+
+    # Ask for due runs every second rather than Prefect's 10: an event-triggered run starts sooner, for one
     # cheap API query each time.
-    runner = _Runner(name=name, limit=limit, pause_on_shutdown=True, query_seconds=2)
+    runner = _Runner(name=name, limit=limit, pause_on_shutdown=True, query_seconds=1)
     runner._loop = asyncio.get_running_loop()
     return runner
 
@@ -142,6 +241,7 @@ async def _serve(spec_file: Path) -> None:
         await clean_up_after_old_runner(client, plan.recipe)
     # Each deployment runs one at a time (its concurrency limit), so the runner takes one of each: a training
     # run never waits behind the data polls, and polls that come due during a poll are cancelled, not queued.
+    _warm_forkserver()
     runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments))
     for d in deployments:
         await runner.aadd_deployment(d)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,7 @@ from mlops._process import Supervisor, wait_ports_free
 from mlops.plan import compile_plan, current_training_key
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
+from mlops.steps._warm import warm_imports
 from mlops.targets import _prefect, _services, _tracking_ui
 from mlops.targets._base import Target
 
@@ -98,13 +101,24 @@ class LocalTarget(Target):
             from mlops.errors import ServiceError
 
             raise ServiceError(" ".join(foreign.values()) + ".")
-        with console.status("starting Prefect server (about 20 s the first time) ..."):
-            self._ensure_prefect()
-        console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
-        self._recover(console)
         server = self.cfg.serving.flavor
-        with console.status(f"starting {server} ..."):
-            self.server.start()
+        # The model server starts beside the Prefect server, and the libraries the flow's steps import load
+        # meanwhile: nothing here waits on another, and the Prefect server is the slow one (bench/zero.py).
+        warm = threading.Thread(target=warm_imports, name="mlops-warm-imports", daemon=True)
+        if not (_prefect.healthy(_prefect.api_url(self.cfg)) and self.server.live()):
+            warm.start()
+        with ThreadPoolExecutor(1, thread_name_prefix="mlops-start") as pool:
+            model_server = pool.submit(self.server.start)
+            with console.status(f"starting Prefect server (about 20 s the first time) and {server} ..."):
+                try:
+                    self._ensure_prefect()
+                except BaseException:
+                    model_server.exception()  # not left starting behind a failed `up`; its own error comes second
+                    raise
+            console.print(f"  [green]✓[/] prefect   {_prefect.ui_url(self.cfg)}")
+            self._recover(console)
+            with console.status(f"starting {server} ..."):
+                model_server.result()
         console.print(f"  [green]✓[/] {server:<9} {self.server.url}")
         if (ui := self.tracking_ui()) is not None:
             with console.status(f"starting the {ui.name} UI ..."):
@@ -122,6 +136,8 @@ class LocalTarget(Target):
                           "config and data and is served; nothing to run (--rerun runs the flow anyway)")
             result = {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
         else:
+            if warm.ident is None:  # services were up: the step libraries load beside Prefect's flow-run setup
+                warm.start()
             os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
             from mlops.flows import up_flow
 

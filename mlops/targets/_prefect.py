@@ -87,7 +87,9 @@ def start_server(cfg: Config, state_dir: Path) -> None:
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)
     prefect_service(state_dir).start(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)],
+        # `python -m prefect server start` after `import mlops`, which spares it jsonschema's IRI grammar
+        [sys.executable, "-c", "import mlops, runpy; runpy.run_module('prefect', run_name='__main__', alter_sys=True)",
+         "server", "start", "--host", host, "--port", str(port)],
         env=env,
         ports={"target.prefect.port": (host, port)},
         ready=[("healthy", lambda: healthy(url))],
