@@ -117,7 +117,7 @@ def test_an_unknown_flavor_lists_the_installed_ones():
     proc = mlops(ROOT, "plan", "recipe=churn", "data.source=jsnol")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert ("override 'data.source=jsnol': `data.source` no data source flavor named 'jsnol' is installed; "
-            "installed: file, parquet_dataset, sklearn, sql.") in proc.stderr
+            "installed: file, image_folder, image_table, parquet_dataset, sklearn, sklearn_images, sql.") in proc.stderr
 
 
 # ---------------------------------------------------------------- the third-party package, end to end
