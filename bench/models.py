@@ -78,11 +78,16 @@ def evaluation(project: Path, recipe: str, site: str):  # noqa: ANN201
     """The test split's served-form inputs and evaluation's answers on them, and the served signature."""
     import pandas as pd
 
-    if site:
-        sys.path.insert(0, site)
-        import importlib.metadata  # the example's entry point, seen by this process too
+    if site:  # the example's entry point, seen by this process too: the registry and the schema built again
+        import importlib
 
+        from mlops import flavors
+        from mlops.recipe import schema
+
+        sys.path.insert(0, site)
         importlib.invalidate_caches()
+        flavors.registered.cache_clear()
+        schema.config_class.cache_clear()
     from mlops.recipe import load
     from mlops.serving import _client
     from mlops.serving._export import served_predictions
