@@ -25,7 +25,8 @@ import errno
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -97,6 +98,24 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
             raise
         fsync_path(path.parent)
+
+
+def copy_of_template(path: str | os.PathLike[str], template: Path, build: Callable[[Path], None]) -> bool:
+    """Create ``path``, when it does not exist, as a copy of ``template``; True when it was created.
+
+    For files that are costly to make and the same each time, such as a tool's empty database migrated to its
+    version's head: ``build(tmp)`` makes the template once (into a temporary file that then atomically becomes
+    ``template``, so two first users at once both end with a whole file), and every later ``path`` is a copy.
+    """
+    path = Path(path)
+    if path.exists():
+        return False
+    if not template.is_file():
+        with disk_full_is_an_error(template, "a template"), atomic_path(template) as tmp:
+            build(tmp)
+    with disk_full_is_an_error(path), atomic_path(path) as tmp:
+        shutil.copyfile(template, tmp)
+    return True
 
 
 def fsync_path(path: str | os.PathLike[str]) -> None:

@@ -30,8 +30,17 @@ tests/test_layout.py fails if a module outside this one joins one of these names
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def machine_cache() -> Path:
+    """Files any project on this machine may reuse and that can be rebuilt at any time (never a project's state):
+    ``$MLOPS_CACHE_DIR``, else ``$XDG_CACHE_HOME/mlops``, else ``~/.cache/mlops``."""
+    if explicit := os.environ.get("MLOPS_CACHE_DIR"):
+        return Path(explicit)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlops"
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,11 @@ class Layout:
     @property
     def prefect(self) -> Path:
         return self.root / "prefect"
+
+    @property
+    def prefect_db(self) -> Path:
+        """The managed Prefect server's SQLite database (Prefect's default place under its PREFECT_HOME)."""
+        return self.prefect / "prefect.db"
 
     @property
     def triton(self) -> Path:

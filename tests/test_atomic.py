@@ -131,3 +131,58 @@ def test_the_registry_re_exports_the_one_owner():
 
     assert mlops.registry.write_atomic is write_atomic
     assert mlops.registry.sha256_file is sha256_file
+
+
+def test_a_template_is_built_once_and_each_new_file_is_a_copy_of_it(tmp_path):
+    built = []
+
+    def build(tmp):
+        built.append(tmp)
+        tmp.write_bytes(b"migrated")
+
+    template = tmp_path / "cache" / "tool-1.0.db"
+    assert _atomic.copy_of_template(tmp_path / "a" / "tool.db", template, build)
+    assert _atomic.copy_of_template(tmp_path / "b" / "tool.db", template, build)
+    assert len(built) == 1 and template.read_bytes() == b"migrated"
+    assert (tmp_path / "a" / "tool.db").read_bytes() == (tmp_path / "b" / "tool.db").read_bytes() == b"migrated"
+    (tmp_path / "a" / "tool.db").write_bytes(b"a project's own rows")
+    assert not _atomic.copy_of_template(tmp_path / "a" / "tool.db", template, build)  # an existing file is kept
+    assert (tmp_path / "a" / "tool.db").read_bytes() == b"a project's own rows"
+
+
+def test_a_failed_template_build_leaves_no_template_and_no_file(tmp_path):
+    def build(tmp):
+        tmp.write_bytes(b"half")
+        raise RuntimeError("migration failed")
+
+    with pytest.raises(RuntimeError):
+        _atomic.copy_of_template(tmp_path / "p" / "tool.db", tmp_path / "cache" / "t.db", build)
+    assert not (tmp_path / "p" / "tool.db").exists()
+    assert os.listdir(tmp_path / "cache") == []
+
+
+def test_the_prefect_and_mlflow_templates_are_at_their_heads(tmp_path):
+    # Made in the tool's own way (Alembic through every revision); a copy is a database the tool opens as is.
+    # The machine's own cache: built by the first test or `up` that needs it, as for a user.
+    import sqlite3
+
+    from mlops._layout import Layout
+    from mlops.recipe.schema import MlflowTracking
+    from mlops.targets._prefect import database_template, seed_database
+    from mlops.tracking._mlflow import MlflowTracker
+
+    assert seed_database(tmp_path / "p") and not seed_database(tmp_path / "p")
+    assert database_template().is_file()
+    with sqlite3.connect(Layout(tmp_path / "p").prefect_db) as con:
+        (head,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        assert con.execute("SELECT count(*) FROM flow_run").fetchone() == (0,)
+    from alembic.script import ScriptDirectory
+    from prefect.server.database import provide_database_interface
+
+    versions = provide_database_interface().orm.versions_dir  # the SQLite branch of Prefect's migrations
+    assert [head] == ScriptDirectory(str(versions.parent), version_locations=[str(versions)]).get_heads()
+
+    tracker = MlflowTracker(MlflowTracking(flavor="mlflow", experiment="e"), tmp_path / "q")
+    run = tracker.start_run("r", {})
+    assert tracker.client.get_run(run).info.experiment_id == tracker._experiment_id()
+    assert len(list(database_template().parent.glob("mlflow-*.db"))) == 1

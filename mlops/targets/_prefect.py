@@ -23,11 +23,16 @@ our port from ``target.prefect.*``, state under ``<state_dir>/prefect``, health 
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
+import tempfile
 import urllib.request
+from importlib.metadata import version
 from pathlib import Path
 
-from mlops._layout import Layout
+from mlops._atomic import DiskFull, copy_of_template
+from mlops._layout import Layout, machine_cache
 from mlops._process import Supervisor
 from mlops.recipe.schema import Config
 
@@ -82,7 +87,40 @@ SERVER_SETTINGS = {
 }
 
 
+def database_template() -> Path:
+    """An empty Prefect database, migrated to this Prefect version's head, that every new project copies."""
+    return machine_cache() / f"prefect-{version('prefect')}.db"
+
+
+def seed_database(state_dir: Path) -> bool:
+    """Give a project without a Prefect database a copy of the migrated empty one; True when it was copied.
+
+    A new database is migrated by Alembic through every revision Prefect has shipped: about 7 s of CPU on this
+    2-core machine, on the critical path of every first `up` (bench/zero.py). The result depends only on the
+    Prefect version, so it is made once per machine and version, in a child process, and copied from then on;
+    the server's own migration check then finds the head revision and has nothing to do.
+    """
+    return copy_of_template(Layout(state_dir).prefect_db, database_template(), _migrate_empty)
+
+
+def _migrate_empty(db: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlops-prefect-db-") as home:
+        env = {**os.environ, "PREFECT_HOME": home, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}"}
+        code = ("import asyncio, mlops; from prefect.server.database import provide_database_interface as db; "
+                "asyncio.run(db().create_db())")
+        subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, timeout=600)
+    with sqlite3.connect(db) as con:  # the write-ahead log folded in: one self-contained file
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
 def start_server(cfg: Config, state_dir: Path) -> None:
+    try:
+        seed_database(state_dir)
+    except DiskFull:
+        raise
+    except (OSError, subprocess.SubprocessError):
+        pass  # no template: the server migrates the new database itself, as it would without one
     env = {**os.environ, **prefect_env(cfg, state_dir), **SERVER_SETTINGS}
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 
-from mlops._layout import Layout
+from mlops._atomic import copy_of_template
+from mlops._layout import Layout, machine_cache
 from mlops.tracking._base import RunStatus, Tracker, UiService, flatten_params, json_text
 
 if TYPE_CHECKING:
@@ -59,6 +61,11 @@ class MlflowTracker(Tracker):
         # `mlops plan` or ui_hint(), has no side effects.
         if self.artifact_location is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.uri == f"sqlite:///{Layout(self.state_dir).mlflow_db}":
+            # The project's own database starts as a copy of one migrated once per machine and MLflow version;
+            # MLflow then adds its Default experiment under this project's artifact root, as for a new file.
+            copy_of_template(Layout(self.state_dir).mlflow_db,
+                             machine_cache() / f"mlflow-{mlflow.__version__}.db", _migrate_empty)
         return MlflowClient(self.uri)
 
     def start_run(self, run_name: str, tags: dict[str, str]) -> str:
@@ -144,6 +151,17 @@ class MlflowTracker(Tracker):
         if self.run_id is None:
             raise RuntimeError("no open MLflow run: call start_run() first")
         return self.run_id
+
+
+def _migrate_empty(db: Path) -> None:
+    """MLflow's tables at its head revision, without the Default experiment (whose artifact root is per project)."""
+    from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine
+
+    engine = create_sqlalchemy_engine(f"sqlite:///{db}")
+    try:
+        _initialize_tables(engine)
+    finally:
+        engine.dispose()
 
 
 @functools.cache
