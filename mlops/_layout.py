@@ -141,6 +141,11 @@ class Layout:
         return self.root / "prefect"
 
     @property
+    def flow_in_flight(self) -> Path:
+        """Written before a command runs a flow in its own process, removed when Prefect has the run's end."""
+        return self.root / "flow-in-flight.json"
+
+    @property
     def prefect_db(self) -> Path:
         """The managed Prefect server's SQLite database (Prefect's default place under its PREFECT_HOME)."""
         return self.prefect / "prefect.db"

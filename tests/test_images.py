@@ -210,6 +210,8 @@ def test_predict_reads_a_file_or_a_folder_of_images(tmp_path):
         predict_images(None, tmp_path / "in", 1)
     with pytest.raises(PredictError, match="this recipe's model takes rows, not images"):
         predict_images(None, tmp_path / "in", None)
+    with pytest.raises(PredictError, match=r"--input .*nowhere.png: no such file or folder\. Give an image file"):
+        predict_images(None, tmp_path / "nowhere.png", 3)
 
 
 # ---------------------------------------------------------------- the model and its export

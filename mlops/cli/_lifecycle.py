@@ -135,9 +135,12 @@ def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
     with _locked(cfg, wait):
         target._ensure_prefect()
         os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
+        from mlops._names import STEP_FLOW
         from mlops.flows import step_flow
+        from mlops.targets._recover import in_flight
 
-        result = step_flow(cfg, str(target.project), str(target.state_dir), step)
+        with in_flight(target.stack, STEP_FLOW):
+            result = step_flow(cfg, str(target.project), str(target.state_dir), step)
     if json_:
         _print_json(result)
     elif step == "register":

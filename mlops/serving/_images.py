@@ -27,6 +27,9 @@ def predict_images(server: Any, path: Path, channels: int | None) -> dict[str, A
     if channels is None:
         raise PredictError(f"--input {path}: this recipe's model takes rows, not images; give a .csv, or a .json "
                            "list of objects.")
+    if not Path(path).exists():
+        raise PredictError(f"--input {path}: no such file or folder. Give an image file (PNG or JPEG) or a folder "
+                           "of them, e.g. `--input data/new_images/`.")
     try:
         names, arrays = read_images(Path(path), channels)
     except ImageError as exc:

@@ -140,16 +140,21 @@ class LocalTarget(Target):
                 warm.start()
             os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
             from mlops.flows import up_flow
+            from mlops.targets._recover import in_flight
 
-            result = {**up_flow(self.cfg, str(self.project), str(self.state_dir), progress),
-                      "prefect_ui": _prefect.ui_url(self.cfg)}
+            with in_flight(self.stack, UP_FLOW):
+                result = {**up_flow(self.cfg, str(self.project), str(self.state_dir), progress),
+                          "prefect_ui": _prefect.ui_url(self.cfg)}
         result["automation"] = self.apply_plan(console)
         return result
 
     def _recover(self, console: Any) -> None:
         """Orphaned runs Crashed, never-judged candidates rejected (mlops.targets._recover)."""
+        from mlops.targets._recover import needed, recover
+
+        if not needed(self.stack):
+            return
         os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
-        from mlops.targets._recover import recover
 
         done = recover(self.stack)
         if done["crashed"]:
@@ -294,5 +299,6 @@ class LocalTarget(Target):
         return state if isinstance(state, dict) and pid is not None and state.get("pid") == pid else None
 
     def tracking_ui(self) -> Any:
-        """The tracker's own UI process, if its config asks for one (`tracking.ui: true`)."""
-        return self.stack.tracker().ui()
+        """The tracker's own UI process, if its config asks for one (`tracking.ui: true`). A config without a
+        true `ui` has none, and its flavor is not imported for that (MLflow's import is ~1.5 s of a warm `up`)."""
+        return self.stack.tracker().ui() if getattr(self.cfg.tracking, "ui", False) else None

@@ -12,20 +12,48 @@
   reason, so `mlops status` shows why and `mlops promote <model>@<N> --force` can still serve it by hand. A
   candidate whose run is still going (the runner is judging it now) is left alone. Rejected rather than
   registered because no gate has looked at it: the gate is never skipped silently.
+
+Both need the Prefect client (importing it is ~2-4 s of a warm `up`), and neither can have anything to do when
+no command's flow run is unaccounted for and no version is `candidate`: :func:`in_flight` marks a flow run in a
+command's process from before it starts until Prefect has its end, and :func:`needed` looks at that mark and the
+registry's statuses only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from mlops._atomic import write_atomic
 from mlops._names import STEP_FLOW, UP_FLOW
 from mlops.stack import Stack
 
 # A run in one of these still has (or may get) a process working on it.
 _LIVE = ("PENDING", "RUNNING", "CANCELLING", "SCHEDULED", "PAUSED")
+
+
+@contextmanager
+def in_flight(stack: Stack, flow: str) -> Iterator[None]:
+    """Around a flow run in this process (the caller holds the project lock). The mark stays if the block
+    raises (the run may have ended without Prefect hearing of it: its server went away) or the process dies."""
+    mark = stack.layout.flow_in_flight
+    write_atomic(mark, json.dumps({"flow": flow, "pid": os.getpid(), "since": time.time()}))
+    yield
+    mark.unlink(missing_ok=True)
+
+
+def needed(stack: Stack) -> bool:
+    """Whether :func:`recover` may find anything: a flow run of a command left unaccounted for, or a candidate."""
+    if stack.layout.flow_in_flight.exists():
+        return True
+    return any(s["status"] == "candidate" for s in stack.model_store.statuses(stack.cfg.name).values())
 
 
 def recover(stack: Stack) -> dict[str, list[Any]]:
@@ -39,6 +67,7 @@ async def _recover(stack: Stack) -> dict[str, list[Any]]:
     async with get_client() as client:
         crashed = await crash_orphans(client, stack.state_dir)
         rejected = await settle_candidates(client, stack)
+    stack.layout.flow_in_flight.unlink(missing_ok=True)
     return {"crashed": crashed, "rejected": rejected}
 
 

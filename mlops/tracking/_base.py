@@ -94,7 +94,8 @@ class Tracker(ABC):
 
     def ui(self) -> UiService | None:
         """A local UI process `mlops up` starts beside Prefect and `mlops down` stops (e.g. `tracking.ui: true`
-        for MLflow), or None. The target supervises it without knowing which tool it is."""
+        for MLflow), or None. The target supervises it without knowing which tool it is, and asks only when the
+        flavor's config has a true ``ui`` field."""
         return None
 
 
