@@ -12,7 +12,7 @@ Goal: automated / by hand <= 1.25.
 
 Level 4 (issue 4): from the mlops.drift.detected event (shifted traffic sent to Triton) to the retrained
 version answering, against train + evaluate alone (the Prefect task run times of that same retraining run).
-Goal: <= 1.25.
+Goal: <= 1.5 (issue 15; issue 4 had asked 1.25).
 
 Own ports (Prefect 4480, Triton 8480-8482) and a temporary project (churn, data/churn.csv); `mlops down`
 and removal at the end unless --keep. Every candidate here must pass the gate, so each automated rep starts
@@ -125,7 +125,10 @@ def timeline(flow_run_id: str, t_event: float, t_served: float) -> str:
         return "?" if not iso else f"{datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() - t_event:.1f}"
 
     fr = _post("flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}})[0]
-    parts = [f"run created {at(fr['created'])} started {at(fr['start_time'])}"]
+    states = json.loads(urllib.request.urlopen(f"{API}/flow_run_states/?flow_run_id={flow_run_id}").read())
+    pending = [s["timestamp"] for s in states if s["type"] == "PENDING"]
+    parts = [f"run created {at(fr['created'])} pending {at(pending[0] if pending else None)} "
+             f"started {at(fr['start_time'])}"]
     for t in sorted(_post("task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run_id]}}}),
                     key=lambda t: t["start_time"] or ""):
         parts.append(f"{t['task_key'].split('-')[0]} {at(t['start_time'])}-{at(t['end_time'])}")
@@ -244,8 +247,11 @@ def main() -> int:
     if loop:
         r4 = med(loop) / med(train_eval)
         print(f"  level 4: drift event -> served {med(loop):.1f} s, train + evaluate alone {med(train_eval):.1f} s")
-        print(f"  loop / (train + evaluate) = {r4:.2f}  (goal <= 1.25: {'met' if r4 <= 1.25 else 'NOT met'})")
+        print(f"  loop / (train + evaluate) = {r4:.2f}  (goal <= 1.5: {'met' if r4 <= 1.5 else 'NOT met'})")
         print(f"  (spread: loop {np.round(loop, 1).tolist()}, train + evaluate {np.round(train_eval, 1).tolist()})")
+        fixed = med([a - b for a, b in zip(loop, train_eval, strict=True)])
+        print(f"  fixed cost (loop - train - evaluate) = {fixed:.1f} s; the ratio is 1.5 for a train + evaluate "
+              f"of {2 * fixed:.1f} s or more")
     return 0
 
 

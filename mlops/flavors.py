@@ -66,7 +66,9 @@ class Flavor:
     `implementation` is ``"module:attribute"``, imported only when a stack first asks for it, so importing
     the registry (every command does) never imports torch, Triton's client or a tracking backend.
     `conf` is an optional ``"package:relative/path.yaml"`` of the flavor's Hydra defaults, offered as
-    ``<group>/<name>.yaml`` to recipes.
+    ``<group>/<name>.yaml`` to recipes. `warm` names modules the implementation imports on first use (a
+    tracking backend's store): a process about to run the stack's steps may import them ahead, with the
+    implementation's own module (mlops.steps._warm).
     """
 
     kind: str
@@ -76,6 +78,7 @@ class Flavor:
     conf: str | None = None
     description: str = ""
     distribution: str = field(default="", compare=False)
+    warm: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

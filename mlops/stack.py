@@ -46,6 +46,13 @@ class Stack:
     def flavor(self, kind: str) -> Any:
         return get(kind, self.components[kind])
 
+    def implementation_modules(self) -> list[str]:
+        """The modules of the chosen flavors' implementations, and those each declares it imports on first use
+        (`Flavor.warm`): what a process that will run this stack's steps can import ahead (mlops.steps._warm),
+        named without importing anything now."""
+        flavors = [self.flavor(kind) for kind in self.components]
+        return list(dict.fromkeys([m for f in flavors for m in (f.implementation.partition(":")[0], *f.warm)]))
+
     @cached_property
     def data_source(self) -> DataSource:
         return self.flavor("data_source").load()(self.cfg.data)

@@ -15,9 +15,11 @@ WARM_LIBRARIES = ("mlops.steps", "pandas", "torch", "lightning.pytorch", "torchm
                   "mlops.data", "mlops.monitoring._profiler")
 
 
-def warm_imports() -> None:
-    """Import WARM_LIBRARIES. A module that fails here fails again, with its error, where a step imports it."""
-    for name in WARM_LIBRARIES:
+def warm_imports(modules: tuple[str, ...] | list[str] = ()) -> None:
+    """Import WARM_LIBRARIES, then `modules` (the stack's flavor implementations and what they import on first
+    use: Stack.implementation_modules). A module that fails here fails again, with its error, where a step
+    imports it."""
+    for name in (*WARM_LIBRARIES, *modules):
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001, S112 - see the docstring

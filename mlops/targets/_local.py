@@ -104,7 +104,8 @@ class LocalTarget(Target):
         server = self.cfg.serving.flavor
         # The model server starts beside the Prefect server, and the libraries the flow's steps import load
         # meanwhile: nothing here waits on another, and the Prefect server is the slow one (bench/zero.py).
-        warm = threading.Thread(target=warm_imports, name="mlops-warm-imports", daemon=True)
+        warm = threading.Thread(target=warm_imports, args=(self.stack.implementation_modules(),),
+                                name="mlops-warm-imports", daemon=True)
         if not (_prefect.healthy(_prefect.api_url(self.cfg)) and self.server.live()):
             warm.start()
         with ThreadPoolExecutor(1, thread_name_prefix="mlops-start") as pool:

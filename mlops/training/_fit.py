@@ -26,7 +26,7 @@ from mlops._atomic import fsync_path, write_atomic
 from mlops.errors import ConfigError, MlopsError, Problem
 from mlops.recipe.schema import Config
 from mlops.training import _ddp
-from mlops.training._family import model_family
+from mlops.training._family import load_checkpoint, model_family
 from mlops.training._module import TabularDataModule, TabularMLP
 from mlops.training._split import Split
 
@@ -252,7 +252,7 @@ def fit(
             saved["mlops"] = extras(module)
             torch.save(saved, best.best_model_path)
         trainer.strategy.barrier()
-        trained = family.load_from_checkpoint(best.best_model_path, map_location="cpu").eval()
+        trained = load_checkpoint(family, best.best_model_path, map_location="cpu").eval()
         trainer.strategy.barrier()
         if trainer.is_global_zero:
             os.replace(best.best_model_path, checkpoint)
@@ -308,7 +308,7 @@ def _fit_in_workers(cfg: Config, split: Split, out_dir: Path, loggers: list | No
     family = model_family(cfg.model.flavor)
     _import_from(project, family)
     checkpoint = out_dir / CHECKPOINT
-    trained = family.load_from_checkpoint(checkpoint, map_location="cpu").eval()
+    trained = load_checkpoint(family, checkpoint, map_location="cpu").eval()
     for logger in loggers or []:
         logger.log_hyperparams(dict(trained.hparams))
         for row in rows:

@@ -30,6 +30,7 @@ from torch.utils.data import TensorDataset
 from mlops.errors import ConfigError, Problem
 from mlops.features import categorical_strings, numeric_array
 from mlops.recipe.schema import DataConfig, ModelConfig
+from mlops.training._family import load_checkpoint
 from mlops.training._module import SplitDataModule, category_codes, class_indices, fit_preprocessing
 from mlops.training._split import Split
 
@@ -291,7 +292,7 @@ class LightningFamily:
                                        "metadata: it was not trained by the `lightning` flavor", "",
                                        "train it again with `mlops up`")])
         user = import_object(meta["module"], meta.get("project") or None)
-        module = user.load_from_checkpoint(checkpoint_path, map_location=map_location, **meta["init_args"], **kwargs)
+        module = load_checkpoint(user, checkpoint_path, map_location=map_location, **meta["init_args"], **kwargs)
         stats = meta.get("preprocessing")
         return _attach(module, meta, TabularFeatures(stats) if stats else None)
 

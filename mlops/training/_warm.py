@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.errors import ConfigError, Problem
+from mlops.training._family import load_checkpoint
 
 HINT = ("train this change from scratch once with `model.init_from=none` (e.g. `mlops up model.init_from=none`); "
         "once that version is the champion, warm starts work again")
@@ -22,7 +23,7 @@ HINT = ("train this change from scratch once with `model.init_from=none` (e.g. `
 
 def warm_start(family: Any, module: Any, checkpoint: Path) -> Any:
     """`module` (built from the new training split) with the champion's weights from `checkpoint` loaded."""
-    champion = family.load_from_checkpoint(checkpoint, map_location="cpu")
+    champion = load_checkpoint(family, checkpoint, map_location="cpu")
     new, old = dict(getattr(module, "hparams", {})), dict(getattr(champion, "hparams", {}))
     differs = [f"{k}: champion {old.get(k)!r}, recipe {new.get(k)!r}"
                for k in getattr(module, "architecture_hparams", ()) if old.get(k) != new.get(k)]
