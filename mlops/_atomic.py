@@ -110,6 +110,10 @@ def copy_of_template(path: str | os.PathLike[str], template: Path, build: Callab
     path = Path(path)
     if path.exists():
         return False
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False  # no machine cache here (a read-only home): the tool makes its own file, as without one
     if not template.is_file():
         with disk_full_is_an_error(template, "a template"), atomic_path(template) as tmp:
             build(tmp)

@@ -186,3 +186,10 @@ def test_the_prefect_and_mlflow_templates_are_at_their_heads(tmp_path):
     run = tracker.start_run("r", {})
     assert tracker.client.get_run(run).info.experiment_id == tracker._experiment_id()
     assert len(list(database_template().parent.glob("mlflow-*.db"))) == 1
+
+
+def test_without_a_writable_cache_the_tool_makes_its_own_file(tmp_path):
+    (tmp_path / "ro").write_text("a file where the cache folder would be")
+    assert not _atomic.copy_of_template(tmp_path / "p" / "tool.db", tmp_path / "ro" / "cache" / "t.db",
+                                        lambda tmp: pytest.fail("no template is built without a cache"))
+    assert not (tmp_path / "p" / "tool.db").exists()

@@ -120,7 +120,7 @@ def start_server(cfg: Config, state_dir: Path) -> None:
     except DiskFull:
         raise
     except (OSError, subprocess.SubprocessError):
-        pass  # no template: the server migrates the new database itself, as it would without one
+        pass  # no template (the migration failed in the child): the server migrates the new database itself
     env = {**os.environ, **prefect_env(cfg, state_dir), **SERVER_SETTINGS}
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)
