@@ -15,8 +15,11 @@ import json
 import os
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
+
+import psutil
 
 os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # as the mlops CLI does
@@ -26,16 +29,48 @@ from mlops.recipe import load  # noqa: E402
 from mlops.stack import Stack  # noqa: E402
 
 
+class _RssPeak(threading.Thread):
+    """This process's peak resident memory since the last `take`, sampled every 10 ms (ru_maxrss is the peak of the
+    whole run only)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.peak = psutil.Process(), 0
+
+    def now(self) -> int:
+        return self.proc.memory_info().rss
+
+    def take(self) -> int:
+        peak, self.peak = max(self.peak, self.now()), self.now()
+        return peak
+
+    def run(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.01)
+
+
 def main(argv: list[str]) -> dict[str, float]:
     project, overrides = Path(argv[0]).resolve(), argv[1:]
+    if os.environ.get("SCALE_PREIMPORT"):  # the libraries first, so the steps' RSS is the data's, not imports'
+        import lightning.pytorch  # noqa: F401
+        import mlflow  # noqa: F401
+        import whylogs  # noqa: F401
+
+        import mlops.training  # noqa: F401
     cfg = load(overrides, project)
     stack = Stack(cfg, project)
     laps: dict[str, float] = {}
     t, w = time.process_time(), time.perf_counter()
+    rss = _RssPeak()
+    rss.start()
+    laps["start_rss_mb"] = rss.now() / 2**20
 
     def lap(name: str) -> None:
+        # CPU and wall seconds of the step; the peak RSS during it and the RSS it left (MB).
         nonlocal t, w
         laps[name], laps[f"{name}_wall"] = time.process_time() - t, time.perf_counter() - w
+        laps[f"{name}_peak_mb"], laps[f"{name}_after_mb"] = rss.take() / 2**20, rss.now() / 2**20
         t, w = time.process_time(), time.perf_counter()
 
     snapshot = steps.ingest(stack)

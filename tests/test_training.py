@@ -224,3 +224,26 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     assert class_indices(y, ["maybe", "no", "yes"], "t").tolist() == [2, 1, 1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['maybe'\]"):
         class_indices(y, ["no", "yes"], "t")
+
+
+def test_preprocessing_statistics_column_by_column_match_the_whole_array():
+    """fit_preprocessing computes each numeric column's mean and std on its own (memory: one column's float64
+    copies at a time); the numbers must be those of nanmean/nanstd over the whole float32-rounded [N, k] array,
+    to the bit, NaNs, a constant column and an all-NaN column included."""
+    from mlops.features import numeric_array
+    from mlops.training._module import fit_preprocessing
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    frame = pd.DataFrame({"a": rng.standard_normal(n) * 1e3 + 1e6, "b": rng.exponential(2.0, n),
+                          "c": np.full(n, 3.0), "d": np.full(n, np.nan), "i": rng.integers(0, 9, n),
+                          "y": rng.integers(0, 2, n)})
+    frame.loc[rng.random(n) < 0.05, "a"] = np.nan
+    _, cfg = breast_cancer()
+    data = cfg.data.model_copy(update={"numeric": ["a", "b", "c", "d", "i"], "categorical": [], "target": "y"})
+    stats = fit_preprocessing("classification", data, frame)
+    whole = numeric_array(frame, data.numeric).astype(np.float64)
+    with np.errstate(all="ignore"):
+        mean, std = np.nan_to_num(np.nanmean(whole, axis=0)), np.nan_to_num(np.nanstd(whole, axis=0))
+    std[std == 0] = 1.0
+    assert stats["num_mean"] == mean.tolist() and stats["num_std"] == std.tolist()

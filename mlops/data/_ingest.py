@@ -19,6 +19,22 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
     return make_source(data).read(project, nrows=nrows, cache_dir=cache_dir, write_cache=write_cache)
 
 
+def read_snapshot(path: str | Path) -> pd.DataFrame:
+    """A Parquet snapshot as a DataFrame, and the memory its Arrow read used handed back (release_arrow_memory)."""
+    frame = pd.read_parquet(path)
+    release_arrow_memory()
+    return frame
+
+
+def release_arrow_memory() -> None:
+    """Give the memory Arrow's pool keeps after its buffers are freed back to the OS. Its allocator (mimalloc or
+    jemalloc) keeps freed pages for the next allocation; after reading a snapshot that is the size of the table,
+    and a step that reads 10M rows kept ~1 GB more resident than it used (bench/README.md, "bench: scale")."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
 def read_after(data: DataConfig, project: Path, after: Any) -> pd.DataFrame:
     """`data.incremental`: the rows above the watermark `after` (every row when None), filtered by the source
     where it can (a SQL WHERE, an Arrow filter)."""

@@ -50,6 +50,7 @@ open_runs: dict[str, Any] = {}
 
 
 def end_open_runs(status: str) -> None:
+    drop_split()
     while open_runs:
         open_runs.popitem()[1].end_run(status)
 
@@ -78,7 +79,7 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     With `data.incremental` (level 1+) only the rows past the current chain's watermark are read, and the
     snapshot holds just those; none past it gives back the chain's latest snapshot, `new_rows` 0. `full` reads
     everything and starts a new chain (`mlops data refresh --full`)."""
-    from mlops.data import read_after, read_frame, repair_frame, watermark
+    from mlops.data import read_after, read_frame, release_arrow_memory, repair_frame, watermark
 
     cfg = stack.cfg
     inc = cfg.data.incremental if incremental(stack) else None
@@ -91,7 +92,9 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
         after = bound(last["incremental"]["watermark"], last["incremental"]["type"]) if last else None
         frame = read_after(cfg.data, stack.project, after)
     used = list(cfg.data.columns)
-    frame = frame[used if inc is None or inc.column in used else [*used, inc.column]]
+    used = used if inc is None or inc.column in used else [*used, inc.column]
+    if list(frame.columns) != used:  # a source that read just these, in this order, needs no copy of the frame
+        frame = frame[used]
     about: dict[str, Any] = {}
     if inc is not None:
         if last is not None and not len(frame):
@@ -104,7 +107,10 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
     fp, path = _snapshot_file(stack, frame)
-    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+    rows = len(frame)
+    del frame
+    release_arrow_memory()
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=rows, key=training_key(cfg, fp),
                            repairs=repairs, incremental=about)
 
 
@@ -198,9 +204,9 @@ def _frame(snapshot: DatasetSnapshot) -> Any:
 
 
 def _frame_at(path: str) -> Any:
-    import pandas as pd
+    from mlops.data import read_snapshot
 
-    return pd.read_parquet(path)
+    return read_snapshot(path)
 
 
 def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
@@ -313,10 +319,27 @@ def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
 
 
 # ---------------------------------------------------------------- model
+# The split of the snapshot that train, evaluate and register use in turn, read once per process: (snapshot path,
+# data config, task) -> Split. Snapshots are content-addressed, so a path names one content. `register` drops it.
+_splits: dict[tuple[str, str, str], Any] = {}
+
+
 def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
     from mlops.training import split_frame
 
-    return split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task)
+    key = (snapshot.path, stack.cfg.data.model_dump_json(), stack.cfg.model.task)
+    if key not in _splits:
+        _splits.clear()  # one split at a time: the one before is not needed any more
+        _splits[key] = split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task)
+    return _splits[key]
+
+
+def drop_split() -> None:
+    """Forget the split `_split` kept (its frames are freed with it)."""
+    from mlops.data import release_arrow_memory
+
+    _splits.clear()
+    release_arrow_memory()
 
 
 def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> TrainedModel:
@@ -386,6 +409,7 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
     compute = train_dir / "compute.json"  # written by fit: the strategy and the ranks that trained
     if compute.is_file():
         lineage["compute"] = json.loads(compute.read_text())
+    drop_split()  # the last step that reads the split
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
         tracker.log_dict(mv.lineage, "lineage.json")
