@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -50,7 +51,7 @@ class _RssPeak(threading.Thread):
             time.sleep(0.01)
 
 
-def main(argv: list[str]) -> dict[str, float]:
+def main(argv: list[str]) -> dict[str, Any]:
     project, overrides = Path(argv[0]).resolve(), argv[1:]
     if os.environ.get("SCALE_PREIMPORT"):  # the libraries first, so the steps' RSS is the data's, not imports'
         import lightning.pytorch  # noqa: F401
@@ -88,6 +89,7 @@ def main(argv: list[str]) -> dict[str, float]:
         steps.end_open_runs("FAILED")
     laps["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     laps["epochs"] = trained.epochs
+    laps["metrics"] = {**trained.val_metrics, **metrics.values}  # the same numbers before and after a change
     return laps
 
 

@@ -247,3 +247,24 @@ def test_preprocessing_statistics_column_by_column_match_the_whole_array():
         mean, std = np.nan_to_num(np.nanmean(whole, axis=0)), np.nan_to_num(np.nanstd(whole, axis=0))
     std[std == 0] = 1.0
     assert stats["num_mean"] == mean.tolist() and stats["num_std"] == std.tolist()
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_a_consumed_frame_splits_into_the_same_three_frames(stratify):
+    """split_frame(consume=True) splits column by column, dropping each column from the frame (memory: the frame
+    and its split are never both whole); the three frames must be those of the ordinary split."""
+    frame = synthetic_frame(n=600, seed=4)
+    frame["extra"] = np.arange(len(frame))  # a column the recipe does not use
+    cfg = synthetic_cfg()
+    data = cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={"stratify": stratify})})
+    want = split_frame(frame.copy(), data, "classification")
+    got = split_frame(frame, data, "classification", consume=True)
+    for name in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name))
+    # A frame with other columns is split through a selection of the recipe's (it is left whole); a frame of
+    # just the recipe's columns, as a snapshot is, gives them up one by one.
+    assert list(frame.columns) == ["a", "b", "colour", "noise", "label", "extra"]
+    exact = frame[[*data.features, data.target]].copy()
+    again = split_frame(exact, data, "classification", consume=True)
+    assert list(exact.columns) == []
+    pd.testing.assert_frame_equal(again.train, want.train)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.data._source import make_source
+from mlops.data._source import make_source, parquet_frame
 from mlops.recipe.schema import DataConfig
 
 
@@ -21,9 +21,26 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
 
 def read_snapshot(path: str | Path) -> pd.DataFrame:
     """A Parquet snapshot as a DataFrame, and the memory its Arrow read used handed back (release_arrow_memory)."""
-    frame = pd.read_parquet(path)
+    frame = parquet_frame(path)
     release_arrow_memory()
     return frame
+
+
+# Rows converted to Arrow at a time when a snapshot is written (one row group each).
+SNAPSHOT_ROW_GROUP = 1_000_000
+
+
+def write_snapshot(frame: pd.DataFrame, path: str | Path) -> None:
+    """`frame.to_parquet(path, index=False)`, converting one row group at a time: the Arrow copy of the whole frame
+    that to_parquet makes first is the frame's size again (1 GB at 10M rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), SNAPSHOT_ROW_GROUP):
+            part = frame.iloc[start:start + SNAPSHOT_ROW_GROUP]
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
 
 
 def release_arrow_memory() -> None:

@@ -164,7 +164,7 @@ class FileSource(DataSource):
         with fsspec.open(url, "rb") as fh:
             if self._format(url) == "parquet":
                 if nrows is None:
-                    return pd.read_parquet(fh)
+                    return parquet_frame(fh)
                 return _parquet_head(fh, nrows)  # the config-load check reads 5 rows, not the whole file
             try:
                 return pd.read_csv(fh, nrows=nrows)
@@ -208,6 +208,20 @@ class FileSource(DataSource):
             return [("data.path", f"cannot be read as {self.config.format}: {str(exc).splitlines()[0]}",  # type: ignore[attr-defined]
                      "check the file format, or set data.format")]
         return missing_columns(self.config, [str(c) for c in head.columns])
+
+
+def parquet_frame(where: Any) -> pd.DataFrame:
+    """A whole Parquet file (a path or an open file) as the DataFrame `pd.read_parquet` gives, at about 80% of its
+    memory peak: one row group decoded at a time, and each column's Arrow buffers freed as soon as the column is
+    converted (`split_blocks`, `self_destruct`; bench/README.md, "bench: scale": 10M rows, 1.8 GB instead of 2.3)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(where)
+    groups = [pf.read_row_group(i, use_pandas_metadata=True) for i in range(pf.num_row_groups)]
+    table = pa.concat_tables(groups) if groups else pf.schema_arrow.empty_table()
+    del groups
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _parquet_head(fh: Any, nrows: int) -> pd.DataFrame:

@@ -91,6 +91,7 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
 
         after = bound(last["incremental"]["watermark"], last["incremental"]["type"]) if last else None
         frame = read_after(cfg.data, stack.project, after)
+    release_arrow_memory()  # the read's buffers, before the fingerprint and the snapshot's write allocate theirs
     used = list(cfg.data.columns)
     used = used if inc is None or inc.column in used else [*used, inc.column]
     if list(frame.columns) != used:  # a source that read just these, in this order, needs no copy of the frame
@@ -116,13 +117,13 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
 
 def _snapshot_file(stack: Stack, frame: Any) -> tuple[str, Path]:
     """The frame's content fingerprint and its Parquet snapshot, written once per content (atomically)."""
-    from mlops.data import fingerprint
+    from mlops.data import fingerprint, write_snapshot
 
     fp = fingerprint(frame)
     path = stack.layout.snapshot(stack.cfg.name, fp)
     if not path.exists():
-        with atomic_path(path) as tmp:  # straight to the file: no in-memory copy of the whole Parquet file
-            frame.to_parquet(tmp, index=False)
+        with atomic_path(path) as tmp:  # straight to the file, a row group at a time: no copy of the whole frame
+            write_snapshot(frame, tmp)
     return fp, path
 
 
@@ -221,6 +222,8 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     delta = snapshot.incremental.get("after") is not None
     report, batch, problems = check_frame(stack, frame[cfg.data.columns] if
                                           snapshot.incremental else frame, f"the batch {snapshot.path}", delta=delta)
+    del frame
+    _release_memory()
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
                            source=cfg.data.describe(), **({"bad_files": report.bad_files} if report.bad_files else {}))
@@ -330,15 +333,27 @@ def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
     key = (snapshot.path, stack.cfg.data.model_dump_json(), stack.cfg.model.task)
     if key not in _splits:
         _splits.clear()  # one split at a time: the one before is not needed any more
-        _splits[key] = split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task)
+        _splits[key] = split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task, consume=True)
+        _release_memory()  # the whole frame's, read and freed
     return _splits[key]
 
 
 def drop_split() -> None:
     """Forget the split `_split` kept (its frames are freed with it)."""
+    _splits.clear()
+    _release_memory()
+
+
+def _release_memory(collect: bool = False) -> None:
+    """Hand back what the step freed: Arrow's pool keeps freed buffers (release_arrow_memory); with `collect`,
+    objects in reference cycles first (a Lightning Trainer and the module, loaders and tensors it holds are
+    freed by the cyclic collector, whenever it runs: maybe during the next step, at its peak)."""
     from mlops.data import release_arrow_memory
 
-    _splits.clear()
+    if collect:
+        import gc
+
+        gc.collect()
     release_arrow_memory()
 
 
@@ -358,6 +373,7 @@ def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> Tr
         init = stack.model_store.get(cfg.name, snapshot.warm_from).file("model.ckpt")
     result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress,
                  project=Path(stack.project), init_from=init)
+    _release_memory(collect=True)
     return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
                         epochs=result.epochs, tracking_run_id=run_id)
 

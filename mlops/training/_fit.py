@@ -150,6 +150,8 @@ def _tabular_run(threads: int = 1) -> Iterator[None]:
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+            # TabularMLP.transfer_batch_to_device is the module's own on purpose (a datamodule feeds it).
+            warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
             # A resumed fit finds its own best checkpoint so far in the scratch folder, on purpose.
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
             yield

@@ -21,8 +21,12 @@ class Split:
     test: pd.DataFrame
 
 
-def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
-    """Split ``frame`` by ``data.split``: the same frame and seed always give the same three frames."""
+def split_frame(frame: pd.DataFrame, data: DataConfig, task: str, consume: bool = False) -> Split:
+    """Split ``frame`` by ``data.split``: the same frame and seed always give the same three frames.
+
+    ``consume``: the caller's ``frame`` is not needed afterwards; its columns are split one at a time and dropped
+    from it, so the frame and its split are not both in memory whole (the same three frames; ``frame`` is left
+    without those columns)."""
     columns = [*data.features, data.target]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -60,4 +64,13 @@ def split_frame(frame: pd.DataFrame, data: DataConfig, task: str) -> Split:
             f"cannot split {len(frame)} rows with `data.split.val={cfg.val}` and `data.split.test={cfg.test}`: {e}. "
             f"Provide more rows{hint}."
         ) from e
-    return Split(train=frame.take(train), val=frame.take(val), test=frame.take(test))
+    if not consume:
+        return Split(train=frame.take(train), val=frame.take(val), test=frame.take(test))
+    parts: tuple[dict[str, pd.Series], ...] = ({}, {}, {})
+    for c in columns:
+        column = frame.pop(c)
+        for part, rows in zip(parts, (train, val, test), strict=True):
+            part[c] = column.iloc[rows]
+        del column
+    # copy=False: each column stays its own block (no consolidated copy of the split).
+    return Split(*(pd.DataFrame(part, copy=False) for part in parts))
