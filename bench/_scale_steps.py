@@ -4,8 +4,10 @@
 
 ingest → validate → train → evaluate → register, called as the flow's tasks call them (mlops.steps), with no
 Prefect and no services (export and deploy do not depend on the row count). CPU seconds of this process per
-step, and its peak RSS: on a shared machine CPU time compares two code versions where wall time mostly measures
-the neighbours. Run with PYTHONPATH pointing at another checkout, it times that version of the framework on the
+step, its peak RSS during each step (`<step>_peak_mb`, sampled every 10 ms) and what the step left resident
+(`<step>_after_mb`): on a shared machine CPU time compares two code versions where wall time mostly measures
+the neighbours. SCALE_PREIMPORT=1 imports torch, Lightning, MLflow and whylogs first, so `start_rss_mb` is the
+fixed part and each step's RSS above it is the data's. Run with PYTHONPATH pointing at another checkout, it times that version of the framework on the
 same data (the README's before/after). Prints one JSON line.
 """
 
