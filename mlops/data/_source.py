@@ -218,10 +218,18 @@ def parquet_frame(where: Any) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(where)
-    schema = pf.schema_arrow
-    table = pa.Table.from_arrays([pf.read(columns=[name]).column(0) for name in schema.names], schema=schema)
-    return table.to_pandas(split_blocks=True, self_destruct=True)
+    # The system allocator, not Arrow's default pool (mimalloc), which keeps what is freed for its next allocation:
+    # the frame's numeric columns are these very buffers, and whoever frees them (a split dropping each column it
+    # has copied) should give the memory back (bench/README.md, "bench: scale": 0.8 GB less at 10M rows).
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        pf = pq.ParquetFile(where)
+        schema = pf.schema_arrow
+        table = pa.Table.from_arrays([pf.read(columns=[name]).column(0) for name in schema.names], schema=schema)
+        return table.to_pandas(split_blocks=True, self_destruct=True)
+    finally:
+        pa.set_memory_pool(previous)
 
 
 def _parquet_head(fh: Any, nrows: int) -> pd.DataFrame:
