@@ -242,7 +242,9 @@ def test_preprocessing_statistics_column_by_column_match_the_whole_array():
     _, cfg = breast_cancer()
     data = cfg.data.model_copy(update={"numeric": ["a", "b", "c", "d", "i"], "categorical": [], "target": "y"})
     stats = fit_preprocessing("classification", data, frame)
-    whole = numeric_array(frame, data.numeric).astype(np.float64)
+    # What fit_preprocessing computed before: the whole [N, k] float32 array as pandas gives it, in float64.
+    whole = frame[data.numeric].to_numpy(dtype=np.float32, na_value=np.nan).astype(np.float64)
+    np.testing.assert_array_equal(numeric_array(frame, data.numeric), whole.astype(np.float32))
     with np.errstate(all="ignore"):
         mean, std = np.nan_to_num(np.nanmean(whole, axis=0)), np.nan_to_num(np.nanstd(whole, axis=0))
     std[std == 0] = 1.0
