@@ -257,6 +257,7 @@ def test_a_parquet_file_reads_as_pandas_reads_it(tmp_path):
         pd.testing.assert_frame_equal(parquet_frame(path), pd.read_parquet(path))
         with path.open("rb") as fh:
             pd.testing.assert_frame_equal(parquet_frame(fh), pd.read_parquet(path))
+        pd.testing.assert_frame_equal(parquet_frame(path, ["s", "x", "nope"]), pd.read_parquet(path, columns=["x", "s"]))
     empty = tmp_path / "empty.parquet"
     frame.iloc[:0].to_parquet(empty, index=False)
     pd.testing.assert_frame_equal(parquet_frame(empty), pd.read_parquet(empty))

@@ -19,9 +19,10 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
     return make_source(data).read(project, nrows=nrows, cache_dir=cache_dir, write_cache=write_cache)
 
 
-def read_snapshot(path: str | Path) -> pd.DataFrame:
-    """A Parquet snapshot as a DataFrame, and the memory its Arrow read used handed back (release_arrow_memory)."""
-    frame = parquet_frame(path)
+def read_snapshot(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet snapshot (or those of `columns` it has) as a DataFrame, and the memory its Arrow read used handed
+    back (release_arrow_memory)."""
+    frame = parquet_frame(path, columns)
     release_arrow_memory()
     return frame
 

@@ -210,7 +210,7 @@ class FileSource(DataSource):
         return missing_columns(self.config, [str(c) for c in head.columns])
 
 
-def parquet_frame(where: Any) -> pd.DataFrame:
+def parquet_frame(where: Any, columns: list[str] | None = None) -> pd.DataFrame:
     """A whole Parquet file (a path or an open file) as the DataFrame `pd.read_parquet` gives, at about half its
     memory peak: decoded one column at a time, and each column's Arrow buffers freed as soon as it is converted
     (`split_blocks`, `self_destruct`). bench/README.md, "bench: scale": 10M rows peaked at 1.3 GB over the
@@ -226,6 +226,9 @@ def parquet_frame(where: Any) -> pd.DataFrame:
     try:
         pf = pq.ParquetFile(where)
         schema = pf.schema_arrow
+        if columns is not None:  # those of them the file has, and the index pandas stored as columns
+            index = [c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)]
+            schema = pa.schema([f for f in schema if f.name in columns or f.name in index], metadata=schema.metadata)
         table = pa.Table.from_arrays([pf.read(columns=[name]).column(0) for name in schema.names], schema=schema)
         return table.to_pandas(split_blocks=True, self_destruct=True)
     finally:

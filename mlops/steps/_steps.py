@@ -328,12 +328,21 @@ _splits: dict[tuple[str, str, str], Any] = {}
 
 
 def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
-    from mlops.training import split_frame
+    from mlops.data import read_snapshot
+    from mlops.training import split_frame, split_positions
 
-    key = (snapshot.path, stack.cfg.data.model_dump_json(), stack.cfg.model.task)
+    data, task = stack.cfg.data, stack.cfg.model.task
+    key = (snapshot.path, data.model_dump_json(), task)
     if key not in _splits:
         _splits.clear()  # one split at a time: the one before is not needed any more
-        _splits[key] = split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task, consume=True)
+        # The positions from the target column alone, before the frame is read: a stratified split of 10M rows
+        # allocates ~0.85 GB, which would otherwise sit on top of the whole frame (bench/README.md, "bench: scale").
+        target = read_snapshot(snapshot.path, [data.target])
+        positions = None
+        if data.target in target.columns and not target[data.target].isna().any():
+            positions = split_positions(target[data.target], data, task)
+        del target
+        _splits[key] = split_frame(_frame(snapshot), data, task, consume=True, positions=positions)
         _release_memory()  # the whole frame's, read and freed
     return _splits[key]
 
