@@ -363,3 +363,34 @@ def test_level_3_refresh_ingests_only_new_rows_warm_starts_and_gates(tmp_path, s
         subprocess.run([sys.executable, "-m", "mlops.cli", "down", *LIVE], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert all(port_free("127.0.0.1", p) for p in LIVE_PORTS)
+
+
+def test_the_plan_of_an_incremental_recipe_says_what_ingest_reads_and_claims_no_key(tmp_path, churn):
+    """`mlops plan` at level 1+ with data.incremental: the training data is a window over snapshots that only
+    exist once the new rows are read, so the plan names the watermark it reads past and no training key (it used
+    to fingerprint a full read, a key `up` never trains under)."""
+    from mlops.plan import build_plan
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path)
+
+    class Target:
+        state_dir = stack.state_dir
+
+        def planned_services(self) -> list[dict[str, str]]:
+            return [{"name": "prefect", "action": "start", "url": "http://127.0.0.1:1/api"},
+                    {"name": "triton", "action": "start", "url": "http://127.0.0.1:2"}]
+
+    def actions() -> tuple[dict[str, str], object]:
+        plan = build_plan(stack.cfg, ROOT, Target())
+        return {s["name"]: s["action"] for s in plan["steps"]}, plan["training_key"]
+
+    before, key = actions()
+    assert key is None and before["ingest"] == "read every row (no snapshot yet: a new updated_at watermark chain)"
+    assert "on data.window all of the chain's snapshots" in before["train"] and "told once the new rows" in before["train"]
+    first = _ingest(stack)
+    after, _ = actions()
+    assert after["ingest"].startswith(f"read the rows with updated_at > {first.incremental['watermark']} "
+                                      f"(chain {first.incremental['chain']}, 1 snapshot(s))")
+    level0 = stack.cfg.model_copy(update={"maturity": stack.cfg.maturity.model_copy(update={"level": 0})})
+    assert build_plan(level0, ROOT, Target())["training_key"]  # level 0 reads everything: the key of a full read is the one `up` trains under

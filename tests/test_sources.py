@@ -238,6 +238,50 @@ def test_an_fsspec_url_reads_through_its_filesystem(tmp_path):
         fs.rm("/sources-test", recursive=True)
 
 
+def test_a_parquet_file_reads_as_pandas_reads_it(tmp_path):
+    """The file source and the snapshots read Parquet row group by row group, freeing Arrow memory as they go
+    (mlops.data._source.parquet_frame): the frame must be pd.read_parquet's, index, nulls and types included."""
+    import numpy as np
+
+    from mlops.data._source import parquet_frame
+
+    n = 2500
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"x": rng.standard_normal(n), "i": rng.integers(0, 5, n), "s": rng.choice(["a", "b", None], n),
+                          "t": pd.date_range("2026-01-01", periods=n, freq="h"), "b": rng.random(n) < 0.5},
+                         index=pd.Index(np.arange(n) * 3, name="row"))
+    frame.loc[frame.index[::7], "x"] = np.nan
+    for index, name in ((True, "indexed.parquet"), (False, "plain.parquet")):
+        path = tmp_path / name
+        frame.to_parquet(path, index=index, row_group_size=1000)  # three row groups
+        pd.testing.assert_frame_equal(parquet_frame(path), pd.read_parquet(path))
+        with path.open("rb") as fh:
+            pd.testing.assert_frame_equal(parquet_frame(fh), pd.read_parquet(path))
+        pd.testing.assert_frame_equal(parquet_frame(path, ["s", "x", "nope"]), pd.read_parquet(path, columns=["x", "s"]))
+    empty = tmp_path / "empty.parquet"
+    frame.iloc[:0].to_parquet(empty, index=False)
+    pd.testing.assert_frame_equal(parquet_frame(empty), pd.read_parquet(empty))
+
+
+def test_a_snapshot_written_a_row_group_at_a_time_reads_back_as_to_parquet_writes_it(tmp_path, monkeypatch):
+    import numpy as np
+
+    from mlops.data import _ingest, write_snapshot
+
+    monkeypatch.setattr(_ingest, "SNAPSHOT_ROW_GROUP", 700)
+    n = 2500
+    rng = np.random.default_rng(5)
+    frame = pd.DataFrame({"x": rng.standard_normal(n), "i": rng.integers(0, 5, n), "s": [None] * 800 + ["a"] * (n - 800),
+                          "t": pd.date_range("2026-01-01", periods=n, freq="h")}, index=np.arange(n) + 7)
+    frame.loc[frame.index[::9], "x"] = np.nan
+    for part in (frame, frame.iloc[:0]):
+        write_snapshot(part, tmp_path / "ours.parquet")
+        part.to_parquet(tmp_path / "theirs.parquet", index=False)
+        ours, theirs = pd.read_parquet(tmp_path / "ours.parquet"), pd.read_parquet(tmp_path / "theirs.parquet")
+        pd.testing.assert_frame_equal(ours, theirs)
+    assert pd.api.types.is_object_dtype(ours["s"])  # a first row group of nulls only keeps the column's type
+
+
 def test_a_missing_folder_is_a_problem_on_data_path(tmp_path):
     assert make_source(dataset("data/nope")).check(tmp_path) == [
         ("data.path", f"no folder, and no Parquet files whose names start with it, at {tmp_path}/data/nope",

@@ -13,7 +13,8 @@ from _training_cfg import breast_cancer, fitted, synthetic_cfg, synthetic_frame
 
 import mlops.training
 from mlops.errors import DataError
-from mlops.training import Split, TabularMLP, evaluate, fit, load_module, predict_frame, split_frame
+from mlops.training import (Split, TabularMLP, evaluate, fit, load_module, predict_frame, split_frame,
+                            split_positions)
 
 
 def test_public_api_is_sorted_and_complete():
@@ -224,3 +225,51 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     assert class_indices(y, ["maybe", "no", "yes"], "t").tolist() == [2, 1, 1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['maybe'\]"):
         class_indices(y, ["no", "yes"], "t")
+
+
+def test_preprocessing_statistics_column_by_column_match_the_whole_array():
+    """fit_preprocessing computes each numeric column's mean and std on its own (memory: one column's float64
+    copies at a time); the numbers must be those of nanmean/nanstd over the whole float32-rounded [N, k] array,
+    to the bit, NaNs, a constant column and an all-NaN column included."""
+    from mlops.features import numeric_array
+    from mlops.training._module import fit_preprocessing
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    frame = pd.DataFrame({"a": rng.standard_normal(n) * 1e3 + 1e6, "b": rng.exponential(2.0, n),
+                          "c": np.full(n, 3.0), "d": np.full(n, np.nan), "i": rng.integers(0, 9, n),
+                          "y": rng.integers(0, 2, n)})
+    frame.loc[rng.random(n) < 0.05, "a"] = np.nan
+    _, cfg = breast_cancer()
+    data = cfg.data.model_copy(update={"numeric": ["a", "b", "c", "d", "i"], "categorical": [], "target": "y"})
+    stats = fit_preprocessing("classification", data, frame)
+    # What fit_preprocessing computed before: the whole [N, k] float32 array as pandas gives it, in float64.
+    whole = frame[data.numeric].to_numpy(dtype=np.float32, na_value=np.nan).astype(np.float64)
+    np.testing.assert_array_equal(numeric_array(frame, data.numeric), whole.astype(np.float32))
+    with np.errstate(all="ignore"):
+        mean, std = np.nan_to_num(np.nanmean(whole, axis=0)), np.nan_to_num(np.nanstd(whole, axis=0))
+    std[std == 0] = 1.0
+    assert stats["num_mean"] == mean.tolist() and stats["num_std"] == std.tolist()
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_a_consumed_frame_splits_into_the_same_three_frames(stratify):
+    """split_frame(consume=True) splits column by column, dropping each column from the frame (memory: the frame
+    and its split are never both whole); the three frames must be those of the ordinary split."""
+    frame = synthetic_frame(n=600, seed=4)
+    frame["extra"] = np.arange(len(frame))  # a column the recipe does not use
+    cfg = synthetic_cfg()
+    data = cfg.data.model_copy(update={"split": cfg.data.split.model_copy(update={"stratify": stratify})})
+    want = split_frame(frame.copy(), data, "classification")
+    got = split_frame(frame, data, "classification", consume=True)
+    for name in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(getattr(got, name), getattr(want, name))
+    # A frame with other columns is split through a selection of the recipe's (it is left whole); a frame of
+    # just the recipe's columns, as a snapshot is, gives them up one by one.
+    assert list(frame.columns) == ["a", "b", "colour", "noise", "label", "extra"]
+    exact = frame[[*data.features, data.target]].copy()
+    positions = split_positions(frame[data.target], data, "classification")  # from the target alone, first
+    again = split_frame(exact, data, "classification", consume=True, positions=positions)
+    assert list(exact.columns) == []
+    for name in ("train", "val", "test"):
+        pd.testing.assert_frame_equal(getattr(again, name), getattr(want, name))

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from mlops.data._source import make_source
+from mlops.data._source import make_source, parquet_frame
 from mlops.recipe.schema import DataConfig
 
 
@@ -17,6 +17,40 @@ def read_frame(data: DataConfig, project: Path, *, nrows: int | None = None, cac
     """The source as a DataFrame, read by its flavor. `cache_dir` keeps slow sources (read-only unless
     `write_cache`)."""
     return make_source(data).read(project, nrows=nrows, cache_dir=cache_dir, write_cache=write_cache)
+
+
+def read_snapshot(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A Parquet snapshot (or those of `columns` it has) as a DataFrame, and the memory its Arrow read used handed
+    back (release_arrow_memory)."""
+    frame = parquet_frame(path, columns)
+    release_arrow_memory()
+    return frame
+
+
+# Rows converted to Arrow at a time when a snapshot is written (one row group each).
+SNAPSHOT_ROW_GROUP = 1_000_000
+
+
+def write_snapshot(frame: pd.DataFrame, path: str | Path) -> None:
+    """`frame.to_parquet(path, index=False)`, converting one row group at a time: the Arrow copy of the whole frame
+    that to_parquet makes first is the frame's size again (1 GB at 10M rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), SNAPSHOT_ROW_GROUP):
+            part = frame.iloc[start:start + SNAPSHOT_ROW_GROUP]
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+
+
+def release_arrow_memory() -> None:
+    """Give the memory Arrow's pool keeps after its buffers are freed back to the OS. Its allocator (mimalloc or
+    jemalloc) keeps freed pages for the next allocation; after reading a snapshot that is the size of the table,
+    and a step that reads 10M rows kept ~1 GB more resident than it used (bench/README.md, "bench: scale")."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 def read_after(data: DataConfig, project: Path, after: Any) -> pd.DataFrame:

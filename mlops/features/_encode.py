@@ -45,7 +45,12 @@ def _column_strings(series: pd.Series) -> np.ndarray:
 def numeric_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """The numeric columns as float32 ``[N, len(columns)]``; missing values become NaN (the model imputes them)."""
     try:
-        return frame[columns].to_numpy(dtype=np.float32, na_value=np.nan).reshape(len(frame), len(columns))
+        # Column by column into the float32 result: `frame[columns]` first would copy every column as it is (a
+        # float64 copy of the whole training split, 0.5 GB at 7M rows, bench/README.md "bench: scale").
+        out = np.empty((len(frame), len(columns)), dtype=np.float32)
+        for j, c in enumerate(columns):
+            out[:, j] = frame[c].to_numpy(dtype=np.float32, na_value=np.nan)
+        return out
     except (TypeError, ValueError) as e:
         raise PredictError(
             f"the numeric columns {columns} hold values that are not numbers ({e}); send numbers, or null for "

@@ -50,6 +50,7 @@ open_runs: dict[str, Any] = {}
 
 
 def end_open_runs(status: str) -> None:
+    drop_split()
     while open_runs:
         open_runs.popitem()[1].end_run(status)
 
@@ -78,7 +79,7 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     With `data.incremental` (level 1+) only the rows past the current chain's watermark are read, and the
     snapshot holds just those; none past it gives back the chain's latest snapshot, `new_rows` 0. `full` reads
     everything and starts a new chain (`mlops data refresh --full`)."""
-    from mlops.data import read_after, read_frame, repair_frame, watermark
+    from mlops.data import read_after, read_frame, release_arrow_memory, repair_frame, watermark
 
     cfg = stack.cfg
     inc = cfg.data.incremental if incremental(stack) else None
@@ -90,8 +91,11 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
 
         after = bound(last["incremental"]["watermark"], last["incremental"]["type"]) if last else None
         frame = read_after(cfg.data, stack.project, after)
+    release_arrow_memory()  # the read's buffers, before the fingerprint and the snapshot's write allocate theirs
     used = list(cfg.data.columns)
-    frame = frame[used if inc is None or inc.column in used else [*used, inc.column]]
+    used = used if inc is None or inc.column in used else [*used, inc.column]
+    if list(frame.columns) != used:  # a source that read just these, in this order, needs no copy of the frame
+        frame = frame[used]
     about: dict[str, Any] = {}
     if inc is not None:
         if last is not None and not len(frame):
@@ -104,19 +108,22 @@ def ingest(stack: Stack, full: bool = False) -> DatasetSnapshot:
     # ever sees an unusable value; with `reject` (the default) validate reports them instead.
     frame, repairs = repair_frame(frame, cfg.data, cfg.model.task)
     fp, path = _snapshot_file(stack, frame)
-    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=len(frame), key=training_key(cfg, fp),
+    rows = len(frame)
+    del frame
+    release_arrow_memory()
+    return DatasetSnapshot(fingerprint=fp, path=str(path), rows=rows, key=training_key(cfg, fp),
                            repairs=repairs, incremental=about)
 
 
 def _snapshot_file(stack: Stack, frame: Any) -> tuple[str, Path]:
     """The frame's content fingerprint and its Parquet snapshot, written once per content (atomically)."""
-    from mlops.data import fingerprint
+    from mlops.data import fingerprint, write_snapshot
 
     fp = fingerprint(frame)
     path = stack.layout.snapshot(stack.cfg.name, fp)
     if not path.exists():
-        with atomic_path(path) as tmp:  # straight to the file: no in-memory copy of the whole Parquet file
-            frame.to_parquet(tmp, index=False)
+        with atomic_path(path) as tmp:  # straight to the file, a row group at a time: no copy of the whole frame
+            write_snapshot(frame, tmp)
     return fp, path
 
 
@@ -198,9 +205,9 @@ def _frame(snapshot: DatasetSnapshot) -> Any:
 
 
 def _frame_at(path: str) -> Any:
-    import pandas as pd
+    from mlops.data import read_snapshot
 
-    return pd.read_parquet(path)
+    return read_snapshot(path)
 
 
 def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
@@ -215,6 +222,8 @@ def validate(stack: Stack, snapshot: DatasetSnapshot) -> ValidatedData:
     delta = snapshot.incremental.get("after") is not None
     report, batch, problems = check_frame(stack, frame[cfg.data.columns] if
                                           snapshot.incremental else frame, f"the batch {snapshot.path}", delta=delta)
+    del frame
+    _release_memory()
     if problems:
         where = quarantine(stack.state_dir, cfg.name, snapshot.fingerprint, Path(snapshot.path), problems, batch,
                            source=cfg.data.describe(), **({"bad_files": report.bad_files} if report.bad_files else {}))
@@ -313,10 +322,48 @@ def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
 
 
 # ---------------------------------------------------------------- model
-def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
-    from mlops.training import split_frame
+# The split of the snapshot that train, evaluate and register use in turn, read once per process: (snapshot path,
+# data config, task) -> Split. Snapshots are content-addressed, so a path names one content. `register` drops it.
+_splits: dict[tuple[str, str, str], Any] = {}
 
-    return split_frame(_frame(snapshot), stack.cfg.data, stack.cfg.model.task)
+
+def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
+    from mlops.data import read_snapshot
+    from mlops.training import split_frame, split_positions
+
+    data, task = stack.cfg.data, stack.cfg.model.task
+    key = (snapshot.path, data.model_dump_json(), task)
+    if key not in _splits:
+        _splits.clear()  # one split at a time: the one before is not needed any more
+        # The positions from the target column alone, before the frame is read: a stratified split of 10M rows
+        # allocates ~0.85 GB, which would otherwise sit on top of the whole frame (bench/README.md, "bench: scale").
+        target = read_snapshot(snapshot.path, [data.target])
+        positions = None
+        if data.target in target.columns and not target[data.target].isna().any():
+            positions = split_positions(target[data.target], data, task)
+        del target
+        _splits[key] = split_frame(_frame(snapshot), data, task, consume=True, positions=positions)
+        _release_memory()  # the whole frame's, read and freed
+    return _splits[key]
+
+
+def drop_split() -> None:
+    """Forget the split `_split` kept (its frames are freed with it)."""
+    _splits.clear()
+    _release_memory()
+
+
+def _release_memory(collect: bool = False) -> None:
+    """Hand back what the step freed: Arrow's pool keeps freed buffers (release_arrow_memory); with `collect`,
+    objects in reference cycles first (a Lightning Trainer and the module, loaders and tensors it holds are
+    freed by the cyclic collector, whenever it runs: maybe during the next step, at its peak)."""
+    from mlops.data import release_arrow_memory
+
+    if collect:
+        import gc
+
+        gc.collect()
+    release_arrow_memory()
 
 
 def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> TrainedModel:
@@ -335,6 +382,7 @@ def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> Tr
         init = stack.model_store.get(cfg.name, snapshot.warm_from).file("model.ckpt")
     result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress,
                  project=Path(stack.project), init_from=init)
+    _release_memory(collect=True)
     return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
                         epochs=result.epochs, tracking_run_id=run_id)
 
@@ -386,6 +434,7 @@ def register(stack: Stack, snapshot: DatasetSnapshot, trained: TrainedModel, met
     compute = train_dir / "compute.json"  # written by fit: the strategy and the ranks that trained
     if compute.is_file():
         lineage["compute"] = json.loads(compute.read_text())
+    drop_split()  # the last step that reads the split
     mv = stack.model_store.register(cfg.name, files, lineage)
     if (tracker := open_runs.pop(trained.tracking_run_id, None)) is not None:
         tracker.log_dict(mv.lineage, "lineage.json")

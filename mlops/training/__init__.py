@@ -11,7 +11,7 @@ Importing this package imports torch and Lightning.
 from mlops.training._fit import FitResult, evaluate, fit
 from mlops.training._family import ModelFamily, load_module, model_family
 from mlops.training._module import TabularDataModule, TabularMLP, predict_frame
-from mlops.training._split import Split, split_frame
+from mlops.training._split import Split, split_frame, split_positions
 
 __all__ = [
     "FitResult",
@@ -25,4 +25,5 @@ __all__ = [
     "model_family",
     "predict_frame",
     "split_frame",
+    "split_positions",
 ]

@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from mlops._atomic import fsync_path, write_atomic
 from mlops.errors import ConfigError, MlopsError, Problem
-from mlops.recipe.schema import Config
+from mlops.recipe.schema import ComputeConfig, Config
 from mlops.training import _ddp
 from mlops.training._family import load_checkpoint, model_family
 from mlops.training._module import TabularDataModule, TabularMLP
@@ -50,70 +50,74 @@ class FitResult:
     resumed_after: int | None = None  # epochs an interrupted fit had finished, when this one resumed it
 
 
-class _History(pl.Callback):
-    def __init__(self) -> None:
+class _FitRecord(_ddp.RankRecord):
+    """What the framework records of a fit, in one callback, last in the list: at every epoch's end the history
+    row, the finite-metrics check, then the full training state in ``last`` (atomically); at the fit's end the
+    ranks (RankRecord). One callback rather than four, because Lightning calls every hook of every callback at
+    every step, whether it does anything or not (bench/README.md, "bench: scale")."""
+
+    def __init__(self, out_dir: Path, compute: ComputeConfig, last: Path) -> None:
+        super().__init__(out_dir, compute)
+        self.last = last
         self.rows: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # By now the epoch's train metrics are reduced and this epoch's validation has run.
+        # By now the epoch's train metrics are reduced, this epoch's validation has run, and the best checkpoint
+        # and early stopping (earlier in the list) have seen it.
         metrics = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())}
         self.rows.append({"epoch": trainer.current_epoch, **metrics})
+        _require_finite(trainer)
+        _save_last(trainer, self.last)
 
-    # Saved in last.ckpt, so a resumed fit's history still has the epochs before the interruption.
-    def state_dict(self) -> dict[str, list[dict[str, float]]]:
-        return {"rows": list(self.rows)}
-
-    def load_state_dict(self, state_dict: dict[str, list[dict[str, float]]]) -> None:
-        self.rows = list(state_dict["rows"])
-
-
-class _LastCheckpoint(pl.Callback):
-    """Save the full training state to ``path`` at the end of every epoch, atomically (a SIGKILL mid-write leaves
-    the previous epoch's file), after the other callbacks' epoch end (it is last in the list) so their state
-    (history, early stopping) is in it. The RNG states go in too: the resumed epochs shuffle and drop out as the
-    uninterrupted fit would have."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)  # every rank calls it; only global rank 0 writes
-        if trainer.is_global_zero:
-            fsync_path(tmp)
-            os.replace(tmp, self.path)
-            fsync_path(self.path.parent)
-
+    # Saved in last.ckpt: a resumed fit's history still has the epochs before the interruption, and its RNGs
+    # shuffle and drop out as the uninterrupted fit would have.
     def state_dict(self) -> dict[str, Any]:
-        # Tensors and plain tuples only: Lightning loads checkpoints with torch.load(weights_only=True).
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        return {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+        return {"rows": list(self.rows), **_rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Restored as Lightning restores the checkpoint, before it builds the resumed epoch's data iterator (whose
-        # shuffle seed is drawn from torch's RNG), as in the uninterrupted fit after this epoch's end.
-        torch.set_rng_state(state_dict["torch"])
-        kind, keys, pos, has_gauss, gauss = state_dict["numpy"]
-        np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-        random.setstate(state_dict["python"])
+        self.rows = list(state_dict["rows"])
+        _restore_rng(state_dict)
 
 
-class _FiniteMetrics(pl.Callback):
-    """Stops training with an MlopsError the first epoch a loss or metric is NaN or infinite.
+def _save_last(trainer: pl.Trainer, path: Path) -> None:
+    """The full training state to ``path``, atomically (a SIGKILL mid-write leaves the previous epoch's file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp)  # every rank calls it; only global rank 0 writes
+    if trainer.is_global_zero:
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Tensors and plain tuples only: Lightning loads checkpoints with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))}
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    # Restored as Lightning restores the checkpoint, before it builds the resumed epoch's data iterator (whose
+    # shuffle seed is drawn from torch's RNG), as in the uninterrupted fit after this epoch's end.
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def _require_finite(trainer: pl.Trainer) -> None:
+    """Stop training with an MlopsError the first epoch a loss or metric is NaN or infinite.
 
     Lightning's `detect_anomaly` checks every backward pass (slow), and EarlyStopping's `check_finite` only
     stops quietly, keeping an earlier epoch; a non-finite number means the data or the settings are wrong,
     which the user must hear about, naming the epoch and the metric."""
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        bad = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())
-               if v.numel() == 1 and not math.isfinite(float(v))}
-        if bad:
-            shown = ", ".join(f"{k}={v}" for k, v in bad.items())
-            raise MlopsError(f"training stopped at epoch {trainer.current_epoch}: {shown} (not finite), "
-                             "so no model is registered. Hint: look for extreme values in the numeric columns "
-                             "(data.checks.non_finite), or lower model.lr.")
+    bad = {k: float(v) for k, v in sorted(trainer.callback_metrics.items())
+           if v.numel() == 1 and not math.isfinite(float(v))}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise MlopsError(f"training stopped at epoch {trainer.current_epoch}: {shown} (not finite), "
+                         "so no model is registered. Hint: look for extreme values in the numeric columns "
+                         "(data.checks.non_finite), or lower model.lr.")
 
 
 # Multiply-adds per training step (batch rows x parameters) below which one intra-op thread is faster: a step that
@@ -146,6 +150,8 @@ def _tabular_run(threads: int = 1) -> Iterator[None]:
             # compute.num_workers=0 is the deliberate default for tiny data; Lightning would warn on every loader.
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated.*")
+            # TabularMLP.transfer_batch_to_device is the module's own on purpose (a datamodule feeds it).
+            warnings.filterwarnings("ignore", message=r".*overridden `transfer_batch_to_device`.*")
             # A resumed fit finds its own best checkpoint so far in the scratch folder, on purpose.
             warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
             yield
@@ -207,14 +213,14 @@ def fit(
     if resumed_after is None:
         last.unlink(missing_ok=True)  # unreadable (it never is half-written, but a torch upgrade could do it)
         shutil.rmtree(work, ignore_errors=True)  # on a resume the best checkpoint so far is in there: kept
-    history = _History()
     best = ModelCheckpoint(
         dirpath=work, filename="best", monitor=es.monitor, mode=es.mode, save_top_k=1, save_weights_only=True
     )
-    callbacks: list[pl.Callback] = [history, _FiniteMetrics(), best]
+    callbacks: list[pl.Callback] = [best]
     if es.enabled:
         callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience))
-    callbacks += [_ddp.RankRecord(out_dir, cfg.compute), _LastCheckpoint(last)]
+    history = _FitRecord(out_dir, cfg.compute, last)  # last: its last.ckpt holds the others' state
+    callbacks.append(history)
     c = cfg.compute
     trainer = pl.Trainer(
         accelerator=c.accelerator,

@@ -27,10 +27,13 @@ from mlops.training._split import Split
 def fit_preprocessing(task: str, data: DataConfig, train: pd.DataFrame) -> dict[str, Any]:
     """The statistics of the framework's preprocessing, fitted on ``train`` only: numeric means and stds (std 0
     becomes 1), sorted category vocabularies, sorted classes and the regression target's mean and std."""
-    num = numeric_array(train, data.numeric).astype(np.float64)
+    # Column by column: the float64 copies nanmean/nanstd make are one column's, not the whole split's (at 7M
+    # training rows ~1.7 GB less at the peak); the same numbers as over the [N, k] array (test_training.py).
+    mean, std = np.zeros(len(data.numeric)), np.zeros(len(data.numeric))
     with np.errstate(all="ignore"):
-        mean = np.nan_to_num(np.nanmean(num, axis=0)) if data.numeric else np.zeros(0)
-        std = np.nan_to_num(np.nanstd(num, axis=0)) if data.numeric else np.zeros(0)
+        for j, column in enumerate(data.numeric):
+            num = numeric_array(train, [column])[:, 0].astype(np.float64)
+            mean[j], std[j] = np.nan_to_num(np.nanmean(num)), np.nan_to_num(np.nanstd(num))
     # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
     std[std == 0] = 1.0
     strings = categorical_strings(train, data.categorical)
@@ -197,7 +200,8 @@ class TabularMLP(pl.LightningModule):
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
             if stage != "train":  # the training step logs no metric: no softmax for it
-                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage)
+                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage,
+                                   log=batch_idx + 1 == self._batches(stage))
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -205,10 +209,12 @@ class TabularMLP(pl.LightningModule):
             loss = nn.functional.mse_loss(raw, (y - self.target_mean) / self.target_std)
             pred = raw * self.target_std + self.target_mean
             names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
-            for name in names:
+            last = batch_idx + 1 == self._batches(stage)
+            for name in names:  # accumulated every batch, logged once: as log_classification does
                 metric = getattr(self, name)
-                metric(pred, y)
-                self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
+                metric.update(pred, y)
+                if last:
+                    self.log(name, metric, on_step=False, on_epoch=True, batch_size=n)
         # The loss is logged once per epoch (at its last batch), not at every step: Lightning's `log` costs about as
         # much as a small step's forward pass (bench/README.md, "bench: scale"). It is the batch-size-weighted mean
         # over the epoch, as `log(on_epoch=True, batch_size=n)` at every step gave; averaged over the DDP ranks (a
@@ -225,6 +231,22 @@ class TabularMLP(pl.LightningModule):
         if stage == "train":
             return trainer.num_training_batches
         return (trainer.num_val_batches if stage == "val" else trainer.num_test_batches)[0]
+
+    # Lightning's per-step bookkeeping, made cheap for this module (bench/README.md, "bench: scale": it was most of
+    # what `fit` costs over a plain PyTorch loop). Lightning walks every batch through its generic collection
+    # mover, even on the CPU; a batch here is a tuple of CPU tensors that stay where they are.
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if device.type == "cpu" and isinstance(batch, tuple) and all(t.device.type == "cpu" for t in batch):
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning names the running hook in `_current_fx_name` around every hook call, through nn.Module's
+        # __setattr__ (which looks for parameters, modules and buffers): a plain attribute, set as one.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         return self._step(batch, batch_idx, "train")
@@ -270,21 +292,30 @@ def classification_metrics(module: pl.LightningModule, n: int) -> None:
         module.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
 
 
-def log_classification(module: pl.LightningModule, probs: torch.Tensor, y: torch.Tensor, stage: str) -> None:
-    """val_acc, or test_acc, test_f1 and (binary) test_auc of one batch: every built-in classifier's metrics."""
+def log_classification(module: pl.LightningModule, probs: torch.Tensor, y: torch.Tensor, stage: str,
+                       log: bool = True) -> None:
+    """val_acc, or test_acc, test_f1 and (binary) test_auc of one batch: every built-in classifier's metrics.
+
+    The metrics accumulate every batch; `log=False` leaves them unlogged for this batch. Lightning computes a
+    logged metric object over the whole epoch whichever batches logged it, so logging it at the epoch's last
+    batch only gives the same numbers for a fraction of the cost (each `log` moves Lightning's result collection
+    to the device: ~2 ms a step, bench/README.md, "bench: scale")."""
     n = len(y)
     if stage == "val":
-        module.val_acc(probs, y)
-        module.log("val_acc", module.val_acc, on_step=False, on_epoch=True, batch_size=n)
+        module.val_acc.update(probs, y)
+        if log:
+            module.log("val_acc", module.val_acc, on_step=False, on_epoch=True, batch_size=n)
     elif stage == "test":
-        module.test_acc(probs, y)
-        module.log("test_acc", module.test_acc, on_step=False, on_epoch=True, batch_size=n)
+        module.test_acc.update(probs, y)
         binary = probs.shape[1] == 2
-        module.test_f1(probs[:, 1] if binary else probs, y)
-        module.log("test_f1", module.test_f1, on_step=False, on_epoch=True, batch_size=n)
+        module.test_f1.update(probs[:, 1] if binary else probs, y)
         if binary:
-            module.test_auc(probs[:, 1], y)
-            module.log("test_auc", module.test_auc, on_step=False, on_epoch=True, batch_size=n)
+            module.test_auc.update(probs[:, 1], y)
+        if log:
+            module.log("test_acc", module.test_acc, on_step=False, on_epoch=True, batch_size=n)
+            module.log("test_f1", module.test_f1, on_step=False, on_epoch=True, batch_size=n)
+            if binary:
+                module.log("test_auc", module.test_auc, on_step=False, on_epoch=True, batch_size=n)
 
 
 class SplitDataModule(pl.LightningDataModule):
