@@ -34,7 +34,9 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     from mlops.data import fingerprint, read_frame
 
     frame = read_frame(cfg.data, project, cache_dir=Layout(state_dir).cache)
-    return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
+    fp = fingerprint(frame[[*cfg.data.features, cfg.data.target]])
+    # model.init_from: champion puts the champion's version in the key (as `train` does, mlops.steps.training_data)
+    return Stack(cfg, project, state_dir).warm_start(fp, training_key(cfg, fp))["key"]
 
 
 def _incremental_ingest(cfg: Config, state_dir: Path) -> str:
