@@ -291,21 +291,6 @@ def load(model_name: str, url: str, timeout: float = 120, version: int | None = 
         client.close()
 
 
-def wait_unloaded(model_name: str, url: str, keep: set[str], timeout: float = 120) -> bool:
-    """Wait until no version of ``model_name`` but those in ``keep`` is UNLOADING; False if ``timeout`` passed.
-
-    The python backend takes ~1.3 s to stop a version's stub, and with ``--strict-readiness`` the server
-    reports not ready until it has: a deploy is finished when that is over, not when the new version answers.
-    """
-    deadline = time.monotonic() + timeout
-    while any(m["name"] == model_name and m["state"] == "UNLOADING" and str(m["version"]) not in keep
-              for m in served_models(url)):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(_POLL_S)
-    return True
-
-
 def drain(repo: Path, url: str, timeout: float = DRAIN_TIMEOUT_S, quiet_s: float = DRAIN_QUIET_S) -> dict:
     """Turn ``/v2/health/ready`` false while every model keeps answering, then wait for traffic to stop.
 
