@@ -12,12 +12,15 @@ same intra-op threads (what `fit` chooses) and the same number of epochs, each f
 `mlops.training.fit` (Lightning Trainer, callbacks, checkpoints, history). Order alternates with REPS; the
 fastest of each is kept. TEXTBOOK=1 also times the loop as a tutorial writes it (the stock
 `DataLoader(TensorDataset, batch_size, shuffle=True)`, torch's default threads).
-Prints one JSON line: CPU seconds per epoch of each, measured in this process.
+Prints one JSON line: CPU seconds per epoch of each, measured in this process. SCALE_FIT_GROUPED=1 also times,
+in the same alternation, `plain_grouped` (a diagnostic: the plain loop over a loader that gathers several steps'
+rows at once, as the framework's does).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,7 +34,7 @@ from mlops.data import read_frame
 from mlops.recipe import load
 from mlops.training import fit, split_frame
 from mlops.training._fit import intra_op_threads
-from mlops.training._module import TabularMLP, batch_loader
+from mlops.training._module import BATCH_ROWS, TabularMLP, batch_loader
 
 _DEFAULT_THREADS = torch.get_num_threads()
 
@@ -70,6 +73,40 @@ def plain(cfg, split, textbook: bool = False) -> tuple[float, float]:
     return _clock() - t1, t1 - t0
 
 
+def plain_grouped(cfg, split) -> tuple[float, float]:
+    """A diagnostic, not the baseline: `plain`, but its loader gathers the rows of several steps at once, as the
+    framework's TabularDataModule does (BATCH_ROWS), and the loop steps through them `batch_size` rows at a time:
+    the same steps in the same order. Against `plain` it shows what gathering several steps' rows at once saves;
+    against `fit`, what Lightning's bookkeeping costs."""
+    torch.manual_seed(cfg.seed)
+    t0 = _clock()
+    module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
+    size = cfg.model.batch_size
+    train = batch_loader(TensorDataset(*module.encode(split.train), module.targets(split.train)),
+                         size * max(1, BATCH_ROWS // size), True)
+    val = batch_loader(TensorDataset(*module.encode(split.val), module.targets(split.val)),
+                       size * max(1, BATCH_ROWS // size), False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(intra_op_threads(module, size))
+    t1 = _clock()
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)
+    for _ in range(cfg.model.max_epochs):
+        module.train()
+        for batch in train:
+            for numeric, codes, y in zip(*(t.split(size) for t in batch)):
+                loss = nn.functional.cross_entropy(module._raw(numeric, codes), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        module.eval()
+        with torch.no_grad():
+            for batch in val:
+                for numeric, codes, y in zip(*(t.split(size) for t in batch)):
+                    nn.functional.cross_entropy(module._raw(numeric, codes), y)
+    torch.set_num_threads(threads)
+    return _clock() - t1, t1 - t0
+
+
 def framework(cfg, split) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         t0 = _clock()
@@ -83,10 +120,15 @@ def main(argv: list[str]) -> dict[str, float]:
     frame = read_frame(cfg.data, project)
     split = split_frame(frame, cfg.data, cfg.model.task)
     del frame
-    plain_s, fit_s, setup = [], [], []
+    grouped = os.environ.get("SCALE_FIT_GROUPED") == "1"
+    plain_s, fit_s, setup, grouped_s = [], [], [], []
     for i in range(reps):
-        for which in (("plain", "fit") if i % 2 == 0 else ("fit", "plain")):
-            if which == "plain":
+        order = ("plain", "fit", "grouped") if grouped else ("plain", "fit")
+        for which in (order if i % 2 == 0 else order[::-1]):
+            if which == "grouped":
+                s, prep = plain_grouped(cfg, split)
+                grouped_s.append(s + prep)
+            elif which == "plain":
                 s, prep = plain(cfg, split)
                 plain_s.append(s + prep)
                 setup.append(prep)
@@ -99,6 +141,8 @@ def main(argv: list[str]) -> dict[str, float]:
     if textbook:
         s, _prep = plain(cfg, split, textbook=True)
         extra = {"textbook_s_per_epoch": (s + _prep) / e}
+    if grouped:
+        extra |= {"plain_grouped_s_per_epoch": min(grouped_s) / e, "fit_to_grouped": min(fit_s) / min(grouped_s)}
     # Both totals include building the module and encoding the splits (fit does it inside).
     return {"plain_s_per_epoch": min(plain_s) / e, "fit_s_per_epoch": min(fit_s) / e,
             "plain_setup_s": min(setup), "ratio": min(fit_s) / min(plain_s),

@@ -8,6 +8,7 @@ the exported graph takes raw feature rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -112,6 +113,10 @@ class TabularMLP(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # One optimizer, one step per batch, no clipping or accumulation: the step written out in training_step
+        # rather than through Lightning's optimizer closure (bench/README.md, "bench: scale").
+        self.automatic_optimization = False
+        self.step_rows: int | None = None  # rows per step, when a batch holds several (TabularDataModule sets it)
         self.register_buffer("num_mean", torch.tensor(num_mean, dtype=torch.float32).reshape(len(numeric)))
         self.register_buffer("num_std", torch.tensor(num_std, dtype=torch.float32).reshape(len(numeric)))
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32))
@@ -193,15 +198,15 @@ class TabularMLP(pl.LightningModule):
         return raw * self.target_std + self.target_mean
 
     # ------------------------------------------------------------ Lightning
-    def _step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str, first: bool, last: bool) -> torch.Tensor:
+        """One step's loss (and metrics) over `batch`; `first`/`last`: the epoch's first and last step of `stage`."""
         numeric, codes, y = batch
         raw = self._raw(numeric, codes)
-        n = len(y)
+        n = y.shape[0]
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
             if stage != "train":  # the training step logs no metric: no softmax for it
-                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage,
-                                   log=batch_idx + 1 == self._batches(stage))
+                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage, log=last)
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -209,7 +214,6 @@ class TabularMLP(pl.LightningModule):
             loss = nn.functional.mse_loss(raw, (y - self.target_mean) / self.target_std)
             pred = raw * self.target_std + self.target_mean
             names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
-            last = batch_idx + 1 == self._batches(stage)
             for name in names:  # accumulated every batch, logged once: as log_classification does
                 metric = getattr(self, name)
                 metric.update(pred, y)
@@ -219,12 +223,21 @@ class TabularMLP(pl.LightningModule):
         # much as a small step's forward pass (bench/README.md, "bench: scale"). It is the batch-size-weighted mean
         # over the epoch, as `log(on_epoch=True, batch_size=n)` at every step gave; averaged over the DDP ranks (a
         # no-op in one process), so every rank's early stopping and best checkpoint follow the same number.
-        total, rows = self._loss_sums[stage] if batch_idx else (0.0, 0)
+        total, rows = (0.0, 0) if first else self._loss_sums[stage]
         self._loss_sums[stage] = (total + loss.detach() * n, rows + n)
-        if batch_idx + 1 == self._batches(stage):
+        if last:
             total, rows = self._loss_sums.pop(stage)
             self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return loss
+
+    def _steps(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> Iterator[torch.Tensor]:
+        """The loss of each step in `batch`: `step_rows` rows each, in order (TabularDataModule's batches hold
+        several steps' rows); the whole batch when `step_rows` is unset."""
+        size = self.step_rows or len(batch[-1])
+        parts = list(zip(*(t.split(size) for t in batch))) if len(batch[-1]) > size else [batch]
+        final = batch_idx + 1 == self._batches(stage)
+        for i, part in enumerate(parts):
+            yield self._step(part, stage, first=batch_idx == 0 and i == 0, last=final and i + 1 == len(parts))
 
     def _batches(self, stage: str) -> float:
         trainer = self.trainer
@@ -249,13 +262,20 @@ class TabularMLP(pl.LightningModule):
             super().__setattr__(name, value)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, batch_idx, "train")
+        optimizer = self.optimizers()
+        for loss in self._steps(batch, batch_idx, "train"):
+            optimizer.zero_grad()
+            self.manual_backward(loss)  # the strategy's and precision's backward (DDP's gradient sync, scaling)
+            optimizer.step()  # counts the global step, as the automatic loop does
+        return loss.detach()
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, batch_idx, "val")
+        for _ in self._steps(batch, batch_idx, "val"):
+            pass
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, batch_idx, "test")
+        for _ in self._steps(batch, batch_idx, "test"):
+            pass
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -341,12 +361,17 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader(self.split.test, shuffle=False)
 
 
+# Rows in one Lightning batch of the tabular MLP (a whole number of `model.batch_size` steps)
+BATCH_ROWS = 8192
+
+
 class TabularDataModule(SplitDataModule):
     """The three splits, encoded by the module's own train-fitted preprocessing."""
 
     def __init__(self, module: TabularMLP, split: Split, batch_size: int, num_workers: int = 0):
-        super().__init__(split, batch_size, num_workers)
+        super().__init__(split, batch_size * max(1, BATCH_ROWS // batch_size), num_workers)
         self.module = module
+        module.step_rows = batch_size
 
     def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
         return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
