@@ -113,8 +113,8 @@ class TabularMLP(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        # One optimizer, one step per batch, no clipping or accumulation: the step written out in training_step
-        # rather than through Lightning's optimizer closure (bench/README.md, "bench: scale").
+        # Manual optimization: a TabularDataModule batch holds several steps' rows (BATCH_ROWS) and training_step
+        # takes the steps one by one, so Lightning's per-batch bookkeeping runs once per batch, not per step.
         self.automatic_optimization = False
         self.step_rows: int | None = None  # rows per step, when a batch holds several (TabularDataModule sets it)
         self.register_buffer("num_mean", torch.tensor(num_mean, dtype=torch.float32).reshape(len(numeric)))
@@ -361,7 +361,11 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader(self.split.test, shuffle=False)
 
 
-# Rows in one Lightning batch of the tabular MLP (a whole number of `model.batch_size` steps)
+# Rows in one Lightning batch of the tabular MLP: a whole number of `model.batch_size` steps, which its training_step
+# takes one by one, in order (the same steps as one batch each: test_training.py). Lightning's bookkeeping around a
+# batch (its loop, the hooks of the module and of every callback, the fetcher, the logger) costs the same whatever
+# the batch; at one step per batch it was most of what `fit` cost over a plain loop (bench/README.md, "bench:
+# scale", "Third pass: training path").
 BATCH_ROWS = 8192
 
 
