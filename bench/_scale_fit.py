@@ -13,8 +13,8 @@ same intra-op threads (what `fit` chooses) and the same number of epochs, each f
 fastest of each is kept. TEXTBOOK=1 also times the loop as a tutorial writes it (the stock
 `DataLoader(TensorDataset, batch_size, shuffle=True)`, torch's default threads).
 Prints one JSON line: CPU seconds per epoch of each, measured in this process. SCALE_FIT_GROUPED=1 also times,
-in the same alternation, `plain_grouped` (a diagnostic: the plain loop over a loader that gathers several steps'
-rows at once, as the framework's does).
+in the same alternation, `plain(grouped=True)` (a diagnostic: the plain loop over a loader that gathers several
+steps' rows at once, as the framework's does).
 """
 
 from __future__ import annotations
@@ -45,13 +45,19 @@ def _clock() -> float:
     return time.process_time()
 
 
-def plain(cfg, split, textbook: bool = False) -> tuple[float, float]:
-    """(seconds for the epochs, seconds to build the module and the loaders): a plain PyTorch loop."""
+def plain(cfg, split, textbook: bool = False, grouped: bool = False) -> tuple[float, float]:
+    """(seconds for the epochs, seconds to build the module and the loaders): a plain PyTorch loop. `grouped` (a
+    diagnostic, not the baseline): the same steps from a loader that gathers the rows of several steps at once,
+    as the framework's TabularDataModule does (BATCH_ROWS). Against the plain loop it shows what that gathering
+    saves; against `fit`, what Lightning's bookkeeping costs."""
     torch.manual_seed(cfg.seed)
     t0 = _clock()
     module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
     loader = (lambda ds, shuffle: DataLoader(ds, batch_size=cfg.model.batch_size, shuffle=shuffle)) if textbook \
         else (lambda ds, shuffle: batch_loader(ds, cfg.model.batch_size, shuffle))
+    if grouped:
+        rows = cfg.model.batch_size * max(1, BATCH_ROWS // cfg.model.batch_size)
+        loader = lambda ds, shuffle: _Steps(batch_loader(ds, rows, shuffle), cfg.model.batch_size)  # noqa: E731
     train = loader(TensorDataset(*module.encode(split.train), module.targets(split.train)), True)
     val = loader(TensorDataset(*module.encode(split.val), module.targets(split.val)), False)
     threads = torch.get_num_threads()
@@ -73,38 +79,15 @@ def plain(cfg, split, textbook: bool = False) -> tuple[float, float]:
     return _clock() - t1, t1 - t0
 
 
-def plain_grouped(cfg, split) -> tuple[float, float]:
-    """A diagnostic, not the baseline: `plain`, but its loader gathers the rows of several steps at once, as the
-    framework's TabularDataModule does (BATCH_ROWS), and the loop steps through them `batch_size` rows at a time:
-    the same steps in the same order. Against `plain` it shows what gathering several steps' rows at once saves;
-    against `fit`, what Lightning's bookkeeping costs."""
-    torch.manual_seed(cfg.seed)
-    t0 = _clock()
-    module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
-    size = cfg.model.batch_size
-    train = batch_loader(TensorDataset(*module.encode(split.train), module.targets(split.train)),
-                         size * max(1, BATCH_ROWS // size), True)
-    val = batch_loader(TensorDataset(*module.encode(split.val), module.targets(split.val)),
-                       size * max(1, BATCH_ROWS // size), False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(intra_op_threads(module, size))
-    t1 = _clock()
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.model.lr, weight_decay=cfg.model.weight_decay)
-    for _ in range(cfg.model.max_epochs):
-        module.train()
-        for batch in train:
-            for numeric, codes, y in zip(*(t.split(size) for t in batch)):
-                loss = nn.functional.cross_entropy(module._raw(numeric, codes), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        module.eval()
-        with torch.no_grad():
-            for batch in val:
-                for numeric, codes, y in zip(*(t.split(size) for t in batch)):
-                    nn.functional.cross_entropy(module._raw(numeric, codes), y)
-    torch.set_num_threads(threads)
-    return _clock() - t1, t1 - t0
+class _Steps:
+    """A loader that gathers several steps' rows at once (`loader`'s batches), yielding them `size` rows at a time."""
+
+    def __init__(self, loader: DataLoader, size: int):
+        self.loader, self.size = loader, size
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield from zip(*(t.split(self.size) for t in batch))
 
 
 def framework(cfg, split) -> tuple[float, int]:
@@ -126,7 +109,7 @@ def main(argv: list[str]) -> dict[str, float]:
         order = ("plain", "fit", "grouped") if grouped else ("plain", "fit")
         for which in (order if i % 2 == 0 else order[::-1]):
             if which == "grouped":
-                s, prep = plain_grouped(cfg, split)
+                s, prep = plain(cfg, split, grouped=True)
                 grouped_s.append(s + prep)
             elif which == "plain":
                 s, prep = plain(cfg, split)
