@@ -12,12 +12,15 @@ same intra-op threads (what `fit` chooses) and the same number of epochs, each f
 `mlops.training.fit` (Lightning Trainer, callbacks, checkpoints, history). Order alternates with REPS; the
 fastest of each is kept. TEXTBOOK=1 also times the loop as a tutorial writes it (the stock
 `DataLoader(TensorDataset, batch_size, shuffle=True)`, torch's default threads).
-Prints one JSON line: CPU seconds per epoch of each, measured in this process.
+Prints one JSON line: CPU seconds per epoch of each, measured in this process. SCALE_FIT_GROUPED=1 also times,
+in the same alternation, `plain(grouped=True)` (a diagnostic: the plain loop over a loader that gathers several
+steps' rows at once, as the framework's does).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -31,7 +34,7 @@ from mlops.data import read_frame
 from mlops.recipe import load
 from mlops.training import fit, split_frame
 from mlops.training._fit import intra_op_threads
-from mlops.training._module import TabularMLP, batch_loader
+from mlops.training._module import BATCH_ROWS, TabularMLP, batch_loader
 
 _DEFAULT_THREADS = torch.get_num_threads()
 
@@ -42,13 +45,19 @@ def _clock() -> float:
     return time.process_time()
 
 
-def plain(cfg, split, textbook: bool = False) -> tuple[float, float]:
-    """(seconds for the epochs, seconds to build the module and the loaders): a plain PyTorch loop."""
+def plain(cfg, split, textbook: bool = False, grouped: bool = False) -> tuple[float, float]:
+    """(seconds for the epochs, seconds to build the module and the loaders): a plain PyTorch loop. `grouped` (a
+    diagnostic, not the baseline): the same steps from a loader that gathers the rows of several steps at once,
+    as the framework's TabularDataModule does (BATCH_ROWS). Against the plain loop it shows what that gathering
+    saves; against `fit`, what Lightning's bookkeeping costs."""
     torch.manual_seed(cfg.seed)
     t0 = _clock()
     module = TabularMLP.from_train(cfg.model, cfg.data, split.train)
     loader = (lambda ds, shuffle: DataLoader(ds, batch_size=cfg.model.batch_size, shuffle=shuffle)) if textbook \
         else (lambda ds, shuffle: batch_loader(ds, cfg.model.batch_size, shuffle))
+    if grouped:
+        rows = cfg.model.batch_size * max(1, BATCH_ROWS // cfg.model.batch_size)
+        loader = lambda ds, shuffle: _Steps(batch_loader(ds, rows, shuffle), cfg.model.batch_size)  # noqa: E731
     train = loader(TensorDataset(*module.encode(split.train), module.targets(split.train)), True)
     val = loader(TensorDataset(*module.encode(split.val), module.targets(split.val)), False)
     threads = torch.get_num_threads()
@@ -70,6 +79,17 @@ def plain(cfg, split, textbook: bool = False) -> tuple[float, float]:
     return _clock() - t1, t1 - t0
 
 
+class _Steps:
+    """A loader that gathers several steps' rows at once (`loader`'s batches), yielding them `size` rows at a time."""
+
+    def __init__(self, loader: DataLoader, size: int):
+        self.loader, self.size = loader, size
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield from zip(*(t.split(self.size) for t in batch))
+
+
 def framework(cfg, split) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
         t0 = _clock()
@@ -83,10 +103,15 @@ def main(argv: list[str]) -> dict[str, float]:
     frame = read_frame(cfg.data, project)
     split = split_frame(frame, cfg.data, cfg.model.task)
     del frame
-    plain_s, fit_s, setup = [], [], []
+    grouped = os.environ.get("SCALE_FIT_GROUPED") == "1"
+    plain_s, fit_s, setup, grouped_s = [], [], [], []
     for i in range(reps):
-        for which in (("plain", "fit") if i % 2 == 0 else ("fit", "plain")):
-            if which == "plain":
+        order = ("plain", "fit", "grouped") if grouped else ("plain", "fit")
+        for which in (order if i % 2 == 0 else order[::-1]):
+            if which == "grouped":
+                s, prep = plain(cfg, split, grouped=True)
+                grouped_s.append(s + prep)
+            elif which == "plain":
                 s, prep = plain(cfg, split)
                 plain_s.append(s + prep)
                 setup.append(prep)
@@ -99,6 +124,8 @@ def main(argv: list[str]) -> dict[str, float]:
     if textbook:
         s, _prep = plain(cfg, split, textbook=True)
         extra = {"textbook_s_per_epoch": (s + _prep) / e}
+    if grouped:
+        extra |= {"plain_grouped_s_per_epoch": min(grouped_s) / e, "fit_to_grouped": min(fit_s) / min(grouped_s)}
     # Both totals include building the module and encoding the splits (fit does it inside).
     return {"plain_s_per_epoch": min(plain_s) / e, "fit_s_per_epoch": min(fit_s) / e,
             "plain_setup_s": min(setup), "ratio": min(fit_s) / min(plain_s),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from _training_cfg import breast_cancer, fitted, synthetic_cfg, synthetic_frame
 
 import mlops.training
 from mlops.errors import DataError
+from mlops.training import _fit, _module
 from mlops.training import (Split, TabularMLP, evaluate, fit, load_module, predict_frame, split_frame,
                             split_positions)
 
@@ -129,6 +131,39 @@ def test_fit_is_deterministic_and_writes_its_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["compute.json", "history.json", "model.ckpt"]
     assert a.checkpoint == tmp_path / "a" / "model.ckpt"
     assert not a.module.training
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_several_steps_per_lightning_batch_are_the_steps_of_one_batch_each(tmp_path, monkeypatch, task):
+    """TabularDataModule hands Lightning BATCH_ROWS rows at a time and the module steps through them batch_size
+    rows at a time (manual optimization): the same optimizer steps, in the same order, as one batch per step
+    (bench/README.md, "Third pass: training path"). 168 training rows in batches of 32: groups of 3 steps, the
+    last group short and its last step 8 rows."""
+    frame = synthetic_frame()
+    if task == "regression":
+        frame = frame.assign(label=frame["a"] * 2.0 + frame["noise"])
+    cfg = synthetic_cfg(max_epochs=3, task=task, dropout=0.2)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"numeric": ["b"]})}) if task == "regression" \
+        else cfg
+    split = split_frame(frame, cfg.data, task)
+    assert len(split.train) % 32 and len(split.train) > 96
+    steps_seen: list[int] = []
+
+    class Count(pl.Callback):
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            steps_seen.append(trainer.global_step)
+
+    results = []
+    for rows in (1, 96):  # one step per Lightning batch; three
+        monkeypatch.setattr(_module, "BATCH_ROWS", rows)
+        monkeypatch.setattr(_fit, "_FitRecord", type("Counted", (_fit._FitRecord, Count), {}))
+        results.append(fit(cfg, split, tmp_path / str(rows)))
+    one, grouped = results
+    assert grouped.history == one.history and grouped.val_metrics == one.val_metrics
+    for x, y in zip(one.module.state_dict().values(), grouped.module.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert evaluate(cfg, grouped.module, split) == evaluate(cfg, one.module, split)
+    assert steps_seen == [3 * -(-len(split.train) // 32)] * 2  # optimizer steps, as Lightning counts them
 
 
 def test_a_different_seed_trains_differently(tmp_path):

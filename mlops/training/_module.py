@@ -8,6 +8,7 @@ the exported graph takes raw feature rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -112,6 +113,10 @@ class TabularMLP(pl.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # Manual optimization: a TabularDataModule batch holds several steps' rows (BATCH_ROWS) and training_step
+        # takes the steps one by one, so Lightning's per-batch bookkeeping runs once per batch, not per step.
+        self.automatic_optimization = False
+        self.step_rows: int | None = None  # rows per step, when a batch holds several (TabularDataModule sets it)
         self.register_buffer("num_mean", torch.tensor(num_mean, dtype=torch.float32).reshape(len(numeric)))
         self.register_buffer("num_std", torch.tensor(num_std, dtype=torch.float32).reshape(len(numeric)))
         self.register_buffer("target_mean", torch.tensor(target_mean, dtype=torch.float32))
@@ -132,7 +137,7 @@ class TabularMLP(pl.LightningModule):
         self.net = nn.Sequential(*layers)
 
         if self.classification:
-            classification_metrics(self, len(classes))
+            classification_metrics(self, len(classes), valid_targets=True)
         else:
             self.val_rmse = torchmetrics.MeanSquaredError(squared=False)
             self.val_mae = torchmetrics.MeanAbsoluteError()
@@ -193,15 +198,15 @@ class TabularMLP(pl.LightningModule):
         return raw * self.target_std + self.target_mean
 
     # ------------------------------------------------------------ Lightning
-    def _step(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, ...], stage: str, first: bool, last: bool) -> torch.Tensor:
+        """One step's loss (and metrics) over `batch`; `first`/`last`: the epoch's first and last step of `stage`."""
         numeric, codes, y = batch
         raw = self._raw(numeric, codes)
-        n = len(y)
+        n = y.shape[0]
         if self.classification:
             loss = nn.functional.cross_entropy(raw, y)
             if stage != "train":  # the training step logs no metric: no softmax for it
-                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage,
-                                   log=batch_idx + 1 == self._batches(stage))
+                log_classification(self, torch.softmax(raw.detach(), dim=1), y, stage, log=last)
         else:
             # The loss is on the standardised target so lr means the same for any target scale; metrics are in
             # target units so they read as the user expects.
@@ -209,7 +214,6 @@ class TabularMLP(pl.LightningModule):
             loss = nn.functional.mse_loss(raw, (y - self.target_mean) / self.target_std)
             pred = raw * self.target_std + self.target_mean
             names = {"val": ("val_rmse", "val_mae"), "test": ("test_rmse", "test_mae", "test_r2")}.get(stage, ())
-            last = batch_idx + 1 == self._batches(stage)
             for name in names:  # accumulated every batch, logged once: as log_classification does
                 metric = getattr(self, name)
                 metric.update(pred, y)
@@ -219,12 +223,21 @@ class TabularMLP(pl.LightningModule):
         # much as a small step's forward pass (bench/README.md, "bench: scale"). It is the batch-size-weighted mean
         # over the epoch, as `log(on_epoch=True, batch_size=n)` at every step gave; averaged over the DDP ranks (a
         # no-op in one process), so every rank's early stopping and best checkpoint follow the same number.
-        total, rows = self._loss_sums[stage] if batch_idx else (0.0, 0)
+        total, rows = (0.0, 0) if first else self._loss_sums[stage]
         self._loss_sums[stage] = (total + loss.detach() * n, rows + n)
-        if batch_idx + 1 == self._batches(stage):
+        if last:
             total, rows = self._loss_sums.pop(stage)
             self.log(f"{stage}_loss", total / rows, on_step=False, on_epoch=True, batch_size=rows, sync_dist=True)
         return loss
+
+    def _steps(self, batch: tuple[torch.Tensor, ...], batch_idx: int, stage: str) -> Iterator[torch.Tensor]:
+        """The loss of each step in `batch`: `step_rows` rows each, in order (TabularDataModule's batches hold
+        several steps' rows); the whole batch when `step_rows` is unset."""
+        size = self.step_rows or len(batch[-1])
+        parts = list(zip(*(t.split(size) for t in batch))) if len(batch[-1]) > size else [batch]
+        final = batch_idx + 1 == self._batches(stage)
+        for i, part in enumerate(parts):
+            yield self._step(part, stage, first=batch_idx == 0 and i == 0, last=final and i + 1 == len(parts))
 
     def _batches(self, stage: str) -> float:
         trainer = self.trainer
@@ -249,13 +262,20 @@ class TabularMLP(pl.LightningModule):
             super().__setattr__(name, value)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, batch_idx, "train")
+        optimizer = self.optimizers()
+        for loss in self._steps(batch, batch_idx, "train"):
+            optimizer.zero_grad()
+            self.manual_backward(loss)  # the strategy's and precision's backward (DDP's gradient sync, scaling)
+            optimizer.step()  # counts the global step, as the automatic loop does
+        return loss.detach()
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, batch_idx, "val")
+        for _ in self._steps(batch, batch_idx, "val"):
+            pass
 
     def test_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        self._step(batch, batch_idx, "test")
+        for _ in self._steps(batch, batch_idx, "test"):
+            pass
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -281,15 +301,18 @@ def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, num_wor
                       collate_fn=_as_batch)
 
 
-def classification_metrics(module: pl.LightningModule, n: int) -> None:
-    """The classifier metrics `log_classification` logs, as `module`'s attributes (n classes)."""
-    module.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
-    module.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro")
+def classification_metrics(module: pl.LightningModule, n: int, valid_targets: bool = False) -> None:
+    """The classifier metrics `log_classification` logs, as `module`'s attributes (n classes). `valid_targets`: the
+    targets are class indices 0..n-1 and the predictions probabilities by construction (class_indices, softmax),
+    so torchmetrics need not check them at every batch (half of an update's time, the same numbers)."""
+    check = {"validate_args": not valid_targets}
+    module.val_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro", **check)
+    module.test_acc = torchmetrics.classification.MulticlassAccuracy(n, average="micro", **check)
     if n == 2:
-        module.test_f1 = torchmetrics.classification.BinaryF1Score()
-        module.test_auc = torchmetrics.classification.BinaryAUROC()
+        module.test_f1 = torchmetrics.classification.BinaryF1Score(**check)
+        module.test_auc = torchmetrics.classification.BinaryAUROC(**check)
     else:
-        module.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro")
+        module.test_f1 = torchmetrics.classification.MulticlassF1Score(n, average="macro", **check)
 
 
 def log_classification(module: pl.LightningModule, probs: torch.Tensor, y: torch.Tensor, stage: str,
@@ -341,12 +364,21 @@ class SplitDataModule(pl.LightningDataModule):
         return self._loader(self.split.test, shuffle=False)
 
 
+# Rows in one Lightning batch of the tabular MLP: a whole number of `model.batch_size` steps, which its training_step
+# takes one by one, in order (the same steps as one batch each: test_training.py). Lightning's bookkeeping around a
+# batch (its loop, the hooks of the module and of every callback, the fetcher, the logger) costs the same whatever
+# the batch; at one step per batch it was most of what `fit` cost over a plain loop (bench/README.md, "bench:
+# scale", "Third pass: training path").
+BATCH_ROWS = 8192
+
+
 class TabularDataModule(SplitDataModule):
     """The three splits, encoded by the module's own train-fitted preprocessing."""
 
     def __init__(self, module: TabularMLP, split: Split, batch_size: int, num_workers: int = 0):
-        super().__init__(split, batch_size, num_workers)
+        super().__init__(split, batch_size * max(1, BATCH_ROWS // batch_size), num_workers)
         self.module = module
+        module.step_rows = batch_size
 
     def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
         return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
