@@ -204,7 +204,7 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     that of converting every value (mlops.features._as_string, the vocabulary dict, the class dict)."""
     from mlops.features import categorical_strings
     from mlops.features._encode import _as_string
-    from mlops.training._module import category_codes, class_indices
+    from mlops.training._module import category_codes, class_indices, frame_category_codes
 
     frame = pd.DataFrame({
         "s": ["a", None, "b", np.nan, "a", ""],
@@ -221,6 +221,9 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     assert got[:, columns.index("mixed")].tolist() == ["True", "1", "1", "", "3", "True"]
     lookups = [{v: i + 1 for i, v in enumerate(sorted(set(want[:, j]) - {""})[:2])} for j in range(len(columns))]
     assert category_codes(got, lookups).tolist() == [[lk.get(s, 0) for lk, s in zip(lookups, row)] for row in want]
+    # The module's encoding goes from the frame straight to codes (no object array of strings): the same codes.
+    assert frame_category_codes(frame, columns, lookups).tolist() == category_codes(got, lookups).tolist()
+    assert frame_category_codes(frame.iloc[:0], columns, lookups).shape == (0, len(columns))
     y = pd.Series(["yes", "no", "no", "maybe", "yes"])
     assert class_indices(y, ["maybe", "no", "yes"], "t").tolist() == [2, 1, 1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['maybe'\]"):

@@ -34,7 +34,9 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     from mlops.data import fingerprint, read_frame
 
     frame = read_frame(cfg.data, project, cache_dir=Layout(state_dir).cache)
-    return training_key(cfg, fingerprint(frame[[*cfg.data.features, cfg.data.target]]))
+    # The used columns' fingerprint without a copy of them: `up` asks this before its flow, in the same process
+    # (bench/README.md, "bench: scale", third pass: the copy was `up`'s peak at 10M rows).
+    return training_key(cfg, fingerprint(frame, [*cfg.data.features, cfg.data.target]))
 
 
 def _incremental_ingest(cfg: Config, state_dir: Path) -> str:

@@ -19,7 +19,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mlops.errors import DataError
-from mlops.features import categorical_strings, numeric_array
+from mlops.features import numeric_array
+from mlops.features._encode import string_codes
 from mlops.recipe.schema import DataConfig, ModelConfig
 from mlops.training._split import Split
 
@@ -36,8 +37,8 @@ def fit_preprocessing(task: str, data: DataConfig, train: pd.DataFrame) -> dict[
             mean[j], std[j] = np.nan_to_num(np.nanmean(num)), np.nan_to_num(np.nanstd(num))
     # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
     std[std == 0] = 1.0
-    strings = categorical_strings(train, data.categorical)
-    categories = [sorted(set(strings[:, j]) - {""}) for j in range(len(data.categorical))]
+    # Each column's distinct strings (string_codes), not an object array of the whole split.
+    categories = [sorted(set(string_codes(train[c])[1].tolist()) - {""}) for c in data.categorical]
     y = train[data.target]
     if task == "classification":
         classes = sorted(pd.unique(y).tolist())
@@ -60,9 +61,22 @@ def category_codes(strings: np.ndarray, lookups: list[dict[str, int]]) -> np.nda
     each distinct string looked up once, not once per row."""
     codes = np.zeros((len(strings), len(lookups)), dtype=np.int64)
     for j, lookup in enumerate(lookups):
-        found, uniques = pd.factorize(strings[:, j])
-        codes[:, j] = np.array([lookup.get(s, 0) for s in uniques], dtype=np.int64)[found]
+        codes[:, j] = _looked_up(*pd.factorize(strings[:, j]), lookup)
     return codes
+
+
+def frame_category_codes(frame: pd.DataFrame, columns: list[str], lookups: list[dict[str, int]]) -> np.ndarray:
+    """``category_codes(categorical_strings(frame, columns), lookups)`` without the object array of strings of
+    the whole frame in between (at 7M training rows and 2 columns: ~110 MB, and the hashing of 14M strings)."""
+    codes = np.zeros((len(frame), len(lookups)), dtype=np.int64)
+    for j, (column, lookup) in enumerate(zip(columns, lookups, strict=True)):
+        codes[:, j] = _looked_up(*string_codes(frame[column]), lookup)
+    return codes
+
+
+def _looked_up(found: np.ndarray, names: np.ndarray, lookup: dict[str, int]) -> np.ndarray:
+    # Each distinct string looked up once; a code -1 (string_codes' missing value) takes the last name, "".
+    return np.array([lookup.get(s, 0) for s in names], dtype=np.int64)[found]
 
 
 def class_indices(y: pd.Series, classes: list[Any], target: str) -> torch.Tensor:
@@ -167,8 +181,7 @@ class TabularMLP(pl.LightningModule):
     def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw feature rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``, as the ONNX graph sees them."""
         numeric = torch.from_numpy(numeric_array(frame, self.hparams.numeric))
-        return numeric, torch.from_numpy(category_codes(categorical_strings(frame, self.hparams.categorical),
-                                                        self._lookup))
+        return numeric, torch.from_numpy(frame_category_codes(frame, self.hparams.categorical, self._lookup))
 
     def targets(self, frame: pd.DataFrame) -> torch.Tensor:
         y = frame[self.hparams.target]
