@@ -230,6 +230,28 @@ def test_encoding_per_distinct_value_matches_value_by_value():
         class_indices(y, ["no", "yes"], "t")
 
 
+def test_the_shuffled_loader_gives_a_plain_dataloaders_batches():
+    """batch_loader's sampler hands out RandomSampler's permutation a slice at a time (no list of every row
+    position per epoch): the same batches in the same order over epochs, the global RNG left where a plain
+    `DataLoader(shuffle=True)` leaves it, and Lightning still sees a shuffled loader (its distributed sampler)."""
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlops.training._module import batch_loader
+
+    rows = TensorDataset(torch.arange(10_007, dtype=torch.float32), torch.arange(10_007))
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        plain = [y.tolist() for _ in range(2) for _, y in DataLoader(rows, batch_size=64, shuffle=True)]
+        after_plain = torch.rand(3)
+        torch.manual_seed(seed)
+        ours = [y.tolist() for _ in range(2) for _, y in batch_loader(rows, 64, shuffle=True)]
+        assert ours == plain and torch.equal(torch.rand(3), after_plain)
+    assert _is_dataloader_shuffled(batch_loader(rows, 64, shuffle=True))
+    assert not _is_dataloader_shuffled(batch_loader(rows, 64, shuffle=False))
+    assert [y.tolist() for _, y in batch_loader(rows, 5000, shuffle=False)][-1] == list(range(10_000, 10_007))
+
+
 def test_preprocessing_statistics_column_by_column_match_the_whole_array():
     """fit_preprocessing computes each numeric column's mean and std on its own (memory: one column's float64
     copies at a time); the numbers must be those of nanmean/nanstd over the whole float32-rounded [N, k] array,

@@ -8,6 +8,7 @@ the exported graph takes raw feature rows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from mlops.errors import DataError
 from mlops.features import numeric_array
@@ -287,11 +288,30 @@ def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return batch  # _Rows already made the batch; a module-level function, so loader workers can pickle it
 
 
+class _Shuffled(RandomSampler):
+    """`RandomSampler(rows)`: the same permutation from the same draw of torch's global RNG, given out of the
+    permutation tensor a slice at a time. RandomSampler makes a Python list of every row position per epoch (and a
+    second one, discarded, at its end): at 7M training rows ~250 MB each, the fit's peak (bench/README.md,
+    "bench: scale", third pass). A sampler given its own generator, or drawing with replacement, is RandomSampler."""
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data_source)
+        if self.generator is not None or self.replacement or self.num_samples != n:
+            yield from super().__iter__()
+            return
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        for part in torch.randperm(n, generator=generator).split(1 << 16):
+            yield from part.tolist()
+
+
 def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
     """The DataLoader of a split: `batch_size` rows, shuffled or not, as `DataLoader(dataset, batch_size,
-    shuffle)` gives them (its sampler, so Lightning's distributed sampler still applies), gathered per batch."""
-    return DataLoader(_Rows(*dataset.tensors), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=_as_batch)
+    shuffle)` gives them (a RandomSampler, so Lightning's distributed sampler still applies), gathered per batch."""
+    rows = _Rows(*dataset.tensors)
+    # No `shuffle=` with the sampler: Lightning reads a DataLoader's shuffle from that argument when it has one.
+    return DataLoader(rows, batch_size=batch_size, sampler=_Shuffled(rows) if shuffle else None,
+                      num_workers=num_workers, collate_fn=_as_batch)
 
 
 def classification_metrics(module: pl.LightningModule, n: int) -> None:
