@@ -129,6 +129,15 @@ def test_fit_is_deterministic_and_writes_its_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["compute.json", "history.json", "model.ckpt"]
     assert a.checkpoint == tmp_path / "a" / "model.ckpt"
     assert not a.module.training
+    # A split whose training rows may be consumed (the train step's) trains the same model; the fit frees those
+    # rows column by column as it encodes them, and leaves the other splits as they were.
+    owned = Split(split.train.copy(), split.val, split.test, consume_train=True)
+    c = fit(cfg, owned, tmp_path / "c")
+    assert c.history == a.history and c.val_metrics == a.val_metrics
+    for x, y in zip(a.module.state_dict().values(), c.module.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert list(owned.train.columns) == [] and len(owned.train) == len(split.train)
+    assert owned.val is split.val and list(owned.val.columns) == list(split.train.columns)
 
 
 def test_a_different_seed_trains_differently(tmp_path):
