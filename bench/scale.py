@@ -162,7 +162,8 @@ def run_up(project: Path, env: dict[str, str]) -> dict:
         inside = [(tot, cli) for t, tot, cli in sampler.samples if a < t <= b]
         if inside:
             step_peak[name] = (max(x[0] for x in inside), max(x[1] for x in inside))
-    return {"wall": wall, "step_peak": step_peak, "steps": steps, "peak_rss": sampler.peak, "cpu": sum(sampler.cpu.values()),
+    return {"wall": wall, "step_peak": step_peak, "steps": steps, "peak_rss": sampler.peak,
+            "cpu": sum(sampler.cpu.values()),
             "peak_by": {k: v for k, v in sorted(sampler.peak_by.items(), key=lambda kv: -kv[1])}}
 
 

@@ -302,8 +302,8 @@ def test_a_fingerprint_hashed_in_slices_is_the_whole_frames(monkeypatch):
     n = 1003
     rng = np.random.default_rng(11)
     frame = pd.DataFrame({"a": rng.standard_normal(n), "s": rng.choice(["x", "y", None], n), "i": rng.integers(0, 5, n),
-                          "c": pd.Categorical(rng.choice(["p", "q"], n)), "m": [[1, "1", None, 2.5][k % 4] for k in range(n)]},
-                         index=rng.permutation(n))
+                          "c": pd.Categorical(rng.choice(["p", "q"], n)),
+                          "m": [[1, "1", None, 2.5][k % 4] for k in range(n)]}, index=rng.permutation(n))
     frame.loc[frame.index[:10], "a"] = np.nan
     for rows in (1, 100, 1000, 10**6):
         monkeypatch.setattr(_ingest, "FINGERPRINT_ROWS", rows)
