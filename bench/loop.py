@@ -135,6 +135,25 @@ def timeline(flow_run_id: str, t_event: float, t_served: float) -> str:
     return ", ".join(parts) + f", ended {at(fr['end_time'])}, served {t_served - t_event:.1f}"
 
 
+def event_path(t_event: float) -> str:
+    """The drift event's way to the new flow run, from Prefect's event log: occurred and received (by the
+    server) for the drift event and for the automation's triggered/action events, relative to the run log."""
+    from datetime import datetime, timezone
+
+    since = datetime.fromtimestamp(t_event - 30, timezone.utc).isoformat()
+    body = {"filter": {"occurred": {"since": since}, "event": {"prefix": ["mlops.drift", "prefect.automation"]}},
+            "limit": 50}
+    req = urllib.request.Request(f"{API}/events/filter", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    events = json.loads(urllib.request.urlopen(req).read())["events"]
+
+    def rel(iso: str | None) -> str:
+        return "?" if not iso else f"{datetime.fromisoformat(iso.replace('Z', '+00:00')).timestamp() - t_event:.2f}"
+
+    return ", ".join(f"{e['event']} occurred {rel(e.get('occurred'))} received {rel(e.get('received'))}"
+                     for e in sorted(events, key=lambda e: e["occurred"]))
+
+
 def send_shifted(n_rows: int) -> None:
     from mlops.serving._client import predict
 
@@ -226,6 +245,7 @@ def main() -> int:
             print(f"rep {rep + 1}: drift event -> served     {t1 - t_event:6.1f} s  (train {secs['train']:.1f} s "
                   f"+ evaluate {secs['evaluate']:.1f} s = {train_eval[-1]:.1f} s)  -> version {n}", flush=True)
             print(f"       timeline (s after the event): {timeline(retrain['flow_run_id'], t_event, t1)}", flush=True)
+            print(f"       events (s after the event): {event_path(t_event)}", flush=True)
             mlops(project, "up", *COMMON, "maturity=0")
             while answering() != 1:
                 mlops(project, "rollback", "churn", *COMMON)

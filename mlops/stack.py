@@ -82,5 +82,23 @@ class Stack:
     def target(self) -> Any:
         return self.flavor("target").load()(self.cfg, self.project)
 
+    def warm_start(self, fingerprint: str, key: str) -> dict[str, Any]:
+        """With `model.init_from: champion`, what training on data ``fingerprint`` starts from and its key:
+        ``{"warm_from": <version or None>, "key"}``. The champion's version joins the key, unless the champion
+        is what this config already trained on this data (then its own start and key: nothing is retrained).
+        ``key`` is the cold key, kept when there is no champion."""
+        from mlops.recipe.keys import training_key
+
+        store, name = self.model_store, self.cfg.name
+        champion = store.aliases(name).get("champion")
+        if self.cfg.model.init_from == "none" or champion is None:
+            return {"warm_from": None, "key": key}
+        lineage = store.get(name, champion).lineage
+        own = (lineage.get("warm_start") or {}).get("from_version")
+        if lineage.get("data_fingerprint") == fingerprint and \
+                lineage.get("key") == training_key(self.cfg, fingerprint, own):
+            return {"warm_from": own, "key": lineage["key"]}
+        return {"warm_from": champion, "key": training_key(self.cfg, fingerprint, champion)}
+
 
 __all__ = ["Stack"]

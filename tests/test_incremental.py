@@ -365,6 +365,17 @@ def test_level_3_refresh_ingests_only_new_rows_warm_starts_and_gates(tmp_path, s
     assert all(port_free("127.0.0.1", p) for p in LIVE_PORTS)
 
 
+class _Target:
+    """What `build_plan` asks of a target: its state directory and the services it would start."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+
+    def planned_services(self) -> list[dict[str, str]]:
+        return [{"name": "prefect", "action": "start", "url": "http://127.0.0.1:1/api"},
+                {"name": "triton", "action": "start", "url": "http://127.0.0.1:2"}]
+
+
 def test_the_plan_of_an_incremental_recipe_says_what_ingest_reads_and_claims_no_key(tmp_path, churn):
     """`mlops plan` at level 1+ with data.incremental: the training data is a window over snapshots that only
     exist once the new rows are read, so the plan names the watermark it reads past and no training key (it used
@@ -374,15 +385,8 @@ def test_the_plan_of_an_incremental_recipe_says_what_ingest_reads_and_claims_no_
     _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
     stack = _sql_stack(tmp_path)
 
-    class Target:
-        state_dir = stack.state_dir
-
-        def planned_services(self) -> list[dict[str, str]]:
-            return [{"name": "prefect", "action": "start", "url": "http://127.0.0.1:1/api"},
-                    {"name": "triton", "action": "start", "url": "http://127.0.0.1:2"}]
-
     def actions() -> tuple[dict[str, str], object]:
-        plan = build_plan(stack.cfg, ROOT, Target())
+        plan = build_plan(stack.cfg, ROOT, _Target(stack.state_dir))
         return {s["name"]: s["action"] for s in plan["steps"]}, plan["training_key"]
 
     before, key = actions()
@@ -393,4 +397,24 @@ def test_the_plan_of_an_incremental_recipe_says_what_ingest_reads_and_claims_no_
     assert after["ingest"].startswith(f"read the rows with updated_at > {first.incremental['watermark']} "
                                       f"(chain {first.incremental['chain']}, 1 snapshot(s))")
     level0 = stack.cfg.model_copy(update={"maturity": stack.cfg.maturity.model_copy(update={"level": 0})})
-    assert build_plan(level0, ROOT, Target())["training_key"]  # level 0 reads everything: the key of a full read is the one `up` trains under
+    assert build_plan(level0, ROOT, _Target(stack.state_dir))["training_key"]  # level 0 reads everything: the key of a full read is the one `up` trains under
+
+
+def test_the_plan_at_level_0_with_init_from_champion_names_the_key_up_trains_under(tmp_path, churn):
+    """The champion's version is in a warm start's training key, so `mlops plan` must put it there too (it used to
+    show the cold key: one `up` never trains under once there is a champion)."""
+    from mlops.plan import build_plan
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 0, 600))
+    stack = _sql_stack(tmp_path, "model.init_from=champion", "maturity=0")
+
+    first = steps.training_data(stack, _ingest(stack))
+    assert build_plan(stack.cfg, ROOT, _Target(stack.state_dir))["training_key"] == first.key  # no champion yet: the cold key
+    _, v1 = _fit_register(stack, first)
+    stack.model_store.promote("warehouse", v1.version, by="test")
+    assert build_plan(stack.cfg, ROOT, _Target(stack.state_dir))["training_key"] == first.key  # the champion is this very fit
+
+    _db(tmp_path / "w.duckdb", _rows(churn, 600, 800))
+    planned = build_plan(stack.cfg, ROOT, _Target(stack.state_dir))["training_key"]
+    data = steps.training_data(stack, _ingest(stack))
+    assert data.warm_from == v1.version and planned == data.key != first.key

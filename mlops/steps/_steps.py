@@ -182,22 +182,7 @@ def training_data(stack: Stack, snapshot: DatasetSnapshot) -> DatasetSnapshot:
                                    window=about)
     if cfg.model.init_from == "none":
         return training
-    return training.model_copy(update=_warm_start(stack, training))
-
-
-def _warm_start(stack: Stack, training: DatasetSnapshot) -> dict[str, Any]:
-    """warm_from and the key: the champion's version, unless the champion is what this config already trained
-    on this data (then its own start and key, so nothing is retrained)."""
-    store, name, cfg = stack.model_store, stack.cfg.name, stack.cfg
-    champion = store.aliases(name).get("champion")
-    if champion is None:
-        return {"warm_from": None, "key": training.key}
-    lineage = store.get(name, champion).lineage
-    own = (lineage.get("warm_start") or {}).get("from_version")
-    if lineage.get("data_fingerprint") == training.fingerprint and \
-            lineage.get("key") == training_key(cfg, training.fingerprint, own):
-        return {"warm_from": own, "key": lineage["key"]}
-    return {"warm_from": champion, "key": training_key(cfg, training.fingerprint, champion)}
+    return training.model_copy(update=stack.warm_start(training.fingerprint, training.key))
 
 
 def _frame(snapshot: DatasetSnapshot) -> Any:
