@@ -7,7 +7,10 @@ Prefect and no services (export and deploy do not depend on the row count). CPU 
 step, its peak RSS during each step (`<step>_peak_mb`, sampled every 10 ms) and what the step left resident
 (`<step>_after_mb`): on a shared machine CPU time compares two code versions where wall time mostly measures
 the neighbours. SCALE_PREIMPORT=1 imports torch, Lightning, MLflow and whylogs first, so `start_rss_mb` is the
-fixed part and each step's RSS above it is the data's. Run with PYTHONPATH pointing at another checkout, it times that version of the framework on the
+fixed part and each step's RSS above it is the data's. SCALE_PHASES=1 also cuts train into its phases: the split
+(`split`), the preprocessing fitted on the training rows (`from_train`), each split's encoding into tensors
+(`encode_<rows>`), the rest (`train`: the fit's epochs); evaluate and register's look-ups of the split are
+`split_2`, `split_3`. Run with PYTHONPATH pointing at another checkout, it times that version of the framework on the
 same data (the README's before/after). Prints one JSON line.
 """
 
@@ -53,6 +56,30 @@ class _RssPeak(threading.Thread):
             time.sleep(0.01)
 
 
+def _phases(lap: Any) -> None:
+    """Lap before and after train's phases (SCALE_PHASES=1), by wrapping the functions the steps call."""
+    from mlops.steps import _steps
+    from mlops.training import _module
+
+    seen: dict[str, int] = {}
+
+    def timed(name: str, f: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            seen[name] = seen.get(name, 0) + 1
+            label = name if seen[name] == 1 else f"{name}_{seen[name]}"
+            lap(f"{label}_before")
+            out = f(*args, **kwargs)
+            lap(label)
+            return out
+        return call
+
+    _steps._split = timed("split", _steps._split)
+    from_train = _module.TabularMLP.from_train.__func__
+    _module.TabularMLP.from_train = classmethod(lambda cls, *a, **k: timed("from_train", from_train)(cls, *a, **k))
+    dataset = _module.TabularDataModule._dataset
+    _module.TabularDataModule._dataset = lambda self, frame: timed(f"encode_{len(frame)}", dataset)(self, frame)
+
+
 def main(argv: list[str]) -> dict[str, Any]:
     project, overrides = Path(argv[0]).resolve(), argv[1:]
     if os.environ.get("SCALE_PREIMPORT"):  # the libraries first, so the steps' RSS is the data's, not imports'
@@ -76,6 +103,8 @@ def main(argv: list[str]) -> dict[str, Any]:
         laps[f"{name}_peak_mb"], laps[f"{name}_after_mb"] = rss.take() / 2**20, rss.now() / 2**20
         t, w = time.process_time(), time.perf_counter()
 
+    if os.environ.get("SCALE_PHASES"):
+        _phases(lap)
     snapshot = steps.ingest(stack)
     lap("ingest")
     steps.validate(stack, snapshot)

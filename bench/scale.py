@@ -79,6 +79,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.root, self.words, self.every = root, (str(project), *PORT_WORDS), every
         self.peak, self.peak_by = 0, {}
+        self.samples: list[tuple[float, int, int]] = []  # (time, RSS of all processes, RSS of the CLI)
         self.cpu: dict[int, float] = {}  # CPU seconds of each process, at its last sample
         self.stop = threading.Event()
 
@@ -104,7 +105,7 @@ class Sampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            total, by = 0, {}
+            total, by, cli = 0, {}, 0
             for p in self._ours():
                 try:
                     rss = p.memory_info().rss
@@ -115,6 +116,9 @@ class Sampler(threading.Thread):
                 self.cpu[p.pid] = cpu.user + cpu.system
                 total += rss
                 by[name] = by.get(name, 0) + rss
+                if p.pid == self.root:
+                    cli = rss
+            self.samples.append((time.perf_counter(), total, cli))
             if total > self.peak:
                 self.peak, self.peak_by = total, by
             self.stop.wait(self.every)
@@ -126,17 +130,40 @@ def run_up(project: Path, env: dict[str, str]) -> dict:
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = Sampler(proc.pid, project)
     sampler.start()
+    ends: list[tuple[str, float]] = []  # each step's line as it arrives: the step ended then
+
+    def read_err(lines: list[str]) -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if m := STEP_LINE.search(line):
+                ends.append((m[1], time.perf_counter()))
+
+    err_lines: list[str] = []
+    reader = threading.Thread(target=read_err, args=(err_lines,), daemon=True)
+    reader.start()
     try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
+        out = proc.stdout.read()
+        proc.wait(timeout=TIMEOUT_S)
+        reader.join()
     finally:
         sampler.stop.set()
         sampler.join()
     wall = time.perf_counter() - t0
+    err = "".join(err_lines)
     if proc.returncode != 0:
         sys.stderr.write(f"FAILED ({proc.returncode}): {' '.join(cmd)}\n{out[-3000:]}\n{err[-6000:]}\n")
         raise SystemExit(1)
     steps = {m[1]: float(m[2]) for m in STEP_LINE.finditer(err)}
-    return {"wall": wall, "steps": steps, "peak_rss": sampler.peak, "cpu": sum(sampler.cpu.values()),
+    # Each step's peak (all processes, and the CLI's own), from the samples between the step line before it and
+    # its own (the first step's span starts with `up`: imports, Prefect's start; "after" follows the last step).
+    step_peak: dict[str, tuple[int, int]] = {}
+    bounds = [*ends, ("after", float("inf"))]
+    for (_, a), (name, b) in zip([("", t0), *bounds], bounds):
+        inside = [(tot, cli) for t, tot, cli in sampler.samples if a < t <= b]
+        if inside:
+            step_peak[name] = (max(x[0] for x in inside), max(x[1] for x in inside))
+    return {"wall": wall, "step_peak": step_peak, "steps": steps, "peak_rss": sampler.peak,
+            "cpu": sum(sampler.cpu.values()),
             "peak_by": {k: v for k, v in sorted(sampler.peak_by.items(), key=lambda kv: -kv[1])}}
 
 
@@ -190,6 +217,8 @@ def main() -> int:
         print(f"  up {r['wall']:.1f}s ({r['cpu']:.0f} CPU s, all processes) [{steps}]  peak RSS {mb(r['peak_rss'])} "
               f"({r['peak_rss'] / arrow:.1f}x Arrow): " + ", ".join(f"{k} {mb(v)}" for k, v in r["peak_by"].items()),
               flush=True)
+        print("  peak RSS per step, all processes / the CLI: " + ", ".join(
+            f"{k} {mb(a)} / {mb(c)}" for k, (a, c) in r["step_peak"].items()), flush=True)
         if not args.no_fit:
             try:
                 r["fit"] = run_fit(project, env, args.fit_reps, args.textbook)

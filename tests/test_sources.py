@@ -282,6 +282,37 @@ def test_a_snapshot_written_a_row_group_at_a_time_reads_back_as_to_parquet_write
     assert pd.api.types.is_object_dtype(ours["s"])  # a first row group of nulls only keeps the column's type
 
 
+def test_a_fingerprint_hashed_in_slices_is_the_whole_frames(monkeypatch):
+    """fingerprint hashes a slice of rows at a time, and `columns` picks columns without copying the frame:
+    the digest must be the one-shot hash of the whole frame (or of frame[columns]), so snapshots and training
+    keys made before stay valid. Floats with NaN, strings with None, ints, a categorical, a mixed column."""
+    import hashlib
+
+    import numpy as np
+
+    from mlops.data import _ingest, fingerprint
+
+    def whole(frame: pd.DataFrame) -> str:
+        h = hashlib.sha256()
+        h.update(repr(list(map(str, frame.columns))).encode())
+        h.update(repr([str(t) for t in frame.dtypes]).encode())
+        h.update(pd.util.hash_pandas_object(frame, index=False).values.tobytes())
+        return "sha256:" + h.hexdigest()
+
+    n = 1003
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame({"a": rng.standard_normal(n), "s": rng.choice(["x", "y", None], n), "i": rng.integers(0, 5, n),
+                          "c": pd.Categorical(rng.choice(["p", "q"], n)),
+                          "m": [[1, "1", None, 2.5][k % 4] for k in range(n)]}, index=rng.permutation(n))
+    frame.loc[frame.index[:10], "a"] = np.nan
+    for rows in (1, 100, 1000, 10**6):
+        monkeypatch.setattr(_ingest, "FINGERPRINT_ROWS", rows)
+        assert fingerprint(frame) == whole(frame)
+        assert fingerprint(frame, ["s", "a", "c"]) == whole(frame[["s", "a", "c"]])
+        assert fingerprint(frame.iloc[:0]) == whole(frame.iloc[:0])
+    assert fingerprint(frame, ["s", "a"]) != fingerprint(frame, ["a", "s"])
+
+
 def test_a_missing_folder_is_a_problem_on_data_path(tmp_path):
     assert make_source(dataset("data/nope")).check(tmp_path) == [
         ("data.path", f"no folder, and no Parquet files whose names start with it, at {tmp_path}/data/nope",

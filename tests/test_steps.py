@@ -335,6 +335,14 @@ def test_the_pipeline_serves_what_it_trained(tmp_path, inprocess_server):
     val_rows = reference.get_column("output.confidence").get_metric("counts").n.value
     assert 0 < val_rows < reference.get_column("mean radius").get_metric("counts").n.value  # val, not train
     assert {i.value for i in reference.get_column("output.class").get_metric("frequent_items").strings} == {"0", "1"}
+    # The training rows were profiled by train before its fit freed them (Split.consume_train): the same profile.
+    from mlops.training import split_frame
+
+    train_rows = split_frame(pd.read_parquet(snapshot.path), cfg.data, cfg.model.task).train
+    whole = steps.batch_profiler(stack).profile(train_rows).get_column("mean radius")
+    for metric, value in (("counts", "n"), ("distribution", "mean")):
+        assert getattr(reference.get_column("mean radius").get_metric(metric), value).value == \
+            getattr(whole.get_metric(metric), value).value
     stack.server.start()
     served = steps.deploy(stack, steps.export(stack, version), by="test")
     assert served.champion == version.version and stack.model_store.aliases(cfg.name)["champion"] == version.version

@@ -131,6 +131,15 @@ def test_fit_is_deterministic_and_writes_its_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["compute.json", "history.json", "model.ckpt"]
     assert a.checkpoint == tmp_path / "a" / "model.ckpt"
     assert not a.module.training
+    # A split whose training rows may be consumed (the train step's) trains the same model; the fit frees those
+    # rows column by column as it encodes them, and leaves the other splits as they were.
+    owned = Split(split.train.copy(), split.val, split.test, consume_train=True)
+    c = fit(cfg, owned, tmp_path / "c")
+    assert c.history == a.history and c.val_metrics == a.val_metrics
+    for x, y in zip(a.module.state_dict().values(), c.module.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert list(owned.train.columns) == [] and len(owned.train) == len(split.train)
+    assert owned.val is split.val and list(owned.val.columns) == list(split.train.columns)
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
@@ -239,7 +248,7 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     that of converting every value (mlops.features._as_string, the vocabulary dict, the class dict)."""
     from mlops.features import categorical_strings
     from mlops.features._encode import _as_string
-    from mlops.training._module import category_codes, class_indices
+    from mlops.training._module import category_codes, class_indices, frame_category_codes
 
     frame = pd.DataFrame({
         "s": ["a", None, "b", np.nan, "a", ""],
@@ -256,10 +265,35 @@ def test_encoding_per_distinct_value_matches_value_by_value():
     assert got[:, columns.index("mixed")].tolist() == ["True", "1", "1", "", "3", "True"]
     lookups = [{v: i + 1 for i, v in enumerate(sorted(set(want[:, j]) - {""})[:2])} for j in range(len(columns))]
     assert category_codes(got, lookups).tolist() == [[lk.get(s, 0) for lk, s in zip(lookups, row)] for row in want]
+    # The module's encoding goes from the frame straight to codes (no object array of strings): the same codes.
+    assert frame_category_codes(frame, columns, lookups).tolist() == category_codes(got, lookups).tolist()
+    assert frame_category_codes(frame.iloc[:0], columns, lookups).shape == (0, len(columns))
     y = pd.Series(["yes", "no", "no", "maybe", "yes"])
     assert class_indices(y, ["maybe", "no", "yes"], "t").tolist() == [2, 1, 1, 0, 2]
     with pytest.raises(DataError, match=r"labels \['maybe'\]"):
         class_indices(y, ["no", "yes"], "t")
+
+
+def test_the_shuffled_loader_gives_a_plain_dataloaders_batches():
+    """batch_loader's sampler hands out RandomSampler's permutation a slice at a time (no list of every row
+    position per epoch): the same batches in the same order over epochs, the global RNG left where a plain
+    `DataLoader(shuffle=True)` leaves it, and Lightning still sees a shuffled loader (its distributed sampler)."""
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlops.training._module import batch_loader
+
+    rows = TensorDataset(torch.arange(10_007, dtype=torch.float32), torch.arange(10_007))
+    for seed in (0, 3):
+        torch.manual_seed(seed)
+        plain = [y.tolist() for _ in range(2) for _, y in DataLoader(rows, batch_size=64, shuffle=True)]
+        after_plain = torch.rand(3)
+        torch.manual_seed(seed)
+        ours = [y.tolist() for _ in range(2) for _, y in batch_loader(rows, 64, shuffle=True)]
+        assert ours == plain and torch.equal(torch.rand(3), after_plain)
+    assert _is_dataloader_shuffled(batch_loader(rows, 64, shuffle=True))
+    assert not _is_dataloader_shuffled(batch_loader(rows, 64, shuffle=False))
+    assert [y.tolist() for _, y in batch_loader(rows, 5000, shuffle=False)][-1] == list(range(10_000, 10_007))
 
 
 def test_preprocessing_statistics_column_by_column_match_the_whole_array():

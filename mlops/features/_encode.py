@@ -32,14 +32,21 @@ def categorical_strings(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
 
 
 def _column_strings(series: pd.Series) -> np.ndarray:
+    codes, names = string_codes(series)
+    return names[codes]
+
+
+def string_codes(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes, names)`` with ``names[codes]`` the column's strings as `categorical_strings` gives them: a
+    caller that maps each distinct string (a vocabulary lookup) needs no object array of the whole column."""
     # Each distinct value is converted once (a category column has few; 10M rows in ~1 s instead of ~20 s). Only
     # where hashing cannot merge values that _as_string tells apart (True and 1 are one dict key, "True" and "1"
     # as strings): columns of one numpy dtype or of strings. Mixed object columns go value by value.
     if series.dtype == object and pd.api.types.infer_dtype(series, skipna=True) not in ("string", "empty"):
-        return np.array([_as_string(v) for v in series.to_numpy(dtype=object)], dtype=object)
+        return pd.factorize(np.array([_as_string(v) for v in series.to_numpy(dtype=object)], dtype=object))
     codes, uniques = pd.factorize(series, use_na_sentinel=True)
     names = np.array([*(_as_string(u) for u in uniques), ""], dtype=object)  # code -1 (missing) is the last: ""
-    return names[codes]
+    return codes, names
 
 
 def numeric_array(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:

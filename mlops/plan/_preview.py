@@ -34,7 +34,10 @@ def current_training_key(cfg: Config, project: Path, state_dir: Path) -> str:
     from mlops.data import fingerprint, read_frame
 
     frame = read_frame(cfg.data, project, cache_dir=Layout(state_dir).cache)
-    fp = fingerprint(frame[[*cfg.data.features, cfg.data.target]])
+    # The used columns' fingerprint without a copy of them: `up` asks this before its flow, in the same process
+    # (bench/README.md, "bench: scale", third pass: the copy was `up`'s peak at 10M rows).
+    fp = fingerprint(frame, [*cfg.data.features, cfg.data.target])
+    del frame
     # model.init_from: champion puts the champion's version in the key (as `train` does, mlops.steps.training_data)
     return Stack(cfg, project, state_dir).warm_start(fp, training_key(cfg, fp))["key"]
 

@@ -310,6 +310,13 @@ def latest_snapshot(stack: Stack, path: str = "") -> DatasetSnapshot:
 # The split of the snapshot that train, evaluate and register use in turn, read once per process: (snapshot path,
 # data config, task) -> Split. Snapshots are content-addressed, so a path names one content. `register` drops it.
 _splits: dict[tuple[str, str, str], Any] = {}
+# The training rows' monitor profile, taken by `train` before the fit frees those rows (Split.consume_train), for
+# `register`'s reference profile; same key as _splits.
+_train_profiles: dict[tuple[str, str, str], Any] = {}
+
+
+def _split_key(stack: Stack, snapshot: DatasetSnapshot) -> tuple[str, str, str]:
+    return (snapshot.path, stack.cfg.data.model_dump_json(), stack.cfg.model.task)
 
 
 def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
@@ -317,9 +324,10 @@ def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
     from mlops.training import split_frame, split_positions
 
     data, task = stack.cfg.data, stack.cfg.model.task
-    key = (snapshot.path, data.model_dump_json(), task)
+    key = _split_key(stack, snapshot)
     if key not in _splits:
         _splits.clear()  # one split at a time: the one before is not needed any more
+        _train_profiles.clear()
         # The positions from the target column alone, before the frame is read: a stratified split of 10M rows
         # allocates ~0.85 GB, which would otherwise sit on top of the whole frame (bench/README.md, "bench: scale").
         target = read_snapshot(snapshot.path, [data.target])
@@ -335,6 +343,7 @@ def _split(stack: Stack, snapshot: DatasetSnapshot) -> Any:
 def drop_split() -> None:
     """Forget the split `_split` kept (its frames are freed with it)."""
     _splits.clear()
+    _train_profiles.clear()
     _release_memory()
 
 
@@ -353,6 +362,8 @@ def _release_memory(collect: bool = False) -> None:
 
 def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> TrainedModel:
     """Fit the model on the snapshot's train split; the run stays open in `open_runs` for evaluate/register."""
+    from dataclasses import replace
+
     from mlops.training import fit
 
     cfg = stack.cfg
@@ -365,8 +376,16 @@ def train(stack: Stack, snapshot: DatasetSnapshot, progress: bool = False) -> Tr
     init = None
     if snapshot.warm_from is not None:  # model.init_from: champion (see training_data)
         init = stack.model_store.get(cfg.name, snapshot.warm_from).file("model.ckpt")
-    result = fit(cfg, _split(stack, snapshot), out, loggers=[tracker.lightning_logger()], progress=progress,
-                 project=Path(stack.project), init_from=init)
+    split = _split(stack, snapshot)
+    if not len(split.train.columns):  # a fit before, in this process, freed the training rows: read them again
+        drop_split()
+        split = _split(stack, snapshot)
+    if stack.monitor is not None and not (out / "reference_profile.bin").exists():
+        _train_profiles[_split_key(stack, snapshot)] = stack.monitor.profile(split.train)  # for register
+    # The fit may free the training rows as it encodes them (at 10M rows 0.73 GB less while it trains): evaluate
+    # and register need only the other splits and the profile above (bench/README.md, "bench: scale").
+    result = fit(cfg, replace(split, consume_train=True), out, loggers=[tracker.lightning_logger()],
+                 progress=progress, project=Path(stack.project), init_from=init)
     _release_memory(collect=True)
     return TrainedModel(dir=str(out), checkpoint=str(result.checkpoint), val_metrics=result.val_metrics,
                         epochs=result.epochs, tracking_run_id=run_id)
@@ -448,7 +467,10 @@ def _reference_profile(stack: Stack, snapshot: DatasetSnapshot, train_dir: Path,
         monitor = stack.monitor
         assert monitor is not None
         split = _split(stack, snapshot)
-        profile = monitor.profile(split.train)
+        profile = _train_profiles.pop(_split_key(stack, snapshot), None)
+        if profile is None:  # train ran in another process (or was cached): these rows were not consumed here
+            assert len(split.train.columns), "the training rows were freed before their profile was taken"
+            profile = monitor.profile(split.train)
         if len(split.val):
             profile = monitor.merge(profile, monitor.profile(_served_reference(stack, split.val, checkpoint)))
         monitor.write(profile, path)  # atomic: see Profiler.write

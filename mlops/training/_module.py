@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 import torchmetrics
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from mlops.errors import DataError
-from mlops.features import categorical_strings, numeric_array
+from mlops.features import numeric_array
+from mlops.features._encode import string_codes
 from mlops.recipe.schema import DataConfig, ModelConfig
 from mlops.training._split import Split
 
@@ -37,8 +38,8 @@ def fit_preprocessing(task: str, data: DataConfig, train: pd.DataFrame) -> dict[
             mean[j], std[j] = np.nan_to_num(np.nanmean(num)), np.nan_to_num(np.nanstd(num))
     # A constant column carries no signal; std 1 keeps it finite instead of dividing by zero.
     std[std == 0] = 1.0
-    strings = categorical_strings(train, data.categorical)
-    categories = [sorted(set(strings[:, j]) - {""}) for j in range(len(data.categorical))]
+    # Each column's distinct strings (string_codes), not an object array of the whole split.
+    categories = [sorted(set(string_codes(train[c])[1].tolist()) - {""}) for c in data.categorical]
     y = train[data.target]
     if task == "classification":
         classes = sorted(pd.unique(y).tolist())
@@ -61,9 +62,22 @@ def category_codes(strings: np.ndarray, lookups: list[dict[str, int]]) -> np.nda
     each distinct string looked up once, not once per row."""
     codes = np.zeros((len(strings), len(lookups)), dtype=np.int64)
     for j, lookup in enumerate(lookups):
-        found, uniques = pd.factorize(strings[:, j])
-        codes[:, j] = np.array([lookup.get(s, 0) for s in uniques], dtype=np.int64)[found]
+        codes[:, j] = _looked_up(*pd.factorize(strings[:, j]), lookup)
     return codes
+
+
+def frame_category_codes(frame: pd.DataFrame, columns: list[str], lookups: list[dict[str, int]]) -> np.ndarray:
+    """``category_codes(categorical_strings(frame, columns), lookups)`` without the object array of strings of
+    the whole frame in between (at 7M training rows and 2 columns: ~110 MB, and the hashing of 14M strings)."""
+    codes = np.zeros((len(frame), len(lookups)), dtype=np.int64)
+    for j, (column, lookup) in enumerate(zip(columns, lookups, strict=True)):
+        codes[:, j] = _looked_up(*string_codes(frame[column]), lookup)
+    return codes
+
+
+def _looked_up(found: np.ndarray, names: np.ndarray, lookup: dict[str, int]) -> np.ndarray:
+    # Each distinct string looked up once; a code -1 (string_codes' missing value) takes the last name, "".
+    return np.array([lookup.get(s, 0) for s in names], dtype=np.int64)[found]
 
 
 def class_indices(y: pd.Series, classes: list[Any], target: str) -> torch.Tensor:
@@ -169,11 +183,16 @@ class TabularMLP(pl.LightningModule):
         )
 
     # ------------------------------------------------------------ encoding (pandas -> tensors)
-    def encode(self, frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw feature rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``, as the ONNX graph sees them."""
+    def encode(self, frame: pd.DataFrame, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw feature rows as ``(numeric float32 [N, n_num], codes int64 [N, n_cat])``, as the ONNX graph sees them.
+        ``consume``: the columns are dropped from ``frame`` once encoded (their memory freed as the tensors fill)."""
         numeric = torch.from_numpy(numeric_array(frame, self.hparams.numeric))
-        return numeric, torch.from_numpy(category_codes(categorical_strings(frame, self.hparams.categorical),
-                                                        self._lookup))
+        if consume:
+            frame.drop(columns=self.hparams.numeric, inplace=True, errors="ignore")
+        codes = torch.from_numpy(frame_category_codes(frame, self.hparams.categorical, self._lookup))
+        if consume:
+            frame.drop(columns=self.hparams.categorical, inplace=True, errors="ignore")
+        return numeric, codes
 
     def targets(self, frame: pd.DataFrame) -> torch.Tensor:
         y = frame[self.hparams.target]
@@ -294,11 +313,30 @@ def _as_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return batch  # _Rows already made the batch; a module-level function, so loader workers can pickle it
 
 
+class _Shuffled(RandomSampler):
+    """`RandomSampler(rows)`: the same permutation from the same draw of torch's global RNG, given out of the
+    permutation tensor a slice at a time. RandomSampler makes a Python list of every row position per epoch (and a
+    second one, discarded, at its end): at 7M training rows ~250 MB each, the fit's peak (bench/README.md,
+    "bench: scale", third pass). A sampler given its own generator, or drawing with replacement, is RandomSampler."""
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.data_source)
+        if self.generator is not None or self.replacement or self.num_samples != n:
+            yield from super().__iter__()
+            return
+        generator = torch.Generator()
+        generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
+        for part in torch.randperm(n, generator=generator).split(1 << 16):
+            yield from part.tolist()
+
+
 def batch_loader(dataset: TensorDataset, batch_size: int, shuffle: bool, num_workers: int = 0) -> DataLoader:
     """The DataLoader of a split: `batch_size` rows, shuffled or not, as `DataLoader(dataset, batch_size,
-    shuffle)` gives them (its sampler, so Lightning's distributed sampler still applies), gathered per batch."""
-    return DataLoader(_Rows(*dataset.tensors), batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=_as_batch)
+    shuffle)` gives them (a RandomSampler, so Lightning's distributed sampler still applies), gathered per batch."""
+    rows = _Rows(*dataset.tensors)
+    # No `shuffle=` with the sampler: Lightning reads a DataLoader's shuffle from that argument when it has one.
+    return DataLoader(rows, batch_size=batch_size, sampler=_Shuffled(rows) if shuffle else None,
+                      num_workers=num_workers, collate_fn=_as_batch)
 
 
 def classification_metrics(module: pl.LightningModule, n: int, valid_targets: bool = False) -> None:
@@ -381,7 +419,14 @@ class TabularDataModule(SplitDataModule):
         module.step_rows = batch_size
 
     def _dataset(self, frame: pd.DataFrame) -> TensorDataset:
-        return TensorDataset(*self.module.encode(frame), self.module.targets(frame))
+        # A split whose training rows nobody needs after the fit gives them up as they are encoded: at 10M rows
+        # the fit holds ~0.45 GB of tensors instead of those and the 0.73 GB frame (bench/README.md, "bench: scale").
+        consume = self.split.consume_train and frame is self.split.train
+        y = self.module.targets(frame)
+        numeric, codes = self.module.encode(frame, consume=consume)
+        if consume:
+            frame.drop(columns=[self.module.hparams.target], inplace=True, errors="ignore")
+        return TensorDataset(numeric, codes, y)
 
 
 @torch.no_grad()

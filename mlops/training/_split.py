@@ -20,6 +20,9 @@ class Split:
     train: pd.DataFrame
     val: pd.DataFrame
     test: pd.DataFrame
+    # The fit may empty `train` column by column as it encodes it (the tabular module's data module does): set by
+    # a caller that needs nothing more of those rows (the train step, which profiles them first).
+    consume_train: bool = False
 
 
 Positions = tuple[np.ndarray, np.ndarray, np.ndarray]
