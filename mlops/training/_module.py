@@ -406,8 +406,9 @@ class SplitDataModule(pl.LightningDataModule):
 # takes one by one, in order (the same steps as one batch each: test_training.py). Lightning's bookkeeping around a
 # batch (its loop, the hooks of the module and of every callback, the fetcher, the logger) costs the same whatever
 # the batch; at one step per batch it was most of what `fit` cost over a plain loop (bench/README.md, "bench:
-# scale", "Third pass: training path").
-BATCH_ROWS = 8192
+# scale", "Third pass: training path"). 32 steps: 8 left fit at 1.11x the plain loop, 32 at 1.06x (the lead's
+# follow-up there); a batch of 32768 rows is a few MB of features.
+BATCH_ROWS = 32768
 
 
 class TabularDataModule(SplitDataModule):
