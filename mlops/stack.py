@@ -89,9 +89,11 @@ class Stack:
         ``key`` is the cold key, kept when there is no champion."""
         from mlops.recipe.keys import training_key
 
+        if self.cfg.model.init_from == "none":  # nothing to look up: no registry read for a cold start
+            return {"warm_from": None, "key": key}
         store, name = self.model_store, self.cfg.name
         champion = store.aliases(name).get("champion")
-        if self.cfg.model.init_from == "none" or champion is None:
+        if champion is None:
             return {"warm_from": None, "key": key}
         lineage = store.get(name, champion).lineage
         own = (lineage.get("warm_start") or {}).get("from_version")
