@@ -102,6 +102,20 @@ def _answered(load: "Load", n: int, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def _statistics(env, model: str, requests: int, timeout: float = 10) -> list[dict]:
+    """Triton's statistics once it has counted ``requests`` answers for ``model``.
+
+    Triton records a request's statistics after it has sent the response, so a client that has just read
+    its answer can see the count one short for a moment.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = model_statistics("http://" + env.url, model)
+        if sum(s["requests"] for s in stats) >= requests or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.02)
+
+
 def _instances_started(env, model: str) -> int:
     """How many model instances Triton has started for ``model`` (its log says so for each, at INFO level)."""
     log = Layout(env.state).log("triton").read_text(errors="replace")
@@ -354,7 +368,7 @@ def test_model_statistics_count_requests_and_split_the_time(env, models):
     for _ in range(5):
         _answer(env, "counted")
 
-    (stats,) = model_statistics("http://" + env.url, "counted")
+    (stats,) = _statistics(env, "counted", 5)
 
     assert stats == {**stats, "name": "counted", "version": "1", "requests": 5, "failures": 0, "rows": 20}
     assert 1 <= stats["executions"] <= 5 and stats["rows_per_execution"] >= 4
@@ -373,7 +387,7 @@ def test_a_deploy_loads_only_the_new_version(env, models):
     publish(cfg, env.state, 2, models["v2"], CLASSIFIER_SIG)
     assert serve_version(cfg, env.state, 2)["loaded"] == [2, 1]
 
-    stats = {s["version"]: s["requests"] for s in model_statistics("http://" + env.url, "kept")}
+    stats = {s["version"]: s["requests"] for s in _statistics(env, "kept", 3)}
     assert stats == {"1": 3, "2": 0}  # a re-initialized version 1 would count from 0 again
     assert (repo / "kept" / "1").stat().st_mtime_ns == v1_folder  # serving wrote nothing into a published folder
     assert _answer(env, "kept")[0] == "2"
