@@ -45,9 +45,10 @@ def refresh(
     with _locked(cfg, wait):
         target._ensure_prefect()
         os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
-        from mlops.flows import data_flow
+        from mlops.flows import data_flow, in_this_process
 
-        result = data_flow(cfg, str(target.project), str(target.state_dir), trigger="refresh", full=full)
+        with in_this_process():
+            result = data_flow(cfg, str(target.project), str(target.state_dir), trigger="refresh", full=full)
     if json_:
         _print_json({"model": cfg.name, "full": full, **result})
         return

@@ -136,10 +136,10 @@ def run(step: Annotated[str, typer.Argument(help=" | ".join(MANUAL_STEPS))],
         target._ensure_prefect()
         os.environ.update(_prefect.prefect_env(cfg, target.state_dir))
         from mlops._names import STEP_FLOW
-        from mlops.flows import step_flow
+        from mlops.flows import in_this_process, step_flow
         from mlops.targets._recover import in_flight
 
-        with in_flight(target.stack, STEP_FLOW):
+        with in_flight(target.stack, STEP_FLOW), in_this_process():
             result = step_flow(cfg, str(target.project), str(target.state_dir), step)
     if json_:
         _print_json(result)

@@ -47,7 +47,7 @@ async def runner_deployments(plan: Plan, cfg: Config, project: str, state_dir: s
     from prefect.deployments.runner import EntrypointType
     from prefect.events import DeploymentEventTrigger
 
-    from mlops.flows._pipeline import data_flow, monitor_flow, train_flow
+    from mlops.flows import data_flow, monitor_flow, train_flow
 
     # Keyed by each flow's own name, which is what a Plan Deployment's `flow` says (mlops._names).
     flows = {f.name: f for f in (data_flow, train_flow, monitor_flow)}
@@ -132,7 +132,8 @@ async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
 # by the run itself, as before. Only imports, and none may leave a Python thread running in the forkserver: a
 # thread holding a lock (an import lock) when a run is forked leaves that lock held in the run for ever. whylogs
 # starts usage-report threads on import unless WHYLOGS_NO_ANALYTICS is set (_warm_forkserver sets it).
-WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "mlops.flows._pipeline", *WARM_LIBRARIES)
+WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "mlops.flows._data", "mlops.flows._train",
+                "mlops.flows._monitor", *WARM_LIBRARIES)
 
 
 def _run_engine(env: dict[str, str], cwd: str) -> None:

@@ -140,10 +140,10 @@ class LocalTarget(Target):
             if warm.ident is None:  # services were up: the step libraries load beside Prefect's flow-run setup
                 warm.start()
             os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
-            from mlops.flows import up_flow
+            from mlops.flows import in_this_process, up_flow
             from mlops.targets._recover import in_flight
 
-            with in_flight(self.stack, UP_FLOW):
+            with in_flight(self.stack, UP_FLOW), in_this_process():
                 result = {**up_flow(self.cfg, str(self.project), str(self.state_dir), progress),
                           "prefect_ui": _prefect.ui_url(self.cfg)}
         result["automation"] = self.apply_plan(console)
