@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -130,8 +130,7 @@ def registered() -> dict[str, dict[str, Flavor]]:
             problems.append(Problem("", f"{where} is a {type(obj).__name__}, not an mlops.flavors.Flavor", "",
                                     "point the entry point at the module's Flavor object"))
             continue
-        obj = Flavor(obj.kind, obj.name, obj.config, obj.implementation, obj.conf, obj.description,
-                     _distribution(ep))
+        obj = replace(obj, distribution=_distribution(ep))  # every other field as the package declared it
         key = KINDS[obj.kind].key
         annotation = getattr(obj.config, "model_fields", {}).get(key)
         if annotation is None or getattr(annotation.annotation, "__args__", None) != (obj.name,):
