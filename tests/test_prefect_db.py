@@ -30,8 +30,12 @@ def unpatched(monkeypatch):
     return original
 
 
-async def _race(db_path: Path) -> tuple[str | None, int]:
-    """A reads, B writes and commits, A writes: A's error (None when it committed) and the rows that landed."""
+async def _race(db_path: Path, wait_for_b_s: float) -> tuple[str | None, int]:
+    """A reads, B writes and commits, A writes: A's error (None when it committed) and the rows that landed.
+
+    A waits up to `wait_for_b_s` for B's commit before it writes: B commits at once when A holds only a read
+    snapshot (DEFERRED); when A holds the write lock (IMMEDIATE), B waits for A whatever the timing.
+    """
     config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{db_path}")
     engine = await config.engine()
     async with engine.begin() as conn:
@@ -52,8 +56,7 @@ async def _race(db_path: Path) -> tuple[str | None, int]:
         async with session, config.begin_transaction(session):
             await session.execute(sa.text("SELECT count(*) FROM t"))
             a_read.set()
-            # B commits here when A holds only a read snapshot; when A holds the write lock, B waits for A
-            await asyncio.wait({asyncio.ensure_future(b_done.wait())}, timeout=0.5)
+            await asyncio.wait({asyncio.ensure_future(b_done.wait())}, timeout=wait_for_b_s)
             await session.execute(sa.text("INSERT INTO t VALUES ('a')"))
     except sa.exc.OperationalError as e:
         error = str(e.orig)
@@ -65,7 +68,7 @@ async def _race(db_path: Path) -> tuple[str | None, int]:
 
 
 def test_deferred_read_then_write_fails_under_a_concurrent_writer(unpatched, tmp_path):
-    error, rows = asyncio.run(_race(tmp_path / "prefect.db"))
+    error, rows = asyncio.run(_race(tmp_path / "prefect.db", wait_for_b_s=20))
     assert error is not None and "database is locked" in error
     assert rows == 1  # only B's
 
@@ -74,7 +77,7 @@ def test_immediate_read_then_write_waits_for_the_concurrent_writer(unpatched, tm
     assert immediate_sqlite_transactions() is True
     assert immediate_sqlite_transactions() is True  # idempotent: not wrapped twice
     assert AioSqliteConfiguration.begin_transaction.__wrapped__ is unpatched
-    error, rows = asyncio.run(_race(tmp_path / "prefect.db"))
+    error, rows = asyncio.run(_race(tmp_path / "prefect.db", wait_for_b_s=0.5))
     assert error is None
     assert rows == 2
 
