@@ -87,6 +87,12 @@ SERVER_SETTINGS = {
 }
 
 
+# The server's process: `python -m prefect` after `import mlops`, which spares it jsonschema's IRI grammar, and
+# after SQLite's transactions are made to begin IMMEDIATE (mlops.targets._prefect_db: "database is locked").
+SERVER_MAIN = ("import mlops, runpy; from mlops.targets._prefect_db import immediate_sqlite_transactions; "
+               "immediate_sqlite_transactions(); runpy.run_module('prefect', run_name='__main__', alter_sys=True)")
+
+
 def database_template() -> Path:
     """An empty Prefect database, migrated to this Prefect version's head, that every new project copies."""
     return machine_cache() / f"prefect-{version('prefect')}.db"
@@ -125,9 +131,7 @@ def start_server(cfg: Config, state_dir: Path) -> None:
     host, port = cfg.target.prefect.host, cfg.target.prefect.port
     url = api_url(cfg)
     prefect_service(state_dir).start(
-        # `python -m prefect server start` after `import mlops`, which spares it jsonschema's IRI grammar
-        [sys.executable, "-c", "import mlops, runpy; runpy.run_module('prefect', run_name='__main__', alter_sys=True)",
-         "server", "start", "--host", host, "--port", str(port)],
+        [sys.executable, "-c", SERVER_MAIN, "server", "start", "--host", host, "--port", str(port)],
         env=env,
         ports={"target.prefect.port": (host, port)},
         ready=[("healthy", lambda: healthy(url))],
