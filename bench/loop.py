@@ -1,6 +1,6 @@
 """Benchmark of the automated loops against the same work done by hand, in one run.
 
-    python bench/loop.py [--reps N] [--keep]
+    python bench/loop.py [--reps N] [--keep] [--levels 3,4] [--rows N]
 
 Level 3 (issue 3): from a new data file landing in the data location to the new version answering on
 Triton, with nobody calling mlops (the data deployment's poll, mlops.dataset.validated, the training
@@ -45,6 +45,17 @@ TRITON, API = f"http://127.0.0.1:{_TP}", f"http://127.0.0.1:{_PP}/api"
 COMMON = ["recipe=churn", "data.path=data/churn.csv", *PORTS, "maturity.data_interval_s=5",
           "monitoring.window_s=5", "monitoring.sample_rate=0.5", "maturity.gate.metric=test_auc"]
 DATA = pd.read_csv(ROOT / "recipes/data/churn.csv")
+
+
+def grown(data: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
+    """`rows` rows drawn from `data` with replacement, numeric columns jittered by 2% (no exact duplicates), new
+    ids: the same task at a size where training takes as long as it did when issue 15 was measured (--rows)."""
+    rng = np.random.default_rng(seed)
+    out = data.sample(n=rows, replace=True, random_state=seed).reset_index(drop=True)
+    for col in ("monthly_charges", "data_gb"):
+        out[col] = (out[col] * rng.normal(1.0, 0.02, rows)).round(2)
+    out["customer_id"] = [f"G{i:07d}" for i in range(rows)]
+    return out
 
 
 def env() -> dict[str, str]:
@@ -169,12 +180,17 @@ PROJECT = Path()
 
 
 def main() -> int:
-    global PROJECT
+    global PROJECT, DATA
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--levels", default="3,4", help="which parts to run: 3, 4 or 3,4 (default)")
+    ap.add_argument("--rows", type=int, default=0,
+                    help="grow churn's 1,200 rows to this many (resampled, jittered): a longer training, the same "
+                         "fixed cost (default: churn as it is)")
     args = ap.parse_args()
+    if args.rows:
+        DATA = grown(DATA, args.rows)
     PROJECT = project = Path(tempfile.mkdtemp(prefix="mlops-bench-loop-"))
     shutil.copytree(ROOT / "recipes", project / "recipes")
     (project / "data").mkdir()

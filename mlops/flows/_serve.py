@@ -132,8 +132,8 @@ async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
 # by the run itself, as before. Only imports, and none may leave a Python thread running in the forkserver: a
 # thread holding a lock (an import lock) when a run is forked leaves that lock held in the run for ever. whylogs
 # starts usage-report threads on import unless WHYLOGS_NO_ANALYTICS is set (_warm_forkserver sets it).
-WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "mlops.flows._data", "mlops.flows._train",
-                "mlops.flows._monitor", *WARM_LIBRARIES)
+WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "prefect.utilities.visualization",
+                "mlops.flows._data", "mlops.flows._train", "mlops.flows._monitor", *WARM_LIBRARIES)
 
 
 def _run_engine(env: dict[str, str], cwd: str) -> None:
