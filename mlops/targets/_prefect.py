@@ -56,7 +56,7 @@ def ui_url(cfg: Config) -> str:
 def prefect_env(cfg: Config, state_dir: Path) -> dict[str, str]:
     """Settings for the server and for every process that runs flows (set before prefect is imported)."""
     home = Layout(state_dir).prefect
-    return {
+    env = {
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": api_url(cfg),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -64,6 +64,11 @@ def prefect_env(cfg: Config, state_dir: Path) -> dict[str, str]:
         "PREFECT_LOGGING_LEVEL": os.environ.get("PREFECT_LOGGING_LEVEL", "WARNING"),
         "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
     }
+    if not external_api_url():
+        # The server is the one this install starts (the same Prefect), so its API version is this client's:
+        # no /admin/version round trip when each process opens its client (a flow run's start waits on it).
+        env["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] = "false"
+    return env
 
 
 def healthy(url: str, timeout: float = 1.0) -> bool:
