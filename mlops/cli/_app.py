@@ -464,21 +464,31 @@ def predict(
 
 
 def main() -> None:
+    import atexit
     import gc
 
     # A command imports ~700k objects' worth of libraries (typer, Hydra, pandas; Prefect, torch and Lightning for
     # `up`): at the default threshold of 700 allocations the collector runs ~1,000 times while they load, each
     # time over young objects that are all alive. 50,000 lets it run ~15 times instead: ~0.1 s of a warm `up`'s
     # 1.2 s (bench/up.py), at the cost of at most 50,000 objects' worth of garbage waiting a little longer.
+    thresholds = gc.get_threshold()
     gc.set_threshold(50_000, 20, 10)
+    # The interpreter's exit ends with full cyclic collections over every object: 1.5-2 s of CPU for ~700k
+    # objects (py-spy: gc_collect_main after atexit), to free memory the OS frees anyway. Frozen by the last
+    # atexit handler (the first registered), they are out of its reach; the other handlers, buffered output and
+    # open files are flushed and closed as before. At exit only: a caller of main() in its own process (tests)
+    # keeps its collector as it was.
+    global _exit_freeze_registered
+    if not _exit_freeze_registered:
+        atexit.register(gc.freeze)
+        _exit_freeze_registered = True
     try:
         _main()
     finally:
-        # The interpreter's exit ends with full cyclic collections over every object, and a command that loaded
-        # Prefect, torch, Lightning and pandas holds ~700k of them: 1.5-2 s of CPU to free memory the OS frees
-        # anyway (py-spy: gc_collect_main after atexit). Frozen objects are out of the collector's reach; atexit
-        # handlers, buffered output and open files are flushed and closed as before.
-        gc.freeze()
+        gc.set_threshold(*thresholds)
+
+
+_exit_freeze_registered = False
 
 
 def _main() -> None:
