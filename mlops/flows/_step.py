@@ -1,5 +1,4 @@
-"""The `mlops-step` flow (level 0, `mlops run <step>`): one step by hand.
-"""
+"""The `mlops-step` flow (level 0, `mlops run <step>`): one step by hand."""
 
 from __future__ import annotations
 
