@@ -21,8 +21,10 @@ T_START = time.perf_counter()
 
 import gc  # noqa: E402
 
+from mlops._process import COLLECTOR_THRESHOLDS  # noqa: E402
+
 # The collector settings `mlops` runs with (mlops.cli main), so that flow/script is what Prefect adds, not them.
-gc.set_threshold(50_000, 20, 10)
+gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 import os  # noqa: E402
 from pathlib import Path  # noqa: E402

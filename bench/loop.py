@@ -189,6 +189,8 @@ def main() -> int:
                     help="grow churn's 1,200 rows to this many (resampled, jittered): a longer training, the same "
                          "fixed cost (default: churn as it is)")
     args = ap.parse_args()
+    if args.rows < 0:
+        ap.error(f"--rows must be 0 (churn as it is) or a number of rows; got {args.rows}")
     if args.rows:
         DATA = grown(DATA, args.rows)
     PROJECT = project = Path(tempfile.mkdtemp(prefix="mlops-bench-loop-"))

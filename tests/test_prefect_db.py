@@ -102,3 +102,20 @@ def test_the_server_process_runs_with_the_patch(tmp_path):
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["AioSqliteConfiguration", "True"]
+
+
+def test_clients_of_the_managed_server_skip_the_version_check_and_of_an_external_one_do_not(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    from mlops.targets._prefect import prefect_env
+
+    cfg = SimpleNamespace(target=SimpleNamespace(prefect=SimpleNamespace(host="127.0.0.1", port=4999)))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    ours = prefect_env(cfg, tmp_path)
+    assert ours["PREFECT_API_URL"] == "http://127.0.0.1:4999/api"
+    assert ours["PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED"] == "false"  # the same install: the same API version
+
+    monkeypatch.setenv("PREFECT_API_URL", "https://prefect.example.com/api")
+    theirs = prefect_env(cfg, tmp_path)
+    assert theirs["PREFECT_API_URL"] == "https://prefect.example.com/api"
+    assert "PREFECT_CLIENT_SERVER_VERSION_CHECK_ENABLED" not in theirs

@@ -467,12 +467,10 @@ def main() -> None:
     import atexit
     import gc
 
-    # A command imports ~700k objects' worth of libraries (typer, Hydra, pandas; Prefect, torch and Lightning for
-    # `up`): at the default threshold of 700 allocations the collector runs ~1,000 times while they load, each
-    # time over young objects that are all alive. 50,000 lets it run ~15 times instead: ~0.1 s of a warm `up`'s
-    # 1.2 s (bench/up.py), at the cost of at most 50,000 objects' worth of garbage waiting a little longer.
+    from mlops._process import COLLECTOR_THRESHOLDS
+
     thresholds = gc.get_threshold()
-    gc.set_threshold(50_000, 20, 10)
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
     # The interpreter's exit ends with full cyclic collections over every object: 1.5-2 s of CPU for ~700k
     # objects (py-spy: gc_collect_main after atexit), to free memory the OS frees anyway. Frozen by the last
     # atexit handler (the first registered), they are out of its reach; the other handlers, buffered output and
