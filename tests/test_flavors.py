@@ -72,7 +72,7 @@ def test_the_built_ins_register_through_entry_points_like_any_flavor(builtin_sou
         "target": ["aws", "local"]}
     assert all(f.distribution.startswith("mlops ") for f in found if f not in builtin_sources)
     # Registered as declared: what a flavor names for a process to import ahead survives registration.
-    assert flavors.get("tracker", "mlflow").warm == ("mlflow.store.tracking.sqlalchemy_store",)
+    assert "mlflow.store.tracking.sqlalchemy_store" in flavors.get("tracker", "mlflow").warm
 
 
 def _dist(site: Path, name: str, module: str, body: str, entry: str) -> None:

@@ -14,7 +14,10 @@ forked from a warm process instead of a new interpreter: the runner starts a mul
 that has already imported Prefect's engine, the flows and the training/export/validation libraries
 (`WARM_MODULES`), so a triggered run starts in well under a second instead of paying ~4-8 s of interpreter
 start and imports (bench/loop.py, level 4). Cancellation, crash marking and `mlops down` work as before:
-the run is a child process in the runner's process group, with the environment Prefect gives it.
+the run is a child process in the runner's process group, with the environment Prefect gives it. The runner
+knows each deployment's flow entrypoint, so it hands it to the run (PREFECT__FLOW_ENTRYPOINT, as Prefect's own
+starters do when they know it): the run imports the flow from the preloaded module instead of reading the
+deployment back from the API first.
 """
 
 from __future__ import annotations
@@ -109,7 +112,6 @@ async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
     )
     from prefect.client.schemas.objects import StateType
     from prefect.states import Cancelled, Crashed
-
     from prefect.types._datetime import now
 
     ours = DeploymentFilter(tags=DeploymentFilterTags(all_=[recipe_tag(recipe)]))
@@ -132,7 +134,8 @@ async def clean_up_after_old_runner(client: Any, recipe: str) -> list[str]:
 # by the run itself, as before. Only imports, and none may leave a Python thread running in the forkserver: a
 # thread holding a lock (an import lock) when a run is forked leaves that lock held in the run for ever. whylogs
 # starts usage-report threads on import unless WHYLOGS_NO_ANALYTICS is set (_warm_forkserver sets it).
-WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "prefect.utilities.visualization",
+WARM_MODULES = ("mlops", "prefect.engine", "prefect.flow_engine", "prefect.task_engine", "prefect.artifacts",
+                "prefect.concurrency._sync", "prefect._internal.observers", "prefect.utilities.visualization",
                 "mlops.flows._data", "mlops.flows._train", "mlops.flows._monitor", *WARM_LIBRARIES)
 
 
@@ -155,8 +158,9 @@ class _WarmStarter:
     """A Prefect ProcessStarter (prefect.runner._flow_run_executor): the run's engine forked from the warm
     forkserver, with the environment Prefect's EngineCommandStarter would give `python -m prefect.engine`."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, entrypoints: dict[Any, str]):
         self.engine = engine  # the EngineCommandStarter the runner chose: its settings for this deployment
+        self.entrypoints = entrypoints  # deployment id -> the flow's entrypoint (module path)
 
     async def start(self, flow_run: Any, task_status: Any = None) -> None:
         import anyio
@@ -176,6 +180,8 @@ class _WarmStarter:
                "PREFECT__DEPLOYMENT_NAME": e._deployment_name, **control}
         if e._tmp_dir is not None:
             env["PREFECT__STORAGE_BASE_PATH"] = str(e._tmp_dir)
+        if (entrypoint := self.entrypoints.get(flow_run.deployment_id)) is not None:
+            env["PREFECT__FLOW_ENTRYPOINT"] = entrypoint
         if e._heartbeat_seconds is not None:
             env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(int(e._heartbeat_seconds))
         cwd = str(e._storage.destination if e._storage is not None else (e._cwd or os.getcwd()))
@@ -203,7 +209,7 @@ def _warm_forkserver(stack_modules: list[str]) -> None:
     forkserver.ensure_running()
 
 
-def _graceful_runner(name: str, limit: int) -> Any:
+def _graceful_runner(name: str, limit: int, entrypoints: dict[Any, str]) -> Any:
     from prefect.runner import Runner
 
     class _Runner(Runner):
@@ -222,7 +228,7 @@ def _graceful_runner(name: str, limit: int) -> Any:
             poller = self._scheduled_run_poller
             chosen = poller._resolve_starter
             poller._resolve_starter = lambda run: (
-                _WarmStarter(s) if isinstance(s := chosen(run), EngineCommandStarter) else s)
+                _WarmStarter(s, entrypoints) if isinstance(s := chosen(run), EngineCommandStarter) else s)
             return entered
 
     # Ask for due runs every 0.25 s rather than Prefect's 10: an event-triggered run starts sooner, for one
@@ -245,9 +251,10 @@ async def _serve(spec_file: Path) -> None:
     # Each deployment runs one at a time (its concurrency limit), so the runner takes one of each: a training
     # run never waits behind the data polls, and polls that come due during a poll are cancelled, not queued.
     _warm_forkserver(Stack(cfg, spec["project"], spec["state_dir"]).implementation_modules())
-    runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments))
+    entrypoints: dict[Any, str] = {}  # filled below, read when a run starts
+    runner = _graceful_runner(f"mlops-{plan.recipe}", len(deployments), entrypoints)
     for d in deployments:
-        await runner.aadd_deployment(d)
+        entrypoints[await runner.aadd_deployment(d)] = d.entrypoint
     # Level 3+: a model server that dies is restarted with the champion (mlops.flows._watchdog).
     start_watchdog(cfg, spec["project"], spec["state_dir"])
     write_atomic(spec_file.with_suffix(".ready"), plan.digest())

@@ -33,11 +33,14 @@ TRITON = Flavor("server", "triton", schema.ServingConfig, "mlops.serving._triton
                 description="NVIDIA Triton: python backend + onnxruntime here, onnxruntime_onnx in containers.")
 MLFLOW = Flavor("tracker", "mlflow", schema.MlflowTracking, "mlops.tracking._mlflow:MlflowTracker",
                 description="MLflow, sqlite under the state directory by default.",
-                warm=("mlflow.store.tracking.sqlalchemy_store",))
+                warm=("mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.base_mlflow",
+                      "sqlalchemy.dialects.sqlite"))
 NEPTUNE = Flavor("tracker", "neptune", schema.NeptuneTracking, "mlops.tracking._neptune:NeptuneTracker",
                  description="The neptune client, offline or against a self-hosted server.")
 WHYLOGS = Flavor("monitor", "whylogs", schema.WhylogsMonitoring, "mlops.monitoring._profiler:WhylogsProfiler",
-                 description="whylogs profiles: reference, batch constraints, traffic windows, drift.")
+                 description="whylogs profiles: reference, batch constraints, traffic windows, drift.",
+                 warm=("mlops.monitoring._batch", "mlops.monitoring._fastlog", "whylogs.core.constraints.factories",
+                       "whylogs.experimental.extras.embedding_metric"))
 NO_MONITORING = Flavor("monitor", "none", schema.NoMonitoring, "mlops.monitoring._profiler:no_profiler",
                        description="No monitoring.")
 LOCAL_REGISTRY = Flavor("model_store", "local", schema.LocalRegistryConfig, "mlops.registry._registry:Registry",

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
+
+# MLflow starts its usage telemetry when it is imported: a thread that fetches a config from the internet and
+# a consumer thread, in every process that tracks (a flow run, the runner's forkserver, where a thread alive at
+# fork time is a hazard). Off unless the user says otherwise, as mlops does for Prefect's and whylogs' analytics.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 from mlflow import MlflowClient
