@@ -7,12 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from mlops import steps
 from mlops._names import DATA_FLOW, DATASET_QUARANTINED, DATASET_VALIDATED, dataset_resource
 from mlops.errors import DataError
-from mlops.flows._pipeline import _emit, _log_run, _nothing_new, _recorded, ingest, report, validate
+from mlops.flows._pipeline import _emit, _log_run, _nothing_new, _recorded, flow, ingest, report, validate
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
 

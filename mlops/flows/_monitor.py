@@ -6,10 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from mlops._names import MONITOR_FLOW, MONITOR_STEP
-from mlops.flows._pipeline import _recorded, monitor, report
+from mlops.flows._pipeline import _recorded, flow, monitor, report
 from mlops.recipe.schema import Config
 from mlops.stack import Stack
 

@@ -16,6 +16,7 @@ only where repeating is harmless: reading the source, and asking the server to l
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any
@@ -23,7 +24,9 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
+from prefect.flows import Flow
 from prefect.runtime import flow_run
+from pydantic import BaseModel
 from rich.console import Console
 
 from mlops import steps
@@ -53,6 +56,31 @@ from mlops.stack import Stack
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 __all__ = ["MANUAL_STEPS", "UP_STEPS"]  # re-exported by mlops.flows
+
+
+class _Flow(Flow):
+    """Prefect's Flow, with a new run's parameters JSON-encoded by pydantic.
+
+    To send a new flow run's parameters to the API, Prefect 3.8 encodes them with FastAPI's `jsonable_encoder`,
+    which imports all of FastAPI: 0.2 s of CPU in every process that starts a run itself (`mlops up`, `data
+    refresh`, `run <step>`; bench/up.py). Our flows' parameters are pydantic models and JSON values, which pydantic
+    encodes to the same JSON itself; anything else goes the way Prefect sends it (tests/test_runner_start.py).
+    """
+
+    def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        if not all(isinstance(v, _PLAIN) for v in parameters.values()):
+            return super().serialize_parameters(parameters)
+        from pydantic_core import to_jsonable_python
+
+        return {k: to_jsonable_python(v, by_alias=True) for k, v in parameters.items()}
+
+
+_PLAIN = (BaseModel, str, int, float, bool, type(None), list, dict)
+
+
+def flow(**options: Any) -> Any:
+    """`@flow(name=..., ...)` as Prefect's decorator, making a _Flow."""
+    return lambda fn: _Flow(fn=fn, **options)
 
 
 def _key_from(ctx: TaskRunContext, params: dict[str, Any]) -> str:
@@ -137,9 +165,23 @@ def _run_name() -> str:
 
 
 def _emit(event: str, resource: str, payload: dict[str, Any]) -> None:
+    """Emit an event that automations act on, and wait (5 s at most) until it has left this process.
+
+    Prefect sends events from a worker thread. Right after an event the flow goes on with CPU-bound work (the
+    monitor flow renders its drift report, importing matplotlib), and the worker's send waited behind it: the
+    server received mlops.drift.detected 0.5-0.6 s after it occurred in half the level-4 reps (bench/loop.py,
+    its events line). Waiting here for the send costs the flow a few milliseconds.
+    """
     from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
 
     emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
+    sent = threading.Thread(target=EventsWorker.instance().wait_until_empty, name="mlops-event-sent", daemon=True)
+    sent.start()
+    sent.join(_EVENT_SEND_WAIT_S)
+
+
+_EVENT_SEND_WAIT_S = 5.0
 
 
 def _log_run(stack: Stack, flow_name: str, trigger: str, **entry: Any) -> None:

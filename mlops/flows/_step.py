@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
-
 from mlops import steps
 from mlops._atomic import write_atomic
 from mlops._names import STEP_FLOW
@@ -18,6 +16,7 @@ from mlops.flows._pipeline import (
     _run,
     console,
     evaluate,
+    flow,
     ingest,
     register,
     report,

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
-
 from mlops import steps
 from mlops._names import GATE_PASSED, GATE_REJECTED, MODEL_DEPLOYED, MODEL_REGISTERED, TRAIN_FLOW, model_resource
 from mlops.errors import DataError
@@ -18,6 +16,7 @@ from mlops.flows._pipeline import (
     deploy,
     evaluate,
     export,
+    flow,
     gate,
     ingest,
     register,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow
 from prefect.runtime import flow_run
 
 from mlops import steps
@@ -21,6 +20,7 @@ from mlops.flows._pipeline import (
     deploy,
     evaluate,
     export,
+    flow,
     ingest,
     register,
     report,
