@@ -104,10 +104,12 @@ class LocalTarget(Target):
         server = self.cfg.serving.flavor
         # The model server starts beside the Prefect server, and the libraries the flow's steps import load
         # meanwhile: nothing here waits on another, and the Prefect server is the slow one (bench/zero.py).
-        warm = threading.Thread(target=warm_imports, args=(self.stack.implementation_modules(),),
-                                name="mlops-warm-imports", daemon=True)
+        # Only then: with the services up there is no wait to fill, and an import thread beside the flow's
+        # setup costs more than it hides (two threads taking turns on the GIL, the flow's every API round
+        # trip waiting for it back): 0.25-0.45 s more per `up` (bench/up.py, flow against script).
         if not (_prefect.healthy(_prefect.api_url(self.cfg)) and self.server.live()):
-            warm.start()
+            threading.Thread(target=warm_imports, args=(self.stack.implementation_modules(),),
+                             name="mlops-warm-imports", daemon=True).start()
         with ThreadPoolExecutor(1, thread_name_prefix="mlops-start") as pool:
             model_server = pool.submit(self.server.start)
             with console.status(f"starting Prefect server (about 20 s the first time) and {server} ..."):
@@ -137,8 +139,6 @@ class LocalTarget(Target):
                           "config and data and is served; nothing to run (--rerun runs the flow anyway)")
             result = {**current, "prefect_ui": _prefect.ui_url(self.cfg)}
         else:
-            if warm.ident is None:  # services were up: the step libraries load beside Prefect's flow-run setup
-                warm.start()
             os.environ.update(_prefect.prefect_env(self.cfg, self.state_dir))
             from mlops.flows import in_this_process, up_flow
             from mlops.targets._recover import in_flight
