@@ -109,3 +109,33 @@ def test_starting_a_flow_run_does_not_import_fastapi(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_an_event_is_waited_for_until_sent_and_no_longer(monkeypatch):
+    """_emit returns once Prefect's events worker has sent what is queued, or after the bound if it cannot."""
+    import threading
+    import time
+
+    import prefect.events
+    from prefect.events.worker import EventsWorker
+
+    from mlops.flows import _pipeline
+
+    emitted, release = [], threading.Event()
+
+    class Worker:
+        def wait_until_empty(self):
+            release.wait()
+
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: emitted.append(kw))
+    monkeypatch.setattr(EventsWorker, "instance", classmethod(lambda cls, *a: Worker()))
+    threading.Timer(0.3, release.set).start()
+    t0 = time.perf_counter()
+    _pipeline._emit("mlops.drift.detected", "mlops.model.churn", {"window": 1})
+    assert 0.25 < time.perf_counter() - t0 < 3 and emitted[0]["event"] == "mlops.drift.detected"
+    release.clear()  # a worker that never empties its queue (no server): the flow goes on after the bound
+    monkeypatch.setattr(_pipeline, "_EVENT_SEND_WAIT_S", 0.2)
+    t0 = time.perf_counter()
+    _pipeline._emit("mlops.drift.detected", "mlops.model.churn", {"window": 2})
+    assert 0.15 < time.perf_counter() - t0 < 2
+    release.set()
