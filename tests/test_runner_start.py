@@ -93,9 +93,11 @@ def test_a_new_runs_parameters_are_the_json_prefect_would_send():
     ours = up_flow.serialize_parameters(params)
     assert ours == Flow.serialize_parameters(up_flow, params)  # Prefect's own: FastAPI's jsonable_encoder
     assert ours["cfg"]["name"] == "churn" and ours["cfg"]["maturity"]["level"] == 4
-    # A value that is neither a pydantic model nor JSON goes Prefect's way.
+    # A value that is neither a pydantic model nor JSON goes Prefect's way, and so does one pydantic cannot encode.
     odd = {"cfg": cfg, "when": {1, 2}}
     assert up_flow.serialize_parameters(odd) == Flow.serialize_parameters(up_flow, odd)
+    unencodable = {"cfg": cfg, "rows": [object()]}
+    assert up_flow.serialize_parameters(unencodable) == Flow.serialize_parameters(up_flow, unencodable)
 
 
 def test_starting_a_flow_run_does_not_import_fastapi(tmp_path):
@@ -127,7 +129,7 @@ def test_an_event_is_waited_for_until_sent_and_no_longer(monkeypatch):
         def wait_until_empty(self):
             release.wait()
 
-    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: emitted.append(kw))
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: emitted.append(kw) or kw)
     monkeypatch.setattr(EventsWorker, "instance", classmethod(lambda cls, *a: Worker()))
     threading.Timer(0.3, release.set).start()
     t0 = time.perf_counter()
@@ -139,3 +141,7 @@ def test_an_event_is_waited_for_until_sent_and_no_longer(monkeypatch):
     _pipeline._emit("mlops.drift.detected", "mlops.model.churn", {"window": 2})
     assert 0.15 < time.perf_counter() - t0 < 2
     release.set()
+    # An event that was not queued (events off) is not waited for.
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
+    monkeypatch.setattr(EventsWorker, "instance", classmethod(lambda cls, *a: pytest.fail("waited for nothing")))
+    _pipeline._emit("mlops.drift.detected", "mlops.model.churn", {"window": 3})

@@ -68,11 +68,14 @@ class _Flow(Flow):
     """
 
     def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        if not all(isinstance(v, _PLAIN) for v in parameters.values()):
-            return super().serialize_parameters(parameters)
-        from pydantic_core import to_jsonable_python
+        from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-        return {k: to_jsonable_python(v, by_alias=True) for k, v in parameters.items()}
+        if all(isinstance(v, _PLAIN) for v in parameters.values()):
+            try:
+                return {k: to_jsonable_python(v, by_alias=True) for k, v in parameters.items()}
+            except (PydanticSerializationError, TypeError, ValueError, RecursionError):
+                pass  # Prefect's way below: a placeholder for what it cannot encode either
+        return super().serialize_parameters(parameters)
 
 
 _PLAIN = (BaseModel, str, int, float, bool, type(None), list, dict)
@@ -175,7 +178,8 @@ def _emit(event: str, resource: str, payload: dict[str, Any]) -> None:
     from prefect.events import emit_event
     from prefect.events.worker import EventsWorker
 
-    emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload)
+    if emit_event(event=event, resource={"prefect.resource.id": resource}, payload=payload) is None:
+        return  # not queued: events are off here
     sent = threading.Thread(target=EventsWorker.instance().wait_until_empty, name="mlops-event-sent", daemon=True)
     sent.start()
     sent.join(_EVENT_SEND_WAIT_S)
