@@ -37,14 +37,18 @@ def last_epoch(path: Path) -> int | None:
 
 
 def kill_when(proc: subprocess.Popen, ckpt: Path, epoch: int, timeout: float = 300) -> int:
-    """SIGKILL ``proc``'s process group once ``ckpt`` is at ``epoch`` or later; returns the epoch it was at."""
+    """SIGKILL ``proc``'s process group once ``ckpt`` is at ``epoch`` or later; returns the epoch the killed process
+    left it at. That is read after the kill: an epoch takes tens of milliseconds, so the fit may save one or two
+    more between the read that saw ``epoch`` and the kill (CI saw 2, then 4)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"the process ended (exit {proc.returncode}) before {ckpt} reached epoch {epoch}")
-        if (at := last_epoch(ckpt)) is not None and at >= epoch:
+        if (seen := last_epoch(ckpt)) is not None and seen >= epoch:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            at = last_epoch(ckpt)
+            assert at is not None and at >= seen, f"{ckpt} went from epoch {seen} to {at} at the kill"
             return at
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
