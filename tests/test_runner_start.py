@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,3 +146,58 @@ def test_an_event_is_waited_for_until_sent_and_no_longer(monkeypatch):
     monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: None)
     monkeypatch.setattr(EventsWorker, "instance", classmethod(lambda cls, *a: pytest.fail("waited for nothing")))
     _pipeline._emit("mlops.drift.detected", "mlops.model.churn", {"window": 3})
+
+
+@pytest.mark.parametrize(("services_up", "thread"), [(False, True), (True, False)])
+def test_up_loads_the_step_libraries_on_a_thread_only_while_the_services_start(monkeypatch, tmp_path, services_up,
+                                                                                  thread):
+    """While the Prefect server and the model server start there is a wait to fill; with both up, a thread
+    importing beside the flow only takes turns on the GIL with it (bench/up.py: 0.25-0.45 s per `up`)."""
+    import threading
+
+    from mlops.targets import _local
+
+    cfg = load(["recipe=breast_cancer"], ROOT, check_data=False)
+    target = _local.LocalTarget(cfg, tmp_path)
+    started = []
+
+    class Stop(Exception):
+        pass
+
+    class Thread(threading.Thread):
+        def start(self):
+            started.append(self.name)  # recorded, not run: no imports in this test's process
+
+    def stop(*args):
+        raise Stop
+
+    monkeypatch.setattr(_local, "threading", SimpleNamespace(Thread=Thread))  # this module's threads only
+    monkeypatch.setattr(_local._prefect, "healthy", lambda url: services_up)
+    monkeypatch.setattr(type(target.server), "live", lambda self: services_up)
+    monkeypatch.setattr(type(target.server), "start", lambda self: None)
+    monkeypatch.setattr(target, "foreign_services", dict)
+    monkeypatch.setattr(target, "_ensure_prefect", lambda: None)
+    monkeypatch.setattr(target, "_recover", lambda console: None)
+    monkeypatch.setattr(target, "tracking_ui", lambda: None)
+    monkeypatch.setattr(target, "up_to_date", lambda: None)
+    monkeypatch.setattr(_local._services, "remember", lambda *args: None)
+    monkeypatch.setattr(_local._prefect, "prefect_env", stop)  # where the flow is about to start: stop there
+    with pytest.raises(Stop):
+        target._up(progress=False, rerun=False)
+    assert ("mlops-warm-imports" in started) is thread
+
+
+@pytest.mark.parametrize(("user", "seen"), [(None, "true"), ("false", "false")])
+def test_mlflow_telemetry_is_off_unless_the_user_turns_it_on(tmp_path, user, seen):
+    code = ("import os; import mlops.tracking._mlflow; from mlflow.telemetry.client import get_telemetry_client\n"
+            "print(os.environ['MLFLOW_DISABLE_TELEMETRY'], get_telemetry_client() is None)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")}
+    if user is not None:
+        env["MLFLOW_DISABLE_TELEMETRY"] = user
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    value, no_client = out.stdout.split()[-2:]
+    assert value == seen
+    if user is None:
+        assert no_client == "True"  # no telemetry client, so no threads of its own
