@@ -352,8 +352,8 @@ _frozen = False
 
 def _freeze_libraries() -> None:
     """Once per process, when the training libraries are loaded: move every object alive now (mostly the
-    modules, classes and functions of the training, data, monitoring and orchestration libraries: ~700k objects) out of the
-    cyclic collector's reach. Each full collection in this process then walks only what was made since
+    modules, classes and functions of the training, data, monitoring and orchestration libraries: ~700k
+    objects) out of the cyclic collector's reach. Each full collection in this process then walks only what was made since
     (a fit's, a step's), not all of them (~0.3 s each, several per `up`), and neither does the interpreter's exit
     (1.5-2 s). Reference counting still frees frozen objects; only a reference cycle among them stays until the
     process ends. Once: a long process (pytest, a runner) does not freeze what later calls leave behind."""
